@@ -1,0 +1,79 @@
+//! Chaos: a fault-injection handler for the runtime's own tests.
+//!
+//! The event's data says what to do: `{"action": "ok"}` emits one
+//! `chaos.done` event; the other actions misbehave in the ways a real
+//! handler can, so tests can check that the host contains each of them.
+use eventhost_sdk::{Emit, Event, HandlerError};
+use serde::Deserialize;
+use serde_json::json;
+
+#[derive(Deserialize)]
+#[serde(tag = "action", rename_all = "kebab-case")]
+enum Action {
+    /// Emit one `chaos.done` event carrying the input's `seq` and the
+    /// manifest's `tag` config value.
+    Ok {
+        seq: Option<u64>,
+    },
+    /// Sleep (through WASI's clock), then behave like `ok`.
+    Sleep {
+        ms: u64,
+        seq: Option<u64>,
+    },
+    FailRetryable,
+    FailPermanent,
+    /// Panic: the guest traps.
+    Trap,
+    /// Spin forever: only the host's timeout stops it.
+    Loop,
+    /// Allocate `mib` MiB, touching every page.
+    Alloc {
+        mib: usize,
+    },
+    /// Emit to an allowed subject, then to one outside the manifest.
+    EmitForbidden,
+}
+
+fn done(event: &Event, seq: Option<u64>) -> Result<(), HandlerError> {
+    let tag = eventhost_sdk::config("tag").unwrap_or_default();
+    Emit::new("chaos.done", "com.example.chaos.done")
+        .json(&json!({ "input": event.id(), "seq": seq, "tag": tag }))?
+        .send()
+}
+
+fn handle(event: Event) -> Result<(), HandlerError> {
+    match event.json::<Action>()? {
+        Action::Ok { seq } => done(&event, seq),
+        Action::Sleep { ms, seq } => {
+            std::thread::sleep(std::time::Duration::from_millis(ms));
+            done(&event, seq)
+        }
+        Action::FailRetryable => Err(HandlerError::retryable("asked to fail (retryable)")),
+        Action::FailPermanent => Err(HandlerError::permanent("asked to fail (permanent)")),
+        Action::Trap => panic!("asked to trap"),
+        Action::Loop => {
+            let mut n: u64 = 0;
+            loop {
+                n = std::hint::black_box(n.wrapping_add(1));
+            }
+        }
+        Action::Alloc { mib } => {
+            let mut blocks = Vec::new();
+            for _ in 0..mib {
+                blocks.push(std::hint::black_box(vec![1u8; 1 << 20]));
+            }
+            Err(HandlerError::permanent(format!(
+                "allocated {} MiB without hitting a limit",
+                blocks.len()
+            )))
+        }
+        Action::EmitForbidden => {
+            done(&event, None)?;
+            // Ignore the refusal: the host must fail the invocation anyway.
+            let _ = Emit::new("forbidden.subject", "com.example.chaos.sneaky").send();
+            Ok(())
+        }
+    }
+}
+
+eventhost_sdk::export_handler!(handle);
