@@ -5,10 +5,11 @@
 //! inventory compensation). An order whose total does not match its items is
 //! rejected as a permanent error: no retry can fix it.
 use eventhost_sdk::{Emit, Event, HandlerError, config_or};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
+use serde_json::json;
 
 #[derive(Deserialize)]
-struct OrderCreated {
+struct Order {
     order_id: String,
     items: Vec<Item>,
     total: f64,
@@ -20,50 +21,27 @@ struct Item {
     price: f64,
 }
 
-#[derive(Serialize)]
-struct PaymentCompleted<'a> {
-    order_id: &'a str,
-    payment_id: String,
-    amount: f64,
-}
-
-#[derive(Serialize)]
-struct PaymentFailed<'a> {
-    order_id: &'a str,
-    reason: String,
-}
-
 fn handle(event: Event) -> Result<(), HandlerError> {
-    let order: OrderCreated = event.json()?;
-    let items_sum: f64 = order
-        .items
-        .iter()
-        .map(|i| f64::from(i.quantity) * i.price)
-        .sum();
-    if (items_sum - order.total).abs() > 0.005 {
-        let why = format!(
-            "order {}: total {} but items sum to {items_sum}",
-            order.order_id, order.total
-        );
+    let Order {
+        order_id: id,
+        items,
+        total,
+    } = event.json()?;
+    let items_sum: f64 = items.iter().map(|i| f64::from(i.quantity) * i.price).sum();
+    if (items_sum - total).abs() > 0.005 {
+        let why = format!("order {id}: total {total} but items sum to {items_sum}");
         return Err(HandlerError::permanent(why));
     }
     let max_charge: f64 = config_or("max_charge", 5000.0)?;
-    let id = order.order_id.as_str();
-    let outcome = if order.total <= max_charge {
-        let completed = PaymentCompleted {
-            order_id: id,
-            payment_id: format!("pay-{id}"),
-            amount: order.total,
-        };
-        Emit::new("payments.completed", "com.example.payment.completed").json(&completed)?
+    let (destination, ty, data) = if total <= max_charge {
+        let data = json!({ "order_id": id, "payment_id": format!("pay-{id}"), "amount": total });
+        ("payments.completed", "com.example.payment.completed", data)
     } else {
-        let reason = format!("amount {} exceeds the {max_charge} limit", order.total);
-        Emit::new("payments.failed", "com.example.payment.failed").json(&PaymentFailed {
-            order_id: id,
-            reason,
-        })?
+        let reason = format!("amount {total} exceeds the {max_charge} limit");
+        let data = json!({ "order_id": id, "reason": reason });
+        ("payments.failed", "com.example.payment.failed", data)
     };
-    outcome.subject(id).send()
+    Emit::new(destination, ty).subject(&id).json(&data)?.send()
 }
 
 eventhost_sdk::export_handler!(handle);
