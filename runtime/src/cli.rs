@@ -1,0 +1,198 @@
+//! The `eventhost` command line: `run` the host, and the `publish` / `tail`
+//! helpers that drive a walkthrough by hand.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use cloudevents::event::Data;
+use cloudevents::{AttributesReader, EventBuilder, EventBuilderV10};
+use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
+
+use eventhost::config::RuntimeConfig;
+use eventhost::decode::{ContentMode, decode};
+use eventhost::encode::encode;
+use eventhost::runtime::{self, RuntimeOptions};
+
+const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
+
+/// A WebAssembly function host for CloudEvents on NATS JetStream.
+#[derive(Debug, Parser)]
+#[command(name = "eventhost", version, about)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct Global {
+    /// NATS server URL (`nats://user:pass@host:port`, `tls://…` for TLS).
+    /// Default: the config file's `nats_url`, else nats://127.0.0.1:4222.
+    #[arg(long, global = true, env = "EVENTHOST_NATS_URL")]
+    pub nats: Option<String>,
+    /// NATS credentials file.
+    #[arg(long, global = true, env = "EVENTHOST_NATS_CREDS")]
+    pub creds: Option<PathBuf>,
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "EVENTHOST_LOG_FORMAT")]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the function host: consume, dispatch to handlers, publish outputs.
+    Run {
+        /// Directory of `<name>.wasm` + `<name>.toml` handler pairs.
+        #[arg(long, default_value = "plugins")]
+        plugins: PathBuf,
+        /// Runtime config file (NATS URL, streams to declare).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Publish one CloudEvent to JetStream and print its id.
+    Publish {
+        /// NATS subject to publish to.
+        subject: String,
+        /// CloudEvents `type`.
+        #[arg(long = "type")]
+        ty: String,
+        /// CloudEvents `source`.
+        #[arg(long, default_value = "/eventhost/cli")]
+        source: String,
+        /// CloudEvents `id` (default: a random UUID).
+        #[arg(long)]
+        id: Option<String>,
+        /// JSON data.
+        #[arg(long)]
+        data: Option<String>,
+        /// Extension attribute as name=value (repeatable).
+        #[arg(long = "ext", value_name = "NAME=VALUE")]
+        extensions: Vec<String>,
+        /// Binary content mode (ce- headers) instead of structured JSON.
+        #[arg(long)]
+        binary: bool,
+    },
+    /// Print the CloudEvents published on SUBJECTs as JSON lines.
+    Tail {
+        #[arg(required = true)]
+        subjects: Vec<String>,
+        /// Exit after this many events.
+        #[arg(long)]
+        count: Option<usize>,
+        /// Exit after this long (e.g. `30s`).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        timeout: Option<Duration>,
+    },
+}
+
+impl Cli {
+    pub async fn execute(self, shutdown: CancellationToken) -> Result<()> {
+        let Global { nats, creds, .. } = self.global;
+        match self.command {
+            Command::Run { plugins, config } => {
+                let config = match config {
+                    Some(path) => RuntimeConfig::load(&path)?,
+                    None => RuntimeConfig::default(),
+                };
+                let options = RuntimeOptions {
+                    plugins_dir: plugins,
+                    nats_url: nats
+                        .or_else(|| config.nats_url.clone())
+                        .unwrap_or_else(|| DEFAULT_NATS_URL.into()),
+                    creds: creds.or_else(|| config.creds.clone()),
+                    config,
+                };
+                runtime::run(options, shutdown).await
+            }
+            Command::Publish {
+                subject,
+                ty,
+                source,
+                id,
+                data,
+                extensions,
+                binary,
+            } => {
+                let url = nats.unwrap_or_else(|| DEFAULT_NATS_URL.into());
+                let client = eventhost::nats::connect(&url, creds.as_deref()).await?;
+                let mut builder = EventBuilderV10::new()
+                    .id(id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string()))
+                    .source(source)
+                    .ty(ty)
+                    .time(chrono::Utc::now());
+                for ext in &extensions {
+                    let Some((name, value)) = ext.split_once('=') else {
+                        bail!("--ext {ext:?}: expected NAME=VALUE");
+                    };
+                    builder = builder.extension(name, value);
+                }
+                if let Some(data) = data {
+                    let json: serde_json::Value =
+                        serde_json::from_str(&data).context("--data must be JSON")?;
+                    builder = builder.data("application/json", Data::Json(json));
+                }
+                let event = builder.build().context("building the event")?;
+                let mode = if binary {
+                    ContentMode::Binary
+                } else {
+                    ContentMode::Structured
+                };
+                let (headers, payload) = encode(&event, mode)?;
+                let js = async_nats::jetstream::new(client);
+                js.publish_with_headers(subject.clone(), headers, payload)
+                    .await?
+                    .await
+                    .with_context(|| format!("no JetStream stream stored {subject:?}"))?;
+                println!("{}", event.id());
+                Ok(())
+            }
+            Command::Tail {
+                subjects,
+                count,
+                timeout,
+            } => {
+                let url = nats.unwrap_or_else(|| DEFAULT_NATS_URL.into());
+                let client = eventhost::nats::connect(&url, creds.as_deref()).await?;
+                let mut merged = futures::stream::SelectAll::new();
+                for subject in subjects {
+                    merged.push(client.subscribe(subject).await?);
+                }
+                client.flush().await?;
+                let deadline = async {
+                    match timeout {
+                        Some(t) => tokio::time::sleep(t).await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::pin!(deadline);
+                let mut seen = 0;
+                while count.is_none_or(|c| seen < c) {
+                    let message = tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = &mut deadline => bail!("timed out after {seen} events"),
+                        m = merged.next() => match m { Some(m) => m, None => break },
+                    };
+                    match decode(message.headers.as_ref(), &message.payload) {
+                        Ok(decoded) => {
+                            let (_, json) = encode(&decoded.event, ContentMode::Structured)?;
+                            println!("{}", String::from_utf8_lossy(&json));
+                            seen += 1;
+                        }
+                        Err(err) => eprintln!("{}: not a CloudEvent: {err}", message.subject),
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+}

@@ -1,0 +1,133 @@
+//! Outbound half of the CloudEvents NATS protocol binding: a
+//! [`cloudevents::Event`] becomes NATS headers and a payload.
+//!
+//! We emit the specification's form (binding 1.0.3 for binary mode):
+//! `ce-<name>` headers with percent-encoded values and `ce-datacontenttype`;
+//! structured mode is a JSON body with `Content-Type:
+//! application/cloudevents+json`.
+
+use anyhow::{Context, Result};
+use async_nats::HeaderMap;
+use bytes::Bytes;
+use cloudevents::event::Data;
+use cloudevents::{AttributesReader, Event};
+use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
+
+use crate::decode::ContentMode;
+
+pub const STRUCTURED_CONTENT_TYPE: &str = "application/cloudevents+json";
+
+/// Characters the binding requires to be percent-encoded in header values:
+/// space, `"`, `%` and anything outside U+0021–U+007E (controls and non-ASCII
+/// are always encoded by `utf8_percent_encode`).
+const HEADER_VALUE: &AsciiSet = &CONTROLS.add(b' ').add(b'"').add(b'%');
+
+/// Encodes `event` in `mode`. Adds no transport headers (like `Nats-Msg-Id`);
+/// callers add those.
+pub fn encode(event: &Event, mode: ContentMode) -> Result<(HeaderMap, Bytes)> {
+    match mode {
+        ContentMode::Structured => encode_structured(event),
+        ContentMode::Binary => Ok(encode_binary(event)),
+    }
+}
+
+fn encode_structured(event: &Event) -> Result<(HeaderMap, Bytes)> {
+    let mut event = event.clone();
+    // JSON data travels as JSON, not base64, so consumers can read it.
+    if let Some(Data::Binary(bytes)) = event.data()
+        && event.datacontenttype().is_some_and(is_json)
+        && let Ok(value) = serde_json::from_slice::<serde_json::Value>(bytes)
+    {
+        event.set_data_unchecked(Data::Json(value));
+    }
+    let body = serde_json::to_vec(&event).context("serialising a structured CloudEvent")?;
+    let mut headers = HeaderMap::new();
+    headers.insert("Content-Type", STRUCTURED_CONTENT_TYPE);
+    Ok((headers, Bytes::from(body)))
+}
+
+fn encode_binary(event: &Event) -> (HeaderMap, Bytes) {
+    let mut headers = HeaderMap::new();
+    for (name, value) in event.iter() {
+        let encoded = utf8_percent_encode(&value.to_string(), HEADER_VALUE).to_string();
+        headers.insert(format!("ce-{name}").as_str(), encoded.as_str());
+    }
+    let payload = match event.data() {
+        None => Bytes::new(),
+        Some(Data::Binary(bytes)) => Bytes::from(bytes.clone()),
+        Some(Data::String(s)) => Bytes::from(s.clone()),
+        Some(Data::Json(value)) => Bytes::from(value.to_string()),
+    };
+    (headers, payload)
+}
+
+/// `application/json`, `text/json` and any `+json` suffix.
+pub fn is_json(content_type: &str) -> bool {
+    let media = content_type
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    media == "application/json" || media == "text/json" || media.ends_with("+json")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decode::decode;
+    use cloudevents::{EventBuilder, EventBuilderV10};
+
+    fn sample() -> Event {
+        EventBuilderV10::new()
+            .id("e-1")
+            .source("/test")
+            .ty("com.example.t")
+            .subject("needs \"encoding\" 100% ✓")
+            .time("2026-11-22T10:00:00Z")
+            .extension("correlationid", "c-1")
+            .data("application/json", Data::Binary(br#"{"a":1}"#.to_vec()))
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn binary_round_trips_and_encodes_header_values() {
+        let event = sample();
+        let (headers, payload) = encode(&event, ContentMode::Binary).unwrap();
+        let subject = headers.get("ce-subject").unwrap().as_str();
+        assert_eq!(subject, "needs%20%22encoding%22%20100%25%20%E2%9C%93");
+        assert!(subject.bytes().all(|b| (0x21..=0x7e).contains(&b)));
+        assert_eq!(
+            headers.get("ce-datacontenttype").unwrap().as_str(),
+            "application/json"
+        );
+        assert_eq!(&payload[..], br#"{"a":1}"#);
+        let back = decode(Some(&headers), &payload).unwrap();
+        assert_eq!(back.mode, ContentMode::Binary);
+        assert_eq!(back.event, event);
+    }
+
+    #[test]
+    fn structured_round_trips_with_json_data_inline() {
+        let event = sample();
+        let (headers, payload) = encode(&event, ContentMode::Structured).unwrap();
+        assert_eq!(
+            headers.get("Content-Type").unwrap().as_str(),
+            STRUCTURED_CONTENT_TYPE
+        );
+        let json: serde_json::Value = serde_json::from_slice(&payload).unwrap();
+        assert_eq!(json["data"]["a"], 1);
+        let back = decode(Some(&headers), &payload).unwrap();
+        assert_eq!(back.mode, ContentMode::Structured);
+        assert_eq!(back.event.id(), "e-1");
+        assert_eq!(back.event.subject(), event.subject());
+    }
+
+    #[test]
+    fn json_media_types() {
+        assert!(is_json("application/json; charset=utf-8"));
+        assert!(is_json("application/cloudevents+json"));
+        assert!(!is_json("text/plain"));
+    }
+}

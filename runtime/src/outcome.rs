@@ -1,0 +1,246 @@
+//! The last stage: publish what a successful invocation emitted, then settle
+//! the input message with JetStream.
+//!
+//! Order matters for at-least-once delivery: outputs are published and their
+//! publish acks awaited *before* the input is acked, so a crash in between
+//! leads to a redelivery, never to a lost output. The re-run then publishes
+//! outputs with the same ids and the same `Nats-Msg-Id`, which the output
+//! stream drops as duplicates inside its duplicate window.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use async_nats::jetstream::{self, AckKind, Message};
+use chrono::{DateTime, Utc};
+use cloudevents::event::Data;
+use cloudevents::{AttributesReader, AttributesWriter, Event, EventBuilder, EventBuilderV10};
+use futures::future::try_join_all;
+use uuid::Uuid;
+
+use crate::decode::{ContentMode, Decoded};
+use crate::encode::encode;
+use crate::manifest::EmitMode;
+use crate::sandbox::{EmittedEvent, HandlerIdentity};
+
+/// Namespace for emitted-event ids (UUIDv5): fixed forever, so ids stay
+/// stable across versions of the runtime.
+const EMITTED_ID_NAMESPACE: Uuid = Uuid::from_u128(0x6576_656e_7468_6f73_742d_6964_2d76_3100);
+
+/// The id of the `index`-th event a handler emits for an input event. The
+/// same handler, input and position always give the same id, so a re-run
+/// (after a crash or a redelivery) emits identical events.
+pub fn emitted_event_id(handler: &str, input: &Event, index: usize) -> String {
+    let name = format!("{handler}\n{}\n{}\n{index}", input.source(), input.id());
+    Uuid::new_v5(&EMITTED_ID_NAMESPACE, name.as_bytes()).to_string()
+}
+
+/// A complete emitted event, ready to publish.
+#[derive(Debug)]
+pub struct Output {
+    pub destination: String,
+    pub event: Event,
+    /// Deterministic transport id for JetStream's publish deduplication.
+    pub msg_id: String,
+    pub mode: ContentMode,
+}
+
+/// Fills in what the guest left empty and carries the input's lineage:
+/// `causationid` is the input's id, `correlationid` the input's (or its id
+/// when it has none), and `traceparent`/`tracestate` continue the trace.
+pub fn complete(
+    handler: &HandlerIdentity,
+    input: &Decoded,
+    index: usize,
+    emitted: EmittedEvent,
+) -> Result<Output> {
+    let derived_id = emitted_event_id(&handler.name, &input.event, index);
+    let source = emitted
+        .source
+        .unwrap_or_else(|| handler.manifest.default_source(&handler.name));
+    let time = match &emitted.time {
+        Some(t) => DateTime::parse_from_rfc3339(t)?.with_timezone(&Utc),
+        None => Utc::now(),
+    };
+    let mut builder = EventBuilderV10::new()
+        .id(emitted.id.unwrap_or_else(|| derived_id.clone()))
+        .source(source)
+        .ty(emitted.type_)
+        .time(time);
+    if let Some(subject) = emitted.subject {
+        builder = builder.subject(subject);
+    }
+    for (name, value) in emitted.extensions {
+        builder = builder.extension(&name, value);
+    }
+    let mut event = builder.build().context("building the emitted event")?;
+    if let Some(schema) = emitted.dataschema {
+        event.set_dataschema(Some(url::Url::parse(&schema)?));
+    }
+    event.set_datacontenttype(emitted.datacontenttype);
+    if let Some(data) = emitted.data {
+        event.set_data_unchecked(Data::Binary(data));
+    }
+
+    // Causation is the host's to say (guests cannot set it); a guest may
+    // start a new correlation, otherwise the input's carries on.
+    event.set_extension("causationid", input.event.id().to_string());
+    if event.extension("correlationid").is_none() {
+        let correlation = input_extension(&input.event, "correlationid")
+            .unwrap_or_else(|| input.event.id().to_string());
+        event.set_extension("correlationid", correlation);
+    }
+    for name in ["traceparent", "tracestate"] {
+        if let Some(value) = input_extension(&input.event, name)
+            && event.extension(name).is_none()
+        {
+            event.set_extension(name, value);
+        }
+    }
+
+    let mode = match handler.manifest.emit_mode {
+        EmitMode::Same => input.mode,
+        EmitMode::Structured => ContentMode::Structured,
+        EmitMode::Binary => ContentMode::Binary,
+    };
+    Ok(Output {
+        destination: emitted.destination,
+        event,
+        msg_id: derived_id,
+        mode,
+    })
+}
+
+fn input_extension(event: &Event, name: &str) -> Option<String> {
+    event.extension(name).map(|v| v.to_string())
+}
+
+/// Publishes every output and waits until JetStream has stored each one.
+/// Publishes are pipelined: all are sent, then all acks awaited.
+pub async fn publish_all(js: &jetstream::Context, outputs: &[Output]) -> Result<()> {
+    let mut pending = Vec::with_capacity(outputs.len());
+    for output in outputs {
+        let (mut headers, payload) = encode(&output.event, output.mode)?;
+        headers.insert("Nats-Msg-Id", output.msg_id.as_str());
+        let ack = js
+            .publish_with_headers(output.destination.clone(), headers, payload)
+            .await
+            .with_context(|| format!("publishing to {}", output.destination))?;
+        pending.push(async move {
+            ack.await.with_context(|| {
+                format!(
+                    "JetStream did not store the event for {}",
+                    output.destination
+                )
+            })
+        });
+    }
+    try_join_all(pending).await?;
+    Ok(())
+}
+
+/// How the input message is settled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settle {
+    /// Handled: remove it from the consumer.
+    Ack,
+    /// Deliver it again after `delay` (to this or another replica).
+    Retry { delay: Duration },
+    /// Never deliver it again.
+    Terminate,
+}
+
+/// Sends the settlement to JetStream. A failure here is logged but not
+/// fatal: the message is then redelivered after its ack wait, which the
+/// deterministic output ids make harmless.
+pub async fn settle(message: &Message, how: Settle) {
+    let kind = match how {
+        Settle::Ack => AckKind::Ack,
+        Settle::Retry { delay } => AckKind::Nak(Some(delay)),
+        Settle::Terminate => AckKind::Term,
+    };
+    if let Err(err) = message.ack_with(kind).await {
+        tracing::warn!(error = %err, ?how, "could not settle the message; it will be redelivered");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::HandlerManifest;
+
+    fn identity(emit_mode: &str) -> HandlerIdentity {
+        let manifest = HandlerManifest::parse(
+            &format!("subscribe = [\"in\"]\npublish = [\"out\"]\nemit_mode = \"{emit_mode}\""),
+            "h",
+        )
+        .unwrap();
+        HandlerIdentity::new("h", "v1", manifest)
+    }
+
+    fn input(correlation: Option<&str>) -> Decoded {
+        let mut builder = EventBuilderV10::new()
+            .id("in-1")
+            .source("/shop")
+            .ty("t")
+            .extension(
+                "traceparent",
+                "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            );
+        if let Some(c) = correlation {
+            builder = builder.extension("correlationid", c);
+        }
+        Decoded {
+            event: builder.build().unwrap(),
+            mode: ContentMode::Binary,
+        }
+    }
+
+    fn emitted() -> EmittedEvent {
+        EmittedEvent {
+            destination: "out".into(),
+            type_: "com.example.out".into(),
+            id: None,
+            source: None,
+            subject: None,
+            time: None,
+            datacontenttype: Some("application/json".into()),
+            dataschema: None,
+            extensions: vec![],
+            data: Some(b"{}".to_vec()),
+        }
+    }
+
+    #[test]
+    fn fills_ids_source_and_lineage() {
+        let h = identity("same");
+        let a = complete(&h, &input(Some("corr-9")), 0, emitted()).unwrap();
+        assert_eq!(a.event.source(), "/eventhost/h");
+        assert_eq!(a.event.id(), a.msg_id);
+        assert_eq!(a.mode, ContentMode::Binary);
+        assert_eq!(
+            input_extension(&a.event, "causationid").as_deref(),
+            Some("in-1")
+        );
+        assert_eq!(
+            input_extension(&a.event, "correlationid").as_deref(),
+            Some("corr-9")
+        );
+        assert!(input_extension(&a.event, "traceparent").is_some());
+
+        let b = complete(&h, &input(None), 0, emitted()).unwrap();
+        assert_eq!(
+            input_extension(&b.event, "correlationid").as_deref(),
+            Some("in-1")
+        );
+        // Same handler, input and position: same id. Another position: another id.
+        assert_eq!(a.event.id(), b.event.id());
+        let c = complete(&h, &input(None), 1, emitted()).unwrap();
+        assert_ne!(b.event.id(), c.event.id());
+    }
+
+    #[test]
+    fn emit_mode_overrides_the_input_mode() {
+        let out = complete(&identity("structured"), &input(None), 0, emitted()).unwrap();
+        assert_eq!(out.mode, ContentMode::Structured);
+    }
+}

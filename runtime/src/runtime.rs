@@ -1,0 +1,94 @@
+//! The function host as a whole: connect, declare streams, load every
+//! handler in the plugins directory, run them until shutdown.
+//!
+//! A handler that cannot load (bad manifest, broken component, a subject no
+//! stream captures) is reported and skipped; the others still run.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use async_nats::jetstream;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::RuntimeConfig;
+use crate::dispatch::Dispatcher;
+use crate::plugins::{self, PluginSource};
+use crate::sandbox::{HandlerIdentity, Sandbox};
+use crate::source::ConsumerBinding;
+
+/// Everything `eventhost run` needs.
+#[derive(Debug, Clone)]
+pub struct RuntimeOptions {
+    pub plugins_dir: PathBuf,
+    pub nats_url: String,
+    pub creds: Option<PathBuf>,
+    pub config: RuntimeConfig,
+}
+
+/// Runs until `shutdown` is cancelled, then lets in-flight events finish and
+/// settle before returning.
+pub async fn run(options: RuntimeOptions, shutdown: CancellationToken) -> Result<()> {
+    let client = crate::nats::connect(&options.nats_url, options.creds.as_deref()).await?;
+    tracing::info!(url = %options.nats_url, "connected to NATS");
+    let js = jetstream::new(client.clone());
+    crate::nats::ensure_streams(&js, &options.config.streams).await?;
+
+    let sandbox = Sandbox::new()?;
+    let mut dispatchers = Vec::new();
+    for found in plugins::discover(&options.plugins_dir)? {
+        let loaded = match found {
+            Ok(source) => load(&sandbox, &js, source).await,
+            Err(err) => Err(err),
+        };
+        match loaded {
+            Ok(dispatcher) => dispatchers.push(dispatcher),
+            Err(err) => tracing::error!(error = format!("{err:#}"), "handler not loaded"),
+        }
+    }
+    if dispatchers.is_empty() {
+        tracing::warn!(dir = %options.plugins_dir.display(), "no handlers loaded");
+    }
+    let names: Vec<&str> = dispatchers.iter().map(|d| d.name()).collect();
+    tracing::info!(handlers = ?names, "runtime ready");
+
+    let running: Vec<_> = dispatchers
+        .iter()
+        .map(|d| tokio::spawn(d.clone().run(shutdown.clone())))
+        .collect();
+    for handler in futures::future::join_all(running).await {
+        handler.context("a handler task panicked")?;
+    }
+    // Acks are sent without waiting for the server; make sure they left.
+    client
+        .flush()
+        .await
+        .context("flushing final acks to NATS")?;
+    tracing::info!("shut down cleanly");
+    Ok(())
+}
+
+/// Compiles and checks a handler, then resolves its consumers.
+async fn load(
+    sandbox: &Sandbox,
+    js: &jetstream::Context,
+    source: PluginSource,
+) -> Result<Arc<Dispatcher>> {
+    let PluginSource {
+        name,
+        version,
+        manifest,
+        wasm,
+        wasm_path,
+    } = source;
+    let context = || format!("handler {name} ({})", wasm_path.display());
+    let started = std::time::Instant::now();
+    let bindings = ConsumerBinding::resolve(js, &name, &manifest)
+        .await
+        .with_context(context)?;
+    let identity = HandlerIdentity::new(&name, &version, manifest);
+    let component = sandbox.load(&wasm, identity).with_context(context)?;
+    tracing::info!(handler = %name, %version, compile_ms = started.elapsed().as_millis() as u64,
+        "handler loaded");
+    Ok(Dispatcher::new(component, bindings, js.clone()))
+}

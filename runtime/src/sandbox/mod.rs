@@ -1,0 +1,303 @@
+//! The sandbox: compiles handler components once and runs each event in a
+//! fresh instance with a memory cap and a wall-clock timeout.
+//!
+//! Instances are never reused: a handler cannot carry state (or corruption)
+//! from one event to the next, and a trap costs only that event. The price of
+//! a fresh instance is kept low by compiling once and pre-resolving imports
+//! ([`HandlerPre`]), so per event only the store and the instance are made.
+//!
+//! Runaway guests are stopped by epoch interruption: a ticker thread bumps the
+//! engine's epoch every [`EPOCH_TICK`], and at each tick the guest yields to
+//! the async executor (so one busy guest cannot starve the others) and is
+//! interrupted once past its deadline. Time a guest spends blocked in the host
+//! (a WASI sleep) is bounded by an outer `tokio::time::timeout` as well.
+
+mod host;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use cloudevents::event::Data;
+use cloudevents::{AttributesReader, Event};
+use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::{Config, Engine, Store, UpdateDeadline};
+
+pub use host::{MAX_EMITTED_BYTES, MAX_EMITTED_EVENTS};
+
+use crate::manifest::{HandlerManifest, Limits};
+use host::InvocationState;
+
+mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "handler",
+        exports: { default: async },
+    });
+}
+
+use bindings::eventhost::handler::types;
+use bindings::{Handler, HandlerPre};
+
+/// An event the guest asked to publish, as it gave it.
+pub use types::OutgoingEvent as EmittedEvent;
+
+/// How often the epoch advances: the granularity of timeouts and of the
+/// cooperative yield of CPU-bound guests.
+pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// The shared engine and linker. One per runtime process.
+pub struct Sandbox {
+    engine: Engine,
+    linker: Linker<InvocationState>,
+}
+
+impl Sandbox {
+    pub fn new() -> Result<Self> {
+        let mut config = Config::new();
+        config.epoch_interruption(true);
+        // Component-model async is unused; without it a call is cheaper.
+        config.concurrency_support(false);
+        let engine = Engine::new(&config)
+            .map_err(anyhow::Error::from)
+            .context("creating the wasm engine")?;
+        spawn_epoch_ticker(&engine);
+
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+            .map_err(anyhow::Error::from)
+            .context("linking WASI")?;
+        Handler::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)
+            .map_err(anyhow::Error::from)
+            .context("linking the eventhost imports")?;
+        Ok(Sandbox { engine, linker })
+    }
+
+    /// Compiles a handler and checks it against the `handler` world: it must
+    /// export `handle` and import nothing the host does not provide.
+    pub fn load(&self, wasm: &[u8], identity: HandlerIdentity) -> Result<HandlerComponent> {
+        let component = Component::new(&self.engine, wasm)
+            .map_err(anyhow::Error::from)
+            .context("not a valid WebAssembly component")?;
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(anyhow::Error::from)
+            .context("the component needs imports eventhost does not provide")?;
+        let pre = HandlerPre::new(pre)
+            .map_err(anyhow::Error::from)
+            .context("the component does not implement the eventhost:handler/handler world")?;
+        Ok(HandlerComponent {
+            engine: self.engine.clone(),
+            pre,
+            identity: Arc::new(identity),
+        })
+    }
+}
+
+/// Advances the epoch until the engine is dropped.
+fn spawn_epoch_ticker(engine: &Engine) {
+    let weak = engine.weak();
+    std::thread::Builder::new()
+        .name("eventhost-epoch".into())
+        .spawn(move || {
+            while let Some(engine) = weak.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                std::thread::sleep(EPOCH_TICK);
+            }
+        })
+        .expect("spawning the epoch thread");
+}
+
+/// Who a handler is and what it may do: what the host imports consult.
+#[derive(Debug)]
+pub struct HandlerIdentity {
+    pub name: String,
+    /// Content hash of the component and manifest.
+    pub version: String,
+    pub manifest: HandlerManifest,
+    /// `manifest.config` rendered once as the strings `config.get` returns.
+    config: BTreeMap<String, String>,
+}
+
+impl HandlerIdentity {
+    pub fn new(name: &str, version: &str, manifest: HandlerManifest) -> Self {
+        HandlerIdentity {
+            name: name.to_string(),
+            version: version.to_string(),
+            config: manifest.config_strings(),
+            manifest,
+        }
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.manifest.limits
+    }
+}
+
+/// A compiled, import-checked handler, ready to instantiate per event.
+pub struct HandlerComponent {
+    engine: Engine,
+    pre: HandlerPre<InvocationState>,
+    identity: Arc<HandlerIdentity>,
+}
+
+/// What one invocation produced.
+#[derive(Debug)]
+pub struct Invocation {
+    /// The emitted events, in order, or why the invocation failed (in which
+    /// case nothing it emitted may be published).
+    pub result: Result<Vec<EmittedEvent>, Failure>,
+    pub elapsed: Duration,
+    /// Peak linear memory of the instance, in bytes.
+    pub peak_memory: usize,
+}
+
+/// Why an invocation failed.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{kind}: {message}")]
+pub struct Failure {
+    pub kind: FailureKind,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// The handler returned `handler-error::retryable`.
+    Retryable,
+    /// The handler returned `handler-error::permanent`.
+    Permanent,
+    /// The guest trapped (a panic, an unreachable, an out-of-bounds access).
+    Trap,
+    /// The guest ran past `limits.timeout`.
+    Timeout,
+    /// The guest tried to grow its memory past `limits.memory`.
+    MemoryLimit,
+    /// The guest emitted to a subject outside its manifest, or an invalid event.
+    EmitRefused,
+}
+
+impl FailureKind {
+    /// The snake_case name used in logs (and, later, metric labels).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureKind::Retryable => "retryable",
+            FailureKind::Permanent => "permanent",
+            FailureKind::Trap => "trap",
+            FailureKind::Timeout => "timeout",
+            FailureKind::MemoryLimit => "memory_limit",
+            FailureKind::EmitRefused => "emit_refused",
+        }
+    }
+}
+
+impl std::fmt::Display for FailureKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl HandlerComponent {
+    pub fn identity(&self) -> &HandlerIdentity {
+        &self.identity
+    }
+
+    /// Runs `event` through a fresh instance. Never panics and never returns
+    /// an error of its own: every way a guest can fail becomes a [`Failure`].
+    pub async fn invoke(&self, event: &Event) -> Invocation {
+        let started = Instant::now();
+        let timeout = self.identity.limits().timeout;
+        let state = InvocationState::new(self.identity.clone(), started + timeout);
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|state| &mut state.memory);
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(|mut ctx| {
+            if Instant::now() >= ctx.data().deadline {
+                ctx.data_mut().timed_out = true;
+                return Ok(UpdateDeadline::Interrupt);
+            }
+            Ok(UpdateDeadline::Yield(1))
+        });
+
+        let input = to_wit(event);
+        let call = async {
+            let handler = self.pre.instantiate_async(&mut store).await?;
+            handler.call_handle(&mut store, &input).await
+        };
+        // The epoch callback stops guest code on time; this also bounds time
+        // spent inside host calls such as a WASI sleep.
+        let outcome = tokio::time::timeout(timeout + EPOCH_TICK * 2, call).await;
+
+        let state = store.into_data();
+        let fail = |kind, message: String| Err(Failure { kind, message });
+        let result = match outcome {
+            _ if state.refused_emit.is_some() => fail(
+                FailureKind::EmitRefused,
+                state.refused_emit.clone().unwrap_or_default(),
+            ),
+            Err(_) => fail(
+                FailureKind::Timeout,
+                format!("still running after {timeout:?}"),
+            ),
+            Ok(Ok(Ok(()))) => Ok(state.emitted),
+            Ok(Ok(Err(types::HandlerError::Retryable(m)))) => fail(FailureKind::Retryable, m),
+            Ok(Ok(Err(types::HandlerError::Permanent(m)))) => fail(FailureKind::Permanent, m),
+            Ok(Err(_)) if state.timed_out => fail(
+                FailureKind::Timeout,
+                format!("interrupted after {timeout:?}"),
+            ),
+            Ok(Err(_)) if state.memory.exceeded => fail(
+                FailureKind::MemoryLimit,
+                format!(
+                    "tried to grow memory past {}",
+                    self.identity.limits().memory
+                ),
+            ),
+            Ok(Err(trap)) => fail(FailureKind::Trap, describe_trap(&trap, &state)),
+        };
+        Invocation {
+            result,
+            elapsed: started.elapsed(),
+            peak_memory: state.memory.peak,
+        }
+    }
+}
+
+/// The trap, plus what the guest wrote to stderr (a Rust panic message, say).
+fn describe_trap(trap: &wasmtime::Error, state: &InvocationState) -> String {
+    let stderr = state.stderr.contents();
+    let stderr = String::from_utf8_lossy(&stderr);
+    let stderr = stderr.trim();
+    let trap = format!("{trap:#}");
+    let first_line = trap.lines().next().unwrap_or("trap");
+    if stderr.is_empty() {
+        first_line.to_string()
+    } else {
+        format!("{first_line}; guest stderr: {stderr}")
+    }
+}
+
+/// The CloudEvent as the WIT `event` record.
+fn to_wit(event: &Event) -> types::Event {
+    types::Event {
+        id: event.id().to_string(),
+        source: event.source().to_string(),
+        specversion: event.specversion().to_string(),
+        type_: event.ty().to_string(),
+        datacontenttype: event.datacontenttype().map(String::from),
+        dataschema: event.dataschema().map(|u| u.to_string()),
+        subject: event.subject().map(String::from),
+        time: event.time().map(|t| t.to_rfc3339()),
+        extensions: event
+            .iter_extensions()
+            .map(|(name, value)| (name.to_string(), value.to_string()))
+            .collect(),
+        data: event.data().map(|data| match data {
+            Data::Binary(bytes) => bytes.clone(),
+            Data::String(s) => s.clone().into_bytes(),
+            Data::Json(value) => value.to_string().into_bytes(),
+        }),
+    }
+}

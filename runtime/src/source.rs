@@ -1,0 +1,108 @@
+//! Where events come from: one durable JetStream pull consumer per
+//! (handler, subscribed subject).
+//!
+//! Consumers are durable and named after the handler, so every runtime
+//! process running the same handler pulls from the same consumer and the
+//! server splits the work between them. Acks are explicit: a message leaves
+//! the consumer only when the host says so, after the handler's outcome is
+//! settled.
+//!
+//! NATS 2.9 has no multi-filter consumers, so a handler subscribing to several
+//! subjects gets one consumer per subject (`<consumer>-<subject token>`).
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use async_nats::jetstream::{self, consumer::PullConsumer, consumer::pull};
+
+use crate::manifest::HandlerManifest;
+use crate::subject;
+
+/// Idle heartbeats let the client notice a dead pull (server restart,
+/// consumer deleted) instead of waiting forever.
+const HEARTBEAT: Duration = Duration::from_secs(5);
+const PULL_EXPIRES: Duration = Duration::from_secs(30);
+
+/// What a handler's consumer on one subject looks like.
+#[derive(Debug, Clone)]
+pub struct ConsumerBinding {
+    pub stream: String,
+    pub durable: String,
+    pub filter_subject: String,
+    config: pull::Config,
+    batch: usize,
+}
+
+impl ConsumerBinding {
+    /// Finds the stream capturing each subscribed subject. A subject no
+    /// stream captures is an error naming it: the handler cannot load.
+    pub async fn resolve(
+        js: &jetstream::Context,
+        handler_name: &str,
+        manifest: &HandlerManifest,
+    ) -> Result<Vec<ConsumerBinding>> {
+        let base = manifest.consumer_name(handler_name);
+        let limits = &manifest.limits;
+        let mut bindings = Vec::new();
+        for filter in &manifest.subscribe {
+            let stream = js.stream_by_subject(filter.as_str()).await.with_context(|| {
+                format!("no JetStream stream captures subject {filter:?}; declare one in the runtime config")
+            })?;
+            let durable = if manifest.subscribe.len() == 1 {
+                base.clone()
+            } else {
+                format!("{base}-{}", subject::to_name_token(filter))
+            };
+            let config = pull::Config {
+                durable_name: Some(durable.clone()),
+                description: Some(format!("eventhost handler {handler_name}")),
+                filter_subject: filter.clone(),
+                ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                // Long enough that a slow invocation, plus waiting its turn
+                // behind `concurrency` others, is not redelivered meanwhile.
+                ack_wait: (limits.timeout * 2).max(Duration::from_secs(30)),
+                ..Default::default()
+            };
+            bindings.push(ConsumerBinding {
+                stream,
+                durable,
+                filter_subject: filter.clone(),
+                config,
+                // Prefetch little: fetched messages' ack timers are running.
+                batch: limits.concurrency.clamp(1, 256),
+            });
+        }
+        Ok(bindings)
+    }
+
+    /// Creates the consumer, or updates it to this shape. Idempotent, and
+    /// shared by every runtime process that runs the handler.
+    pub async fn create(&self, js: &jetstream::Context) -> Result<PullConsumer> {
+        let stream = js
+            .get_stream(&self.stream)
+            .await
+            .with_context(|| format!("looking up stream {}", self.stream))?;
+        stream
+            .create_consumer(self.config.clone())
+            .await
+            .with_context(|| {
+                format!(
+                    "creating consumer {} on stream {} for {:?}",
+                    self.durable, self.stream, self.filter_subject
+                )
+            })
+    }
+
+    /// Opens a continuous pull on the consumer.
+    pub async fn open(&self, js: &jetstream::Context) -> Result<pull::Stream> {
+        let consumer = self.create(js).await?;
+        consumer
+            .stream()
+            .max_messages_per_batch(self.batch)
+            .heartbeat(HEARTBEAT)
+            .expires(PULL_EXPIRES)
+            .messages()
+            .await
+            .with_context(|| format!("pulling from consumer {}", self.durable))
+    }
+}
