@@ -89,9 +89,13 @@ pub enum Command {
         /// Exit after this many events.
         #[arg(long)]
         count: Option<usize>,
-        /// Exit after this long (e.g. `30s`).
+        /// Exit with an error if `--count` events have not arrived after
+        /// this long (e.g. `30s`).
         #[arg(long, value_parser = humantime::parse_duration)]
         timeout: Option<Duration>,
+        /// One short human-readable line per event instead of JSON.
+        #[arg(long)]
+        pretty: bool,
     },
 }
 
@@ -160,14 +164,16 @@ impl Cli {
                 subjects,
                 count,
                 timeout,
+                pretty,
             } => {
                 let url = nats.unwrap_or_else(|| DEFAULT_NATS_URL.into());
                 let client = eventhost::nats::connect(&url, creds.as_deref()).await?;
                 let mut merged = futures::stream::SelectAll::new();
-                for subject in subjects {
-                    merged.push(client.subscribe(subject).await?);
+                for subject in &subjects {
+                    merged.push(client.subscribe(subject.clone()).await?);
                 }
                 client.flush().await?;
+                eprintln!("tail: listening on {}", subjects.join(" "));
                 let deadline = async {
                     match timeout {
                         Some(t) => tokio::time::sleep(t).await,
@@ -185,7 +191,11 @@ impl Cli {
                     match decode(message.headers.as_ref(), &message.payload) {
                         Ok(decoded) => {
                             let (_, json) = encode(&decoded.event, ContentMode::Structured)?;
-                            println!("{}", String::from_utf8_lossy(&json));
+                            if pretty {
+                                println!("{}", one_line(&message.subject, &json, decoded.mode));
+                            } else {
+                                println!("{}", String::from_utf8_lossy(&json));
+                            }
                             seen += 1;
                         }
                         Err(err) => eprintln!("{}: not a CloudEvent: {err}", message.subject),
@@ -195,4 +205,18 @@ impl Cli {
             }
         }
     }
+}
+
+/// `payments.completed  [binary]  com.example.payment.completed  {"amount":…}`
+fn one_line(subject: &str, structured_json: &[u8], mode: ContentMode) -> String {
+    let event: serde_json::Value = serde_json::from_slice(structured_json).unwrap_or_default();
+    let mode = match mode {
+        ContentMode::Structured => "structured",
+        ContentMode::Binary => "binary",
+    };
+    format!(
+        "{subject:<22} {mode:<10} {:<34} {}",
+        event["type"].as_str().unwrap_or_default(),
+        event.get("data").map(|d| d.to_string()).unwrap_or_default()
+    )
 }

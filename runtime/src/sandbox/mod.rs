@@ -77,6 +77,12 @@ impl Sandbox {
     /// Compiles a handler and checks it against the `handler` world: it must
     /// export `handle` and import nothing the host does not provide.
     pub fn load(&self, wasm: &[u8], identity: HandlerIdentity) -> Result<HandlerComponent> {
+        // Checked here because wasmtime would otherwise try the bytes as WAT
+        // text and report a confusing parse error.
+        anyhow::ensure!(
+            wasm.starts_with(b"\0asm"),
+            "not a WebAssembly binary (no \\0asm header)"
+        );
         let component = Component::new(&self.engine, wasm)
             .map_err(anyhow::Error::from)
             .context("not a valid WebAssembly component")?;

@@ -1,0 +1,217 @@
+//! The checkout flow from the seeds, end to end on a real nats-server with
+//! the real example components: orders in, payments, notifications and
+//! compensations out, in both CloudEvents content modes.
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use serde_json::json;
+use support::*;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn checkout_plugins() -> Plugins {
+    let plugins = Plugins::new();
+    plugins
+        .install_example("payment")
+        .install_example("notification")
+        .install_example("inventory");
+    plugins
+}
+
+/// Order `i`: most are fine, every 5th+3 is over the charge limit, every
+/// 5th+4 has a total that does not match its items.
+fn order(i: usize) -> (String, serde_json::Value) {
+    let id = format!("order-{i}");
+    let (price, total) = match i % 5 {
+        3 => (6000.0, 6000.0),
+        4 => (10.0, 99.0),
+        _ => (12.25, 24.5),
+    };
+    let quantity = if i % 5 == 3 || i % 5 == 4 { 1 } else { 2 };
+    let data = json!({
+        "order_id": id, "user_id": format!("user-{}", i % 7),
+        "items": [{ "product_id": "sku-1", "quantity": quantity, "price": price }],
+        "total": total,
+    });
+    (id, data)
+}
+
+fn order_ids(stored: &[Stored]) -> BTreeSet<String> {
+    stored
+        .iter()
+        .map(|s| s.data()["order_id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn checkout_flow_in_both_content_modes() {
+    let nats = NatsServer::start();
+    let plugins = checkout_plugins();
+    let runtime = Runtime::start(&nats, &plugins, 3);
+    let js = nats.jetstream().await;
+
+    const ORDERS: usize = 40;
+    let mut binary_orders = BTreeSet::new();
+    for i in 0..ORDERS {
+        let (id, data) = order(i);
+        let event = TestEvent::new(format!("evt-{id}"), "com.example.order.created", data);
+        let wire = if i % 2 == 1 {
+            binary_orders.insert(id);
+            event.binary()
+        } else {
+            event.structured()
+        };
+        publish(&js, "orders.created", wire).await;
+    }
+
+    let ok: BTreeSet<String> = (0..ORDERS)
+        .filter(|i| i % 5 < 3)
+        .map(|i| order(i).0)
+        .collect();
+    let over: BTreeSet<String> = (0..ORDERS)
+        .filter(|i| i % 5 == 3)
+        .map(|i| order(i).0)
+        .collect();
+
+    let completed = collect(&js, "CHECKOUT", "payments.completed", ok.len(), WAIT).await;
+    let failed = collect(&js, "CHECKOUT", "payments.failed", over.len(), WAIT).await;
+    let notified = collect(&js, "CHECKOUT", "notifications.sent", ok.len(), WAIT).await;
+    let released = collect(&js, "CHECKOUT", "inventory.released", over.len(), WAIT).await;
+
+    assert_eq!(completed.len(), ok.len());
+    assert_eq!(order_ids(&completed), ok);
+    assert_eq!(order_ids(&notified), ok);
+    assert_eq!(failed.len(), over.len());
+    assert_eq!(order_ids(&failed), over);
+    assert_eq!(order_ids(&released), over);
+    assert_eq!(released.len(), over.len());
+
+    for c in &completed {
+        let id = c.data()["order_id"].as_str().unwrap();
+        assert_eq!(c.event["type"], "com.example.payment.completed");
+        assert_eq!(c.event["source"], "/eventhost/payment");
+        assert_eq!(c.event["subject"], id);
+        assert_eq!(c.data()["payment_id"], format!("pay-{id}"));
+        assert_eq!(c.data()["amount"], 24.5);
+    }
+    for n in &notified {
+        assert_eq!(n.data()["channel"], "email");
+        assert_eq!(n.data()["template"], "order_confirmation");
+    }
+    for f in &failed {
+        assert!(f.data()["reason"].as_str().unwrap().contains("exceeds"));
+    }
+
+    // Each output goes out in the content mode of the event that caused it,
+    // all the way down the chain.
+    for stored in completed
+        .iter()
+        .chain(&failed)
+        .chain(&notified)
+        .chain(&released)
+    {
+        let id = stored.data()["order_id"].as_str().unwrap();
+        assert_eq!(
+            stored.binary_mode,
+            binary_orders.contains(id),
+            "{} for {id}",
+            stored.subject
+        );
+        assert!(stored.headers.get("Nats-Msg-Id").is_some());
+    }
+
+    // Mismatched totals are permanent failures, logged with the reason.
+    let failures = runtime.outcomes("failed");
+    let mismatched = (0..ORDERS).filter(|i| i % 5 == 4).count();
+    assert_eq!(failures.len(), mismatched, "{failures:#?}");
+    assert!(
+        failures
+            .iter()
+            .all(|f| f["kind"] == "permanent"
+                && f["error"].as_str().unwrap().contains("items sum to"))
+    );
+    // Every delivery was settled: nothing pending, nothing redelivered.
+    assert_eq!(consumer_state(&js, "CHECKOUT", "payment").await, (0, 0, 0));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn output_ids_are_deterministic_and_lineage_is_carried() {
+    let nats = NatsServer::start();
+    let plugins = checkout_plugins();
+    let _runtime = Runtime::start(&nats, &plugins, 3);
+    let js = nats.jetstream().await;
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let mut live = client.subscribe("payments.completed").await.unwrap();
+    client.flush().await.unwrap();
+
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let (_, data) = order(0);
+    let traced = TestEvent::new("evt-traced", "com.example.order.created", data)
+        .ext("correlationid", "checkout-42")
+        .ext("traceparent", traceparent);
+    // The same event published twice (a producer retry): the handler runs
+    // twice and must produce the same output id both times.
+    publish(&js, "orders.created", traced.binary()).await;
+    publish(&js, "orders.created", traced.binary()).await;
+    let (_, data) = order(1);
+    publish(
+        &js,
+        "orders.created",
+        TestEvent::new("evt-plain", "com.example.order.created", data).structured(),
+    )
+    .await;
+
+    let mut seen: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for _ in 0..3 {
+        let message = tokio::time::timeout(WAIT, futures::StreamExt::next(&mut live))
+            .await
+            .unwrap()
+            .unwrap();
+        let decoded =
+            eventhost::decode::decode(message.headers.as_ref(), &message.payload).unwrap();
+        let causation = decoded.event.extension("causationid").unwrap().to_string();
+        seen.entry(causation)
+            .or_default()
+            .push(cloudevents::AttributesReader::id(&decoded.event).to_string());
+    }
+    let traced_ids = &seen["evt-traced"];
+    assert_eq!(traced_ids.len(), 2);
+    assert_eq!(
+        traced_ids[0], traced_ids[1],
+        "a re-run must emit the same id"
+    );
+    assert_ne!(seen["evt-plain"][0], traced_ids[0]);
+
+    // The output stream deduplicated the re-run's publish (same Nats-Msg-Id).
+    let stored = collect(&js, "CHECKOUT", "payments.completed", 2, WAIT).await;
+    assert_eq!(stored.len(), 2);
+
+    let payment = stored
+        .iter()
+        .find(|s| s.event["causationid"] == "evt-traced")
+        .unwrap();
+    assert_eq!(payment.event["correlationid"], "checkout-42");
+    assert_eq!(payment.event["traceparent"], traceparent);
+    let plain = stored
+        .iter()
+        .find(|s| s.event["causationid"] == "evt-plain")
+        .unwrap();
+    assert_eq!(
+        plain.event["correlationid"], "evt-plain",
+        "without one, the input id starts the correlation"
+    );
+    assert!(plain.event.get("traceparent").is_none());
+
+    // One hop further: the notification is caused by the payment event and
+    // still carries the original correlation and trace.
+    let notified = collect(&js, "CHECKOUT", "notifications.sent", 2, WAIT).await;
+    let notification = notified
+        .iter()
+        .find(|n| n.event["causationid"] == payment.event["id"])
+        .unwrap();
+    assert_eq!(notification.event["correlationid"], "checkout-42");
+    assert_eq!(notification.event["traceparent"], traceparent);
+}

@@ -1,0 +1,459 @@
+//! Shared fixtures for the integration tests: a private `nats-server`, the
+//! example components built for real, a plugins directory, and the
+//! `eventhost` binary run as a child process.
+//!
+//! Every test gets its own server on a free port with its own store, so tests
+//! run in parallel and may stop or restart their server freely.
+#![allow(dead_code)] // each test binary uses a different part of this module
+
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, consumer};
+use futures::StreamExt;
+use serde_json::{Value, json};
+use tempfile::TempDir;
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// Polls `check` every 50 ms until it holds or `timeout` passes.
+pub fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !check() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+// ---------------------------------------------------------------- NATS
+
+/// A `nats-server -js` of the test's own, killed on drop.
+pub struct NatsServer {
+    child: Option<Child>,
+    pub port: u16,
+    store: TempDir,
+}
+
+impl NatsServer {
+    pub fn start() -> Self {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut server = NatsServer {
+            child: None,
+            port,
+            store: tempfile::tempdir().unwrap(),
+        };
+        server.spawn();
+        server
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new("nats-server")
+            .args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-js",
+                "-sd",
+            ])
+            .arg(self.store.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server must be installed (scripts/test installs it)");
+        self.child = Some(child);
+        let port = self.port;
+        wait_until(
+            "nats-server to accept connections",
+            Duration::from_secs(10),
+            || TcpStream::connect(("127.0.0.1", port)).is_ok(),
+        );
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    pub async fn jetstream(&self) -> jetstream::Context {
+        jetstream::new(async_nats::connect(self.url()).await.unwrap())
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+// ---------------------------------------------------------------- components
+
+/// Builds the guest workspace once per test process and returns the folder
+/// holding the `.wasm` components.
+pub fn components_dir() -> &'static Path {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let root = repo_root();
+        let status = Command::new(env!("CARGO"))
+            .args([
+                "build",
+                "--release",
+                "--target",
+                "wasm32-wasip2",
+                "--manifest-path",
+            ])
+            .arg(root.join("examples/Cargo.toml"))
+            .status()
+            .expect("running cargo to build the example components");
+        assert!(status.success(), "building the example components failed");
+        root.join("examples/target/wasm32-wasip2/release")
+    })
+}
+
+/// A temporary plugins directory.
+pub struct Plugins {
+    pub dir: TempDir,
+}
+
+impl Plugins {
+    pub fn new() -> Self {
+        Plugins {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Installs the example `name` with its own manifest.
+    pub fn install_example(&self, name: &str) -> &Self {
+        let manifest =
+            std::fs::read_to_string(repo_root().join(format!("examples/{name}/handler.toml")))
+                .unwrap();
+        self.install(name, name, &manifest)
+    }
+
+    /// Installs `component` (an example's build) as handler `name` with `manifest`.
+    pub fn install(&self, name: &str, component: &str, manifest: &str) -> &Self {
+        let wasm = components_dir().join(format!("{component}.wasm"));
+        std::fs::copy(&wasm, self.path().join(format!("{name}.wasm"))).unwrap();
+        self.write(&format!("{name}.toml"), manifest.as_bytes())
+    }
+
+    pub fn write(&self, file: &str, bytes: &[u8]) -> &Self {
+        std::fs::write(self.path().join(file), bytes).unwrap();
+        self
+    }
+}
+
+// ---------------------------------------------------------------- runtime
+
+/// Streams every test declares: the checkout flow's and the chaos handler's.
+pub const TEST_STREAMS: &str = r#"
+[[streams]]
+name = "CHECKOUT"
+subjects = ["orders.>", "payments.>", "notifications.>", "inventory.>"]
+
+[[streams]]
+name = "CHAOS"
+subjects = ["chaos.>"]
+"#;
+
+/// `eventhost run` as a child process, logging JSON to a file.
+pub struct Runtime {
+    child: Child,
+    log_path: PathBuf,
+    _log: tempfile::NamedTempFile,
+    _config: tempfile::NamedTempFile,
+}
+
+impl Runtime {
+    /// Starts the runtime and waits until it has loaded its handlers and
+    /// opened `consumers` consumers.
+    pub fn start(nats: &NatsServer, plugins: &Plugins, consumers: usize) -> Self {
+        let config = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(config.path(), TEST_STREAMS).unwrap();
+        let log = tempfile::NamedTempFile::new().unwrap();
+        let log_path = log.path().to_path_buf();
+        let child = Command::new(env!("CARGO_BIN_EXE_eventhost"))
+            .args([
+                "--log-format",
+                "json",
+                "run",
+                "--nats",
+                &nats.url(),
+                "--plugins",
+            ])
+            .arg(plugins.path())
+            .arg("--config")
+            .arg(config.path())
+            .env("RUST_LOG", "info,async_nats=warn")
+            .stdout(Stdio::null())
+            .stderr(log.reopen().unwrap())
+            .spawn()
+            .unwrap();
+        let runtime = Runtime {
+            child,
+            log_path,
+            _log: log,
+            _config: config,
+        };
+        wait_until(
+            "the runtime to start consuming",
+            Duration::from_secs(60),
+            || runtime.logs_with_message("consuming").len() >= consumers,
+        );
+        runtime
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Every JSON log line so far.
+    pub fn logs(&self) -> Vec<Value> {
+        std::fs::read_to_string(&self.log_path)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|line| serde_json::from_str(line).ok())
+            .collect()
+    }
+
+    pub fn logs_with_message(&self, message: &str) -> Vec<Value> {
+        self.logs()
+            .into_iter()
+            .filter(|l| l["message"] == message)
+            .collect()
+    }
+
+    /// Log lines of finished events with this outcome.
+    pub fn outcomes(&self, outcome: &str) -> Vec<Value> {
+        self.logs()
+            .into_iter()
+            .filter(|l| l["outcome"] == outcome)
+            .collect()
+    }
+
+    pub fn raw_log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    /// SIGTERM, then wait for the process to exit.
+    pub fn terminate(mut self) -> ExitStatus {
+        Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "runtime did not exit after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!(
+                "---- runtime log ({}) ----\n{}",
+                self.log_path.display(),
+                self.raw_log()
+            );
+        }
+    }
+}
+
+// ---------------------------------------------------------------- events
+
+/// A CloudEvent written by hand (not with the runtime's encoder), so the
+/// tests check the wire format independently.
+pub struct TestEvent {
+    pub id: String,
+    pub ty: String,
+    pub data: Value,
+    pub extensions: Vec<(String, String)>,
+}
+
+impl TestEvent {
+    pub fn new(id: impl Into<String>, ty: &str, data: Value) -> Self {
+        TestEvent {
+            id: id.into(),
+            ty: ty.into(),
+            data,
+            extensions: vec![],
+        }
+    }
+
+    pub fn ext(mut self, name: &str, value: &str) -> Self {
+        self.extensions.push((name.into(), value.into()));
+        self
+    }
+
+    pub fn structured(&self) -> (HeaderMap, Vec<u8>) {
+        let mut body = json!({
+            "specversion": "1.0", "id": self.id, "source": "/tests", "type": self.ty,
+            "datacontenttype": "application/json", "data": self.data,
+        });
+        for (k, v) in &self.extensions {
+            body[k] = json!(v);
+        }
+        let mut headers = HeaderMap::new();
+        headers.insert("Content-Type", "application/cloudevents+json");
+        (headers, serde_json::to_vec(&body).unwrap())
+    }
+
+    pub fn binary(&self) -> (HeaderMap, Vec<u8>) {
+        let mut headers = HeaderMap::new();
+        for (k, v) in [
+            ("specversion", "1.0"),
+            ("id", &self.id),
+            ("source", "/tests"),
+            ("type", &self.ty),
+        ]
+        .into_iter()
+        .chain(
+            self.extensions
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str())),
+        ) {
+            headers.insert(format!("ce-{k}").as_str(), v);
+        }
+        headers.insert("ce-datacontenttype", "application/json");
+        (headers, serde_json::to_vec(&self.data).unwrap())
+    }
+}
+
+/// Publishes raw headers and payload and waits for JetStream to store them.
+pub async fn publish(
+    js: &jetstream::Context,
+    subject: &str,
+    (headers, payload): (HeaderMap, Vec<u8>),
+) {
+    js.publish_with_headers(subject.to_string(), headers, payload.into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+}
+
+/// A message stored in a stream, with its CloudEvent decoded.
+pub struct Stored {
+    pub subject: String,
+    pub headers: HeaderMap,
+    pub event: Value,
+    pub binary_mode: bool,
+}
+
+impl Stored {
+    pub fn data(&self) -> &Value {
+        &self.event["data"]
+    }
+}
+
+/// Reads `filter` in `stream` from the start until `expected` messages
+/// arrived (panicking after `timeout`), then keeps listening for a short
+/// while so that extra, unexpected messages are caught too.
+pub async fn collect(
+    js: &jetstream::Context,
+    stream: &str,
+    filter: &str,
+    expected: usize,
+    timeout: Duration,
+) -> Vec<Stored> {
+    let consumer = js
+        .get_stream(stream)
+        .await
+        .unwrap()
+        .create_consumer(consumer::pull::Config {
+            filter_subject: filter.to_string(),
+            ack_policy: consumer::AckPolicy::None,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut messages = consumer.messages().await.unwrap();
+    let mut stored = Vec::new();
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut quiet_until = None;
+    loop {
+        let wait_until = quiet_until.unwrap_or(deadline);
+        let next = tokio::time::timeout_at(wait_until, messages.next()).await;
+        match next {
+            Ok(Some(Ok(message))) => {
+                let decoded = eventhost::decode::decode(message.headers.as_ref(), &message.payload)
+                    .expect("the runtime emitted an invalid CloudEvent");
+                let (_, json) = eventhost::encode::encode(
+                    &decoded.event,
+                    eventhost::decode::ContentMode::Structured,
+                )
+                .unwrap();
+                stored.push(Stored {
+                    subject: message.subject.to_string(),
+                    headers: message.headers.clone().unwrap_or_default(),
+                    event: serde_json::from_slice(&json).unwrap(),
+                    binary_mode: decoded.mode == eventhost::decode::ContentMode::Binary,
+                });
+                if stored.len() == expected && quiet_until.is_none() {
+                    quiet_until = Some(tokio::time::Instant::now() + Duration::from_millis(750));
+                }
+            }
+            Ok(Some(Err(err))) => panic!("reading {filter}: {err}"),
+            Ok(None) => break,
+            Err(_) if quiet_until.is_some() => break,
+            Err(_) => panic!(
+                "expected {expected} messages on {filter}, got {} within {timeout:?}",
+                stored.len()
+            ),
+        }
+    }
+    stored
+}
+
+/// The consumer's view: (pending, ack pending, redelivered).
+pub async fn consumer_state(
+    js: &jetstream::Context,
+    stream: &str,
+    consumer: &str,
+) -> (u64, usize, usize) {
+    let mut c: jetstream::consumer::PullConsumer = js
+        .get_stream(stream)
+        .await
+        .unwrap()
+        .get_consumer(consumer)
+        .await
+        .unwrap();
+    let info = c.info().await.unwrap();
+    (info.num_pending, info.num_ack_pending, info.num_redelivered)
+}
