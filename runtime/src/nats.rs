@@ -7,10 +7,10 @@ use async_nats::jetstream::{self, stream};
 
 use crate::config::{Storage, StreamDeclaration};
 
-/// Connects with the URL's user and password (`nats://user:pass@host`), a
-/// credentials file, and TLS when the URL says `tls://`. After the first
-/// connection the client reconnects on its own; losing and regaining the
-/// server is logged.
+/// Connects with the URL's user and password (`nats://user:pass@host`) or
+/// token (`nats://token@host`), a credentials file, and TLS when the URL says
+/// `tls://`. After the first connection the client reconnects on its own;
+/// losing and regaining the server is logged.
 pub async fn connect(url: &str, creds: Option<&Path>) -> Result<async_nats::Client> {
     let mut options = async_nats::ConnectOptions::new()
         .name("eventhost")
@@ -24,6 +24,21 @@ pub async fn connect(url: &str, creds: Option<&Path>) -> Result<async_nats::Clie
                 other => tracing::warn!(event = %other, "NATS client event"),
             }
         });
+    // async-nats parses credentials in the URL but does not send them.
+    let parsed =
+        url::Url::parse(url).with_context(|| format!("invalid NATS URL {}", redact(url)))?;
+    let decode = |s: &str| {
+        percent_encoding::percent_decode_str(s)
+            .decode_utf8_lossy()
+            .into_owned()
+    };
+    match (parsed.username(), parsed.password()) {
+        ("", _) => {}
+        (user, Some(password)) => {
+            options = options.user_and_password(decode(user), decode(password))
+        }
+        (token, None) => options = options.token(decode(token)),
+    }
     if let Some(creds) = creds {
         options = options
             .credentials_file(creds)
@@ -36,7 +51,22 @@ pub async fn connect(url: &str, creds: Option<&Path>) -> Result<async_nats::Clie
     options
         .connect(url)
         .await
-        .with_context(|| format!("cannot connect to NATS at {url}"))
+        .with_context(|| format!("cannot connect to NATS at {}", redact(url)))
+}
+
+/// The URL with any password or token replaced, for logs and errors.
+pub fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        Ok(mut parsed) if !parsed.username().is_empty() => {
+            let _ = parsed.set_username("***");
+            parsed.to_string()
+        }
+        _ => url.to_string(),
+    }
 }
 
 /// Creates each stream, or updates it to the declared shape. Idempotent.
@@ -63,4 +93,22 @@ pub async fn ensure_streams(js: &jetstream::Context, streams: &[StreamDeclaratio
         tracing::info!(stream = %declared.name, subjects = ?declared.subjects, "stream ready");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn secrets_never_reach_logs() {
+        assert_eq!(
+            redact("nats://eh:s3cret@127.0.0.1:4222"),
+            "nats://eh:***@127.0.0.1:4222"
+        );
+        assert_eq!(
+            redact("nats://t0ken@127.0.0.1:4222"),
+            "nats://***@127.0.0.1:4222"
+        );
+        assert_eq!(redact("nats://127.0.0.1:4222"), "nats://127.0.0.1:4222");
+    }
 }

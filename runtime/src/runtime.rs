@@ -30,7 +30,7 @@ pub struct RuntimeOptions {
 /// settle before returning.
 pub async fn run(options: RuntimeOptions, shutdown: CancellationToken) -> Result<()> {
     let client = crate::nats::connect(&options.nats_url, options.creds.as_deref()).await?;
-    tracing::info!(url = %options.nats_url, "connected to NATS");
+    tracing::info!(url = %crate::nats::redact(&options.nats_url), "connected to NATS");
     let js = jetstream::new(client.clone());
     crate::nats::ensure_streams(&js, &options.config.streams).await?;
 

@@ -44,10 +44,16 @@ pub struct NatsServer {
     child: Option<Child>,
     pub port: u16,
     store: TempDir,
+    extra_args: Vec<String>,
 }
 
 impl NatsServer {
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// A server with extra command-line options (such as `--user`).
+    pub fn start_with(extra_args: &[&str]) -> Self {
         let port = TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -57,6 +63,7 @@ impl NatsServer {
             child: None,
             port,
             store: tempfile::tempdir().unwrap(),
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
         };
         server.spawn();
         server
@@ -73,6 +80,7 @@ impl NatsServer {
                 "-sd",
             ])
             .arg(self.store.path())
+            .args(&self.extra_args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -190,19 +198,17 @@ impl Runtime {
     /// Starts the runtime and waits until it has loaded its handlers and
     /// opened `consumers` consumers.
     pub fn start(nats: &NatsServer, plugins: &Plugins, consumers: usize) -> Self {
+        Self::start_at(&nats.url(), plugins, consumers)
+    }
+
+    /// Like [`Runtime::start`], with an explicit NATS URL.
+    pub fn start_at(url: &str, plugins: &Plugins, consumers: usize) -> Self {
         let config = tempfile::NamedTempFile::new().unwrap();
         std::fs::write(config.path(), TEST_STREAMS).unwrap();
         let log = tempfile::NamedTempFile::new().unwrap();
         let log_path = log.path().to_path_buf();
         let child = Command::new(env!("CARGO_BIN_EXE_eventhost"))
-            .args([
-                "--log-format",
-                "json",
-                "run",
-                "--nats",
-                &nats.url(),
-                "--plugins",
-            ])
+            .args(["--log-format", "json", "run", "--nats", url, "--plugins"])
             .arg(plugins.path())
             .arg("--config")
             .arg(config.path())
