@@ -357,3 +357,36 @@ async fn sigterm_finishes_in_flight_events_and_exits_cleanly() {
         "every in-flight event was acked"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_runtime_rides_out_a_nats_restart() {
+    let mut nats = NatsServer::start();
+    let plugins = Plugins::new();
+    plugins.install("chaos", "chaos", &chaos_manifest(""));
+    let mut runtime = Runtime::start(&nats, &plugins, 1);
+    {
+        let js = nats.jetstream().await;
+        publish(
+            &js,
+            "chaos.in",
+            chaos_event("before", json!({"action": "ok"})),
+        )
+        .await;
+        collect(&js, "CHAOS", "chaos.done", 1, WAIT).await;
+    }
+
+    nats.restart();
+    let js = nats.jetstream().await;
+    publish(
+        &js,
+        "chaos.in",
+        chaos_event("after", json!({"action": "ok"})),
+    )
+    .await;
+    let done = collect(&js, "CHAOS", "chaos.done", 2, Duration::from_secs(60)).await;
+    assert_eq!(
+        inputs_of(&done),
+        ["after", "before"].map(String::from).into()
+    );
+    assert!(runtime.is_running());
+}
