@@ -5,16 +5,17 @@
 //! pulled off the stream once a permit is free, so the runtime never holds
 //! more fetched-but-unstarted messages than a batch.
 //!
-//! Shutdown stops the pulls, then waits for every started event to finish
-//! and settle. Messages fetched but not started are not acked and JetStream
-//! redelivers them after their ack wait.
+//! Shutdown stops the pulls, hands messages that were fetched but not started
+//! back to JetStream (a NAK, so another replica gets them within seconds
+//! rather than after the ack wait), then waits for every started event to
+//! finish and settle.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, Message};
 use cloudevents::AttributesReader;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -110,11 +111,11 @@ impl Dispatcher {
             };
             loop {
                 let permit = tokio::select! {
-                    _ = shutdown.cancelled() => return,
+                    _ = shutdown.cancelled() => return release_prefetched(messages).await,
                     permit = permits.clone().acquire_owned() => permit.expect("never closed"),
                 };
                 let next = tokio::select! {
-                    _ = shutdown.cancelled() => return,
+                    _ = shutdown.cancelled() => return release_prefetched(messages).await,
                     next = messages.next() => next,
                 };
                 match next {
@@ -211,5 +212,23 @@ impl Dispatcher {
                 outcome::settle(message, settle).await;
             }
         }
+    }
+}
+
+/// NAKs every message already buffered in the pull, without waiting for more.
+///
+/// NATS 2.9 cannot cancel our open pull request and keeps delivering to it
+/// even once we stop reading, so an immediate NAK would bounce the message
+/// straight back to this process. Delaying the redelivery past the request's
+/// lifetime sends it to another replica (or our successor) instead.
+async fn release_prefetched(mut messages: async_nats::jetstream::consumer::pull::Stream) {
+    let mut released = 0;
+    while let Some(Some(Ok(message))) = messages.next().now_or_never() {
+        let delay = crate::source::PULL_EXPIRES;
+        outcome::settle(&message, Settle::Retry { delay }).await;
+        released += 1;
+    }
+    if released > 0 {
+        tracing::info!(released, "returned prefetched messages to JetStream");
     }
 }

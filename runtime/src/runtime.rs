@@ -68,6 +68,23 @@ pub async fn run(options: RuntimeOptions, shutdown: CancellationToken) -> Result
     Ok(())
 }
 
+/// Outputs are published to JetStream and acked by it; a subject no stream
+/// captures would fail every successful invocation at publish time. Refuse
+/// the handler at load instead.
+async fn check_publish_targets(js: &jetstream::Context, publish: &[String]) -> Result<()> {
+    for subject in publish {
+        js.stream_by_subject(subject.as_str())
+            .await
+            .with_context(|| {
+                format!(
+                    "no JetStream stream captures `publish` subject {subject:?}; \
+                     declare one in the runtime config"
+                )
+            })?;
+    }
+    Ok(())
+}
+
 /// Compiles and checks a handler, then resolves its consumers.
 async fn load(
     sandbox: &Sandbox,
@@ -84,6 +101,9 @@ async fn load(
     let context = || format!("handler {name} ({})", wasm_path.display());
     let started = std::time::Instant::now();
     let bindings = ConsumerBinding::resolve(js, &name, &manifest)
+        .await
+        .with_context(context)?;
+    check_publish_targets(js, &manifest.publish)
         .await
         .with_context(context)?;
     let identity = HandlerIdentity::new(&name, &version, manifest);

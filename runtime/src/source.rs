@@ -20,8 +20,12 @@ use crate::subject;
 
 /// Idle heartbeats let the client notice a dead pull (server restart,
 /// consumer deleted) instead of waiting forever.
-const HEARTBEAT: Duration = Duration::from_secs(5);
-const PULL_EXPIRES: Duration = Duration::from_secs(30);
+const HEARTBEAT: Duration = Duration::from_secs(2);
+/// How long one pull request stays open on the server. Kept short because
+/// NATS 2.9 cannot cancel a pull request: at shutdown, messages handed back
+/// must wait this long so they go to another requester, not back to us (see
+/// [`crate::dispatch`]).
+pub const PULL_EXPIRES: Duration = Duration::from_secs(5);
 
 /// What a handler's consumer on one subject looks like.
 #[derive(Debug, Clone)]

@@ -279,7 +279,7 @@ impl Runtime {
     }
 
     /// SIGTERM, then wait for the process to exit.
-    pub fn terminate(mut self) -> ExitStatus {
+    pub fn terminate(&mut self) -> ExitStatus {
         Command::new("kill")
             .args(["-TERM", &self.pid().to_string()])
             .status()
