@@ -123,3 +123,64 @@ async fn credentials_in_the_url_are_used_and_never_logged() {
     );
     assert!(!stderr.contains("wrong"), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tls_with_a_private_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()]).unwrap();
+    let (cert_path, key_path) = (dir.path().join("server.pem"), dir.path().join("server.key"));
+    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+    std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
+    let nats = NatsServer::start_with(&[
+        "--tls",
+        "--tlscert",
+        cert_path.to_str().unwrap(),
+        "--tlskey",
+        key_path.to_str().unwrap(),
+    ]);
+    let tls_url = format!("tls://127.0.0.1:{}", nats.port);
+
+    // Trusting the CA: the runtime connects over TLS and runs its handlers.
+    let plugins = Plugins::new();
+    plugins.install_example("payment");
+    let mut command = Command::new(env!("CARGO_BIN_EXE_eventhost"));
+    command
+        .args(["run", "--nats", &tls_url, "--tls-ca"])
+        .arg(&cert_path)
+        .arg("--plugins")
+        .arg(plugins.path())
+        .stderr(Stdio::piped());
+    let mut runtime = command.spawn().unwrap();
+    let mut log = BufReader::new(runtime.stderr.take().unwrap());
+    let mut seen = String::new();
+    while !seen.contains("runtime ready") {
+        let mut line = String::new();
+        assert!(
+            log.read_line(&mut line).unwrap() > 0,
+            "runtime exited: {seen}"
+        );
+        seen.push_str(&line);
+    }
+    runtime.kill().unwrap();
+    runtime.wait().unwrap();
+
+    // Without the CA the certificate is not trusted, and the error says so.
+    let output = Command::new(env!("CARGO_BIN_EXE_eventhost"))
+        .args([
+            "publish",
+            "orders.created",
+            "--type",
+            "t",
+            "--nats",
+            &tls_url,
+        ])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("cannot connect to NATS at tls://127.0.0.1"),
+        "{stderr}"
+    );
+}

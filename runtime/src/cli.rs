@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use eventhost::config::RuntimeConfig;
 use eventhost::decode::{ContentMode, decode};
 use eventhost::encode::encode;
+use eventhost::nats::NatsEndpoint;
 use eventhost::runtime::{self, RuntimeOptions};
 
 const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
@@ -37,6 +38,9 @@ pub struct Global {
     /// NATS credentials file.
     #[arg(long, global = true, env = "EVENTHOST_NATS_CREDS")]
     pub creds: Option<PathBuf>,
+    /// PEM file of CA certificates to trust for the NATS server (implies TLS).
+    #[arg(long, global = true, env = "EVENTHOST_NATS_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
     /// Log format.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "EVENTHOST_LOG_FORMAT")]
     pub log_format: LogFormat,
@@ -99,9 +103,23 @@ pub enum Command {
     },
 }
 
+impl Global {
+    /// Flags (and their environment variables) win over the config file,
+    /// which wins over the defaults.
+    fn endpoint(&self, config: &RuntimeConfig) -> NatsEndpoint {
+        NatsEndpoint {
+            url: (self.nats.clone())
+                .or_else(|| config.nats_url.clone())
+                .unwrap_or_else(|| DEFAULT_NATS_URL.into()),
+            creds: self.creds.clone().or_else(|| config.creds.clone()),
+            tls_ca: self.tls_ca.clone().or_else(|| config.tls_ca.clone()),
+        }
+    }
+}
+
 impl Cli {
     pub async fn execute(self, shutdown: CancellationToken) -> Result<()> {
-        let Global { nats, creds, .. } = self.global;
+        let nats = self.global.endpoint(&RuntimeConfig::default());
         match self.command {
             Command::Run { plugins, config } => {
                 let config = match config {
@@ -110,10 +128,7 @@ impl Cli {
                 };
                 let options = RuntimeOptions {
                     plugins_dir: plugins,
-                    nats_url: nats
-                        .or_else(|| config.nats_url.clone())
-                        .unwrap_or_else(|| DEFAULT_NATS_URL.into()),
-                    creds: creds.or_else(|| config.creds.clone()),
+                    nats: self.global.endpoint(&config),
                     config,
                 };
                 runtime::run(options, shutdown).await
@@ -127,8 +142,7 @@ impl Cli {
                 extensions,
                 binary,
             } => {
-                let url = nats.unwrap_or_else(|| DEFAULT_NATS_URL.into());
-                let client = eventhost::nats::connect(&url, creds.as_deref()).await?;
+                let client = nats.connect().await?;
                 let mut builder = EventBuilderV10::new()
                     .id(id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string()))
                     .source(source)
@@ -166,8 +180,7 @@ impl Cli {
                 timeout,
                 pretty,
             } => {
-                let url = nats.unwrap_or_else(|| DEFAULT_NATS_URL.into());
-                let client = eventhost::nats::connect(&url, creds.as_deref()).await?;
+                let client = nats.connect().await?;
                 let mut merged = futures::stream::SelectAll::new();
                 for subject in &subjects {
                     merged.push(client.subscribe(subject.clone()).await?);

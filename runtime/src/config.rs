@@ -18,6 +18,8 @@ pub struct RuntimeConfig {
     pub nats_url: Option<String>,
     /// NATS credentials file; `--creds` overrides it.
     pub creds: Option<PathBuf>,
+    /// CA certificates (PEM) to trust for the server; `--tls-ca` overrides it.
+    pub tls_ca: Option<PathBuf>,
     #[serde(default)]
     pub streams: Vec<StreamDeclaration>,
 }

@@ -1,57 +1,88 @@
 //! Connecting to NATS and declaring the configured streams.
 
-use std::path::Path;
+use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use async_nats::jetstream::{self, stream};
 
 use crate::config::{Storage, StreamDeclaration};
 
-/// Connects with the URL's user and password (`nats://user:pass@host`) or
-/// token (`nats://token@host`), a credentials file, and TLS when the URL says
-/// `tls://`. After the first connection the client reconnects on its own;
-/// losing and regaining the server is logged.
-pub async fn connect(url: &str, creds: Option<&Path>) -> Result<async_nats::Client> {
-    let mut options = async_nats::ConnectOptions::new()
-        .name("eventhost")
-        .event_callback(|event| async move {
-            match event {
-                async_nats::Event::Connected => tracing::info!("NATS connection (re)established"),
-                async_nats::Event::Disconnected => {
-                    tracing::warn!("NATS connection lost; reconnecting")
-                }
-                async_nats::Event::Closed => tracing::debug!("NATS connection closed"),
-                other => tracing::warn!(event = %other, "NATS client event"),
-            }
-        });
-    // async-nats parses credentials in the URL but does not send them.
-    let parsed =
-        url::Url::parse(url).with_context(|| format!("invalid NATS URL {}", redact(url)))?;
-    let decode = |s: &str| {
-        percent_encoding::percent_decode_str(s)
-            .decode_utf8_lossy()
-            .into_owned()
-    };
-    match (parsed.username(), parsed.password()) {
-        ("", _) => {}
-        (user, Some(password)) => {
-            options = options.user_and_password(decode(user), decode(password))
+/// Where NATS is and how to authenticate to it.
+#[derive(Debug, Clone)]
+pub struct NatsEndpoint {
+    /// `nats://[user:pass@|token@]host:port`; `tls://` requires TLS.
+    pub url: String,
+    /// A credentials file (JWT and NKey seed).
+    pub creds: Option<PathBuf>,
+    /// A PEM file of CA certificates to trust for the server's certificate,
+    /// besides the system's. Implies TLS.
+    pub tls_ca: Option<PathBuf>,
+}
+
+impl NatsEndpoint {
+    pub fn new(url: impl Into<String>) -> Self {
+        NatsEndpoint {
+            url: url.into(),
+            creds: None,
+            tls_ca: None,
         }
-        (token, None) => options = options.token(decode(token)),
     }
-    if let Some(creds) = creds {
-        options = options
-            .credentials_file(creds)
+
+    /// The URL without secrets, for logs.
+    pub fn display_url(&self) -> String {
+        redact(&self.url)
+    }
+
+    /// Connects. After the first connection the client reconnects on its own;
+    /// losing and regaining the server is logged.
+    pub async fn connect(&self) -> Result<async_nats::Client> {
+        let url = self.url.as_str();
+        let mut options = async_nats::ConnectOptions::new()
+            .name("eventhost")
+            .event_callback(|event| async move {
+                match event {
+                    async_nats::Event::Connected => {
+                        tracing::info!("NATS connection (re)established")
+                    }
+                    async_nats::Event::Disconnected => {
+                        tracing::warn!("NATS connection lost; reconnecting")
+                    }
+                    async_nats::Event::Closed => tracing::debug!("NATS connection closed"),
+                    other => tracing::warn!(event = %other, "NATS client event"),
+                }
+            });
+        // async-nats parses credentials in the URL but does not send them.
+        let parsed =
+            url::Url::parse(url).with_context(|| format!("invalid NATS URL {}", redact(url)))?;
+        let decode = |s: &str| {
+            percent_encoding::percent_decode_str(s)
+                .decode_utf8_lossy()
+                .into_owned()
+        };
+        match (parsed.username(), parsed.password()) {
+            ("", _) => {}
+            (user, Some(password)) => {
+                options = options.user_and_password(decode(user), decode(password))
+            }
+            (token, None) => options = options.token(decode(token)),
+        }
+        if let Some(creds) = &self.creds {
+            options = options
+                .credentials_file(creds)
+                .await
+                .with_context(|| format!("reading NATS credentials {}", creds.display()))?;
+        }
+        if let Some(ca) = &self.tls_ca {
+            options = options.add_root_certificates(ca.clone()).require_tls(true);
+        }
+        if url.starts_with("tls://") {
+            options = options.require_tls(true);
+        }
+        options
+            .connect(url)
             .await
-            .with_context(|| format!("reading NATS credentials {}", creds.display()))?;
+            .with_context(|| format!("cannot connect to NATS at {}", redact(url)))
     }
-    if url.starts_with("tls://") {
-        options = options.require_tls(true);
-    }
-    options
-        .connect(url)
-        .await
-        .with_context(|| format!("cannot connect to NATS at {}", redact(url)))
 }
 
 /// The URL with any password or token replaced, for logs and errors.

@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::RuntimeConfig;
 use crate::dispatch::Dispatcher;
+use crate::nats::NatsEndpoint;
 use crate::plugins::{self, PluginSource};
 use crate::sandbox::{HandlerIdentity, Sandbox};
 use crate::source::ConsumerBinding;
@@ -21,16 +22,15 @@ use crate::source::ConsumerBinding;
 #[derive(Debug, Clone)]
 pub struct RuntimeOptions {
     pub plugins_dir: PathBuf,
-    pub nats_url: String,
-    pub creds: Option<PathBuf>,
+    pub nats: NatsEndpoint,
     pub config: RuntimeConfig,
 }
 
 /// Runs until `shutdown` is cancelled, then lets in-flight events finish and
 /// settle before returning.
 pub async fn run(options: RuntimeOptions, shutdown: CancellationToken) -> Result<()> {
-    let client = crate::nats::connect(&options.nats_url, options.creds.as_deref()).await?;
-    tracing::info!(url = %crate::nats::redact(&options.nats_url), "connected to NATS");
+    let client = options.nats.connect().await?;
+    tracing::info!(url = %options.nats.display_url(), "connected to NATS");
     let js = jetstream::new(client.clone());
     crate::nats::ensure_streams(&js, &options.config.streams).await?;
 
