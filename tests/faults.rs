@@ -340,7 +340,7 @@ async fn sigterm_finishes_in_flight_events_and_hands_back_the_rest() {
     }
     // Four are being handled when the signal arrives; the client may have
     // prefetched some of the others.
-    for _ in 0..100 {
+    for _ in 0..500 {
         if consumer_state(&js, "CHAOS", "chaos").await.1 >= 4 {
             break;
         }
