@@ -18,9 +18,9 @@ use crate::decode::validate_attribute_name;
 use crate::subject;
 
 /// Most events one invocation may emit.
-pub const MAX_EMITTED_EVENTS: usize = 1000;
+const MAX_EMITTED_EVENTS: usize = 1000;
 /// Most data bytes, summed, one invocation may emit.
-pub const MAX_EMITTED_BYTES: usize = 16 << 20;
+const MAX_EMITTED_BYTES: usize = 16 << 20;
 /// How much of a guest's stderr (its panic message, say) is kept for the log.
 const STDERR_CAPACITY: usize = 16 << 10;
 

@@ -24,8 +24,6 @@ use cloudevents::{AttributesReader, Event};
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Config, Engine, Store, UpdateDeadline};
 
-pub use host::{MAX_EMITTED_BYTES, MAX_EMITTED_EVENTS};
-
 use crate::manifest::{HandlerManifest, Limits};
 use host::InvocationState;
 
