@@ -165,13 +165,14 @@ impl Cli {
                 } else {
                     ContentMode::Structured
                 };
-                let (headers, payload) = encode(&event, mode)?;
+                let id = event.id().to_string();
+                let (headers, payload) = encode(event, mode)?;
                 let js = async_nats::jetstream::new(client);
                 js.publish_with_headers(subject.clone(), headers, payload)
                     .await?
                     .await
                     .with_context(|| format!("no JetStream stream stored {subject:?}"))?;
-                println!("{}", event.id());
+                println!("{id}");
                 Ok(())
             }
             Command::Tail {
@@ -203,7 +204,7 @@ impl Cli {
                     };
                     match decode(message.headers.as_ref(), &message.payload) {
                         Ok(decoded) => {
-                            let (_, json) = encode(&decoded.event, ContentMode::Structured)?;
+                            let (_, json) = encode(decoded.event, ContentMode::Structured)?;
                             if pretty {
                                 println!("{}", one_line(&message.subject, &json, decoded.mode));
                             } else {

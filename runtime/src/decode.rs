@@ -18,7 +18,7 @@
 
 use async_nats::HeaderMap;
 use chrono::{DateTime, Utc};
-use cloudevents::event::Data;
+use cloudevents::event::{Data, SpecVersion};
 use cloudevents::{AttributesReader, AttributesWriter, Event, EventBuilder, EventBuilderV10};
 
 /// How an event was (or will be) laid out on the wire.
@@ -57,9 +57,10 @@ pub struct Decoded {
 /// Decodes one NATS message.
 pub fn decode(headers: Option<&HeaderMap>, payload: &[u8]) -> Result<Decoded, DecodeError> {
     let headers = Headers::lowercased(headers);
-    let (event, mode) = match headers.get("content-type") {
-        Some(ct) if media_type(ct).starts_with("application/cloudevents") => {
-            if media_type(ct) != "application/cloudevents+json" {
+    let content_type = headers.get("content-type");
+    let (event, mode) = match content_type.map(|ct| (ct, media_type(ct))) {
+        Some((ct, media)) if media.starts_with("application/cloudevents") => {
+            if media != "application/cloudevents+json" {
                 return Err(DecodeError::UnsupportedFormat(ct.to_string()));
             }
             (decode_structured(payload)?, ContentMode::Structured)
@@ -82,24 +83,32 @@ pub fn decode(headers: Option<&HeaderMap>, payload: &[u8]) -> Result<Decoded, De
 }
 
 fn decode_structured(payload: &[u8]) -> Result<Event, DecodeError> {
-    // Check the version first: the SDK would happily read 0.3 events.
-    #[derive(serde::Deserialize)]
-    struct Version {
-        specversion: Option<serde_json::Value>,
+    match serde_json::from_slice::<Event>(payload) {
+        // The SDK also reads 0.3 events; we take only 1.0.
+        Ok(event) if event.specversion() != SpecVersion::V10 => {
+            Err(DecodeError::SpecVersion(event.specversion().to_string()))
+        }
+        Ok(event) => Ok(event),
+        Err(err) => {
+            Err(unknown_version(payload)
+                .unwrap_or_else(|| DecodeError::Structured(err.to_string())))
+        }
     }
-    if let Ok(Version {
-        specversion: Some(v),
-    }) = serde_json::from_slice(payload)
-        && v != "1.0"
-    {
-        return Err(DecodeError::SpecVersion(
-            v.to_string().trim_matches('"').into(),
-        ));
-    }
-    serde_json::from_slice(payload).map_err(|e| DecodeError::Structured(e.to_string()))
 }
 
-fn decode_binary(headers: &Headers, payload: &[u8]) -> Result<Event, DecodeError> {
+/// On the error path only: a `specversion` the SDK does not know at all
+/// makes a clearer error than the SDK's own.
+fn unknown_version(payload: &[u8]) -> Option<DecodeError> {
+    #[derive(serde::Deserialize)]
+    struct Version {
+        specversion: serde_json::Value,
+    }
+    let Version { specversion } = serde_json::from_slice(payload).ok()?;
+    (specversion != "1.0")
+        .then(|| DecodeError::SpecVersion(specversion.to_string().trim_matches('"').into()))
+}
+
+fn decode_binary(headers: &Headers<'_>, payload: &[u8]) -> Result<Event, DecodeError> {
     let bad = DecodeError::Binary;
     let mut builder = EventBuilderV10::new();
     let mut datacontenttype = None;
@@ -178,26 +187,26 @@ fn media_type(content_type: &str) -> String {
 
 /// Header names are case-insensitive in the binding; NATS keeps their case.
 /// When a header repeats, the last value wins.
-struct Headers(Vec<(String, String)>);
+struct Headers<'a>(Vec<(String, &'a str)>);
 
-impl Headers {
-    fn lowercased(headers: Option<&HeaderMap>) -> Self {
+impl<'a> Headers<'a> {
+    fn lowercased(headers: Option<&'a HeaderMap>) -> Self {
         let mut out = Vec::new();
         for (name, values) in headers.into_iter().flat_map(|h| h.iter()) {
             if let Some(value) = values.last() {
                 let name: &str = name.as_ref();
-                out.push((name.to_ascii_lowercase(), value.as_str().to_string()));
+                out.push((name.to_ascii_lowercase(), value.as_str()));
             }
         }
         Headers(out)
     }
 
-    fn get(&self, name: &str) -> Option<&str> {
+    fn get(&self, name: &str) -> Option<&'a str> {
         self.0
             .iter()
             .rev()
             .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
+            .map(|(_, v)| *v)
     }
 }
 

@@ -22,7 +22,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::decode::{self, Decoded};
-use crate::outcome::{self, Output, Settle};
+use crate::outcome::{self, Settle};
 use crate::policy;
 use crate::sandbox::HandlerComponent;
 use crate::source::ConsumerBinding;
@@ -179,17 +179,7 @@ impl Dispatcher {
                 return;
             }
         };
-        let outputs: Result<Vec<Output>, _> = emitted
-            .into_iter()
-            .enumerate()
-            .map(|(i, e)| outcome::complete(identity, &input, i, e))
-            .collect();
-        let stored = match outputs {
-            Ok(outputs) => outcome::publish_all(&self.js, &outputs)
-                .await
-                .map(|()| outputs.len()),
-            Err(err) => Err(err),
-        };
+        let stored = outcome::publish_emitted(&self.js, identity, &input, emitted).await;
         match stored {
             Ok(emitted) => {
                 outcome::settle(message, Settle::Ack).await;

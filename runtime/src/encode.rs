@@ -24,15 +24,14 @@ const HEADER_VALUE: &AsciiSet = &CONTROLS.add(b' ').add(b'"').add(b'%');
 
 /// Encodes `event` in `mode`. Adds no transport headers (like `Nats-Msg-Id`);
 /// callers add those.
-pub fn encode(event: &Event, mode: ContentMode) -> Result<(HeaderMap, Bytes)> {
+pub fn encode(event: Event, mode: ContentMode) -> Result<(HeaderMap, Bytes)> {
     match mode {
         ContentMode::Structured => encode_structured(event),
         ContentMode::Binary => Ok(encode_binary(event)),
     }
 }
 
-fn encode_structured(event: &Event) -> Result<(HeaderMap, Bytes)> {
-    let mut event = event.clone();
+fn encode_structured(mut event: Event) -> Result<(HeaderMap, Bytes)> {
     // JSON data travels as JSON, not base64, so consumers can read it.
     if let Some(Data::Binary(bytes)) = event.data()
         && event.datacontenttype().is_some_and(is_json)
@@ -46,16 +45,17 @@ fn encode_structured(event: &Event) -> Result<(HeaderMap, Bytes)> {
     Ok((headers, Bytes::from(body)))
 }
 
-fn encode_binary(event: &Event) -> (HeaderMap, Bytes) {
+fn encode_binary(mut event: Event) -> (HeaderMap, Bytes) {
     let mut headers = HeaderMap::new();
     for (name, value) in event.iter() {
         let encoded = utf8_percent_encode(&value.to_string(), HEADER_VALUE).to_string();
         headers.insert(format!("ce-{name}").as_str(), encoded.as_str());
     }
-    let payload = match event.data() {
+    let (_, _, data) = event.take_data();
+    let payload = match data {
         None => Bytes::new(),
-        Some(Data::Binary(bytes)) => Bytes::from(bytes.clone()),
-        Some(Data::String(s)) => Bytes::from(s.clone()),
+        Some(Data::Binary(bytes)) => Bytes::from(bytes),
+        Some(Data::String(s)) => Bytes::from(s),
         Some(Data::Json(value)) => Bytes::from(value.to_string()),
     };
     (headers, payload)
@@ -94,7 +94,7 @@ mod tests {
     #[test]
     fn binary_round_trips_and_encodes_header_values() {
         let event = sample();
-        let (headers, payload) = encode(&event, ContentMode::Binary).unwrap();
+        let (headers, payload) = encode(event.clone(), ContentMode::Binary).unwrap();
         let subject = headers.get("ce-subject").unwrap().as_str();
         assert_eq!(subject, "needs%20%22encoding%22%20100%25%20%E2%9C%93");
         assert!(subject.bytes().all(|b| (0x21..=0x7e).contains(&b)));
@@ -111,7 +111,7 @@ mod tests {
     #[test]
     fn structured_round_trips_with_json_data_inline() {
         let event = sample();
-        let (headers, payload) = encode(&event, ContentMode::Structured).unwrap();
+        let (headers, payload) = encode(event.clone(), ContentMode::Structured).unwrap();
         assert_eq!(
             headers.get("Content-Type").unwrap().as_str(),
             STRUCTURED_CONTENT_TYPE

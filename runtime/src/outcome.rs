@@ -114,28 +114,35 @@ fn input_extension(event: &Event, name: &str) -> Option<String> {
     event.extension(name).map(|v| v.to_string())
 }
 
-/// Publishes every output and waits until JetStream has stored each one.
-/// Publishes are pipelined: all are sent, then all acks awaited.
-pub async fn publish_all(js: &jetstream::Context, outputs: &[Output]) -> Result<()> {
-    let mut pending = Vec::with_capacity(outputs.len());
-    for output in outputs {
-        let (mut headers, payload) = encode(&output.event, output.mode)?;
-        headers.insert("Nats-Msg-Id", output.msg_id.as_str());
+/// Completes what a successful invocation emitted ([`complete`]), publishes
+/// it and waits until JetStream has stored every event. Returns how many
+/// were stored. Publishes are pipelined: all are sent, then all acks awaited.
+pub async fn publish_emitted(
+    js: &jetstream::Context,
+    handler: &HandlerIdentity,
+    input: &Decoded,
+    emitted: Vec<EmittedEvent>,
+) -> Result<usize> {
+    let mut pending = Vec::with_capacity(emitted.len());
+    for (index, emitted) in emitted.into_iter().enumerate() {
+        let Output {
+            destination,
+            event,
+            msg_id,
+            mode,
+        } = complete(handler, input, index, emitted)?;
+        let (mut headers, payload) = encode(event, mode)?;
+        headers.insert("Nats-Msg-Id", msg_id.as_str());
         let ack = js
-            .publish_with_headers(output.destination.clone(), headers, payload)
+            .publish_with_headers(destination.clone(), headers, payload)
             .await
-            .with_context(|| format!("publishing to {}", output.destination))?;
+            .with_context(|| format!("publishing to {destination}"))?;
         pending.push(async move {
-            ack.await.with_context(|| {
-                format!(
-                    "JetStream did not store the event for {}",
-                    output.destination
-                )
-            })
+            ack.await
+                .with_context(|| format!("JetStream did not store the event for {destination}"))
         });
     }
-    try_join_all(pending).await?;
-    Ok(())
+    Ok(try_join_all(pending).await?.len())
 }
 
 /// How the input message is settled.

@@ -234,13 +234,13 @@ impl HandlerComponent {
         // spent inside host calls such as a WASI sleep.
         let outcome = tokio::time::timeout(timeout + EPOCH_TICK * 2, call).await;
 
-        let state = store.into_data();
+        let mut state = store.into_data();
         let fail = |kind, message: String| Err(Failure { kind, message });
         let result = match outcome {
-            _ if state.refused_emit.is_some() => fail(
-                FailureKind::EmitRefused,
-                state.refused_emit.clone().unwrap_or_default(),
-            ),
+            // A refused emit fails the invocation whatever the guest returned.
+            _ if let Some(refused) = state.refused_emit.take() => {
+                fail(FailureKind::EmitRefused, refused)
+            }
             Err(_) => fail(
                 FailureKind::Timeout,
                 format!("still running after {timeout:?}"),
