@@ -40,10 +40,7 @@ fn order(i: usize) -> (String, serde_json::Value) {
 }
 
 fn order_ids(stored: &[Stored]) -> BTreeSet<String> {
-    stored
-        .iter()
-        .map(|s| s.data()["order_id"].as_str().unwrap().to_string())
-        .collect()
+    data_values(stored, "order_id")
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -8,6 +8,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use async_nats::HeaderMap;
+use async_nats::jetstream;
 use serde_json::json;
 use support::*;
 
@@ -20,28 +21,50 @@ fn chaos_manifest(limits: &str) -> String {
     )
 }
 
-fn chaos_event(id: &str, action: serde_json::Value) -> (HeaderMap, Vec<u8>) {
-    TestEvent::new(id, "com.example.chaos", action).structured()
+/// A private NATS server and one runtime running the chaos handler. Tests
+/// destructure it, binding every field so that nothing is dropped early.
+struct ChaosHost {
+    nats: NatsServer,
+    plugins: Plugins,
+    runtime: Runtime,
+    js: jetstream::Context,
+}
+
+impl ChaosHost {
+    async fn start(limits: &str) -> Self {
+        let nats = NatsServer::start();
+        let plugins = Plugins::new();
+        plugins.install("chaos", "chaos", &chaos_manifest(limits));
+        let runtime = Runtime::start(&nats, &plugins, 1);
+        let js = nats.jetstream().await;
+        ChaosHost {
+            nats,
+            plugins,
+            runtime,
+            js,
+        }
+    }
+}
+
+/// Publishes a chaos event whose data (`action`) says what the guest does.
+async fn send(js: &jetstream::Context, id: &str, action: serde_json::Value) {
+    let event = TestEvent::new(id, "com.example.chaos", action);
+    publish(js, "chaos.in", event.structured()).await;
 }
 
 fn inputs_of(stored: &[Stored]) -> BTreeSet<String> {
-    stored
-        .iter()
-        .map(|s| s.data()["input"].as_str().unwrap().to_string())
-        .collect()
+    data_values(stored, "input")
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn trapping_runaway_and_greedy_guests_fail_only_their_own_event() {
-    let nats = NatsServer::start();
-    let plugins = Plugins::new();
-    plugins.install(
-        "chaos",
-        "chaos",
-        &chaos_manifest("timeout = \"500ms\"\nmemory = \"16 MiB\"\nconcurrency = 4"),
-    );
-    let mut runtime = Runtime::start(&nats, &plugins, 1);
-    let js = nats.jetstream().await;
+    let limits = "timeout = \"500ms\"\nmemory = \"16 MiB\"\nconcurrency = 4";
+    let ChaosHost {
+        nats: _nats,
+        plugins: _plugins,
+        mut runtime,
+        js,
+    } = ChaosHost::start(limits).await;
 
     let bad = [
         ("trap", json!({"action": "trap"})),
@@ -50,20 +73,10 @@ async fn trapping_runaway_and_greedy_guests_fail_only_their_own_event() {
         ("sleep", json!({"action": "sleep", "ms": 5000})),
     ];
     for (i, (id, action)) in bad.iter().enumerate() {
-        publish(
-            &js,
-            "chaos.in",
-            chaos_event(&format!("ok-{i}"), json!({"action": "ok", "seq": i})),
-        )
-        .await;
-        publish(&js, "chaos.in", chaos_event(id, action.clone())).await;
+        send(&js, &format!("ok-{i}"), json!({"action": "ok", "seq": i})).await;
+        send(&js, id, action.clone()).await;
     }
-    publish(
-        &js,
-        "chaos.in",
-        chaos_event("ok-last", json!({"action": "ok"})),
-    )
-    .await;
+    send(&js, "ok-last", json!({"action": "ok"})).await;
 
     let done = collect(&js, "CHAOS", "chaos.done", 5, WAIT).await;
     assert_eq!(
@@ -109,11 +122,12 @@ async fn trapping_runaway_and_greedy_guests_fail_only_their_own_event() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn invalid_messages_are_terminated_and_the_next_event_flows() {
-    let nats = NatsServer::start();
-    let plugins = Plugins::new();
-    plugins.install("chaos", "chaos", &chaos_manifest(""));
-    let mut runtime = Runtime::start(&nats, &plugins, 1);
-    let js = nats.jetstream().await;
+    let ChaosHost {
+        nats: _nats,
+        plugins: _plugins,
+        mut runtime,
+        js,
+    } = ChaosHost::start("").await;
 
     let structured = |body: &str| {
         let mut h = HeaderMap::new();
@@ -149,12 +163,7 @@ async fn invalid_messages_are_terminated_and_the_next_event_flows() {
     for message in invalid {
         publish(&js, "chaos.in", message).await;
     }
-    publish(
-        &js,
-        "chaos.in",
-        chaos_event("good", json!({"action": "ok"})),
-    )
-    .await;
+    send(&js, "good", json!({"action": "ok"})).await;
 
     let done = collect(&js, "CHAOS", "chaos.done", 1, WAIT).await;
     assert_eq!(inputs_of(&done), ["good".to_string()].into());
@@ -185,29 +194,20 @@ async fn invalid_messages_are_terminated_and_the_next_event_flows() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn emits_outside_the_manifest_are_refused_and_nothing_is_published() {
-    let nats = NatsServer::start();
-    let plugins = Plugins::new();
-    plugins.install("chaos", "chaos", &chaos_manifest(""));
-    let runtime = Runtime::start(&nats, &plugins, 1);
-    let js = nats.jetstream().await;
+    let ChaosHost {
+        nats,
+        plugins: _plugins,
+        runtime,
+        js,
+    } = ChaosHost::start("").await;
     let client = async_nats::connect(nats.url()).await.unwrap();
     let mut forbidden = client.subscribe("forbidden.>").await.unwrap();
     client.flush().await.unwrap();
 
     // The guest emits to chaos.done (allowed) and then to forbidden.subject,
     // ignoring the refusal and returning ok.
-    publish(
-        &js,
-        "chaos.in",
-        chaos_event("sneaky", json!({"action": "emit-forbidden"})),
-    )
-    .await;
-    publish(
-        &js,
-        "chaos.in",
-        chaos_event("honest", json!({"action": "ok"})),
-    )
-    .await;
+    send(&js, "sneaky", json!({"action": "emit-forbidden"})).await;
+    send(&js, "honest", json!({"action": "ok"})).await;
 
     let done = collect(&js, "CHAOS", "chaos.done", 1, WAIT).await;
     assert_eq!(
@@ -257,12 +257,7 @@ async fn broken_plugins_are_reported_and_the_others_run() {
         .write("lonely.wasm", b"\0asm\x01\0\0\0");
     let runtime = Runtime::start(&nats, &plugins, 1);
     let js = nats.jetstream().await;
-    publish(
-        &js,
-        "chaos.in",
-        chaos_event("still-works", json!({"action": "ok"})),
-    )
-    .await;
+    send(&js, "still-works", json!({"action": "ok"})).await;
     collect(&js, "CHAOS", "chaos.done", 1, WAIT).await;
 
     let errors: Vec<String> = runtime
@@ -291,17 +286,18 @@ async fn broken_plugins_are_reported_and_the_others_run() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn two_runtimes_on_one_consumer_split_the_work_and_handle_each_event_once() {
-    let nats = NatsServer::start();
-    let plugins = Plugins::new();
-    plugins.install("chaos", "chaos", &chaos_manifest("concurrency = 4"));
-    let first = Runtime::start(&nats, &plugins, 1);
+    let ChaosHost {
+        nats,
+        plugins,
+        runtime: first,
+        js,
+    } = ChaosHost::start("concurrency = 4").await;
     let second = Runtime::start(&nats, &plugins, 1);
-    let js = nats.jetstream().await;
 
     const EVENTS: usize = 120;
     for i in 0..EVENTS {
         let action = json!({"action": "sleep", "ms": 15, "seq": i});
-        publish(&js, "chaos.in", chaos_event(&format!("e-{i}"), action)).await;
+        send(&js, &format!("e-{i}"), action).await;
     }
     let done = collect(&js, "CHAOS", "chaos.done", EVENTS, Duration::from_secs(60)).await;
     assert_eq!(done.len(), EVENTS);
@@ -327,16 +323,17 @@ async fn two_runtimes_on_one_consumer_split_the_work_and_handle_each_event_once(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_finishes_in_flight_events_and_hands_back_the_rest() {
-    let nats = NatsServer::start();
-    let plugins = Plugins::new();
-    let manifest = chaos_manifest("timeout = \"5s\"\nconcurrency = 4");
-    plugins.install("chaos", "chaos", &manifest);
-    let mut runtime = Runtime::start(&nats, &plugins, 1);
-    let js = nats.jetstream().await;
+    let limits = "timeout = \"5s\"\nconcurrency = 4";
+    let ChaosHost {
+        nats,
+        plugins,
+        mut runtime,
+        js,
+    } = ChaosHost::start(limits).await;
     const EVENTS: usize = 8;
     for i in 0..EVENTS {
         let action = json!({"action": "sleep", "ms": 1500});
-        publish(&js, "chaos.in", chaos_event(&format!("slow-{i}"), action)).await;
+        send(&js, &format!("slow-{i}"), action).await;
     }
     // Four are being handled when the signal arrives; the client may have
     // prefetched some of the others.
@@ -365,29 +362,18 @@ async fn sigterm_finishes_in_flight_events_and_hands_back_the_rest() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_runtime_rides_out_a_nats_restart() {
-    let mut nats = NatsServer::start();
-    let plugins = Plugins::new();
-    plugins.install("chaos", "chaos", &chaos_manifest(""));
-    let mut runtime = Runtime::start(&nats, &plugins, 1);
-    {
-        let js = nats.jetstream().await;
-        publish(
-            &js,
-            "chaos.in",
-            chaos_event("before", json!({"action": "ok"})),
-        )
-        .await;
-        collect(&js, "CHAOS", "chaos.done", 1, WAIT).await;
-    }
+    let ChaosHost {
+        mut nats,
+        plugins: _plugins,
+        mut runtime,
+        js,
+    } = ChaosHost::start("").await;
+    send(&js, "before", json!({"action": "ok"})).await;
+    collect(&js, "CHAOS", "chaos.done", 1, WAIT).await;
 
     nats.restart();
     let js = nats.jetstream().await;
-    publish(
-        &js,
-        "chaos.in",
-        chaos_event("after", json!({"action": "ok"})),
-    )
-    .await;
+    send(&js, "after", json!({"action": "ok"})).await;
     let done = collect(&js, "CHAOS", "chaos.done", 2, Duration::from_secs(60)).await;
     assert_eq!(
         inputs_of(&done),

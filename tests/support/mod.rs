@@ -399,6 +399,14 @@ impl Stored {
     }
 }
 
+/// The distinct values of a string field of the stored events' data.
+pub fn data_values(stored: &[Stored], field: &str) -> std::collections::BTreeSet<String> {
+    stored
+        .iter()
+        .map(|s| s.data()[field].as_str().unwrap().to_string())
+        .collect()
+}
+
 /// Reads `filter` in `stream` from the start until `expected` messages
 /// arrived (panicking after `timeout`), then keeps listening for a short
 /// while so that extra, unexpected messages are caught too.
@@ -431,8 +439,9 @@ pub async fn collect(
             Ok(Some(Ok(message))) => {
                 let decoded = eventhost::decode::decode(message.headers.as_ref(), &message.payload)
                     .expect("the runtime emitted an invalid CloudEvent");
+                let binary_mode = decoded.mode == eventhost::decode::ContentMode::Binary;
                 let (_, json) = eventhost::encode::encode(
-                    &decoded.event,
+                    decoded.event,
                     eventhost::decode::ContentMode::Structured,
                 )
                 .unwrap();
@@ -440,7 +449,7 @@ pub async fn collect(
                     subject: message.subject.to_string(),
                     headers: message.headers.clone().unwrap_or_default(),
                     event: serde_json::from_slice(&json).unwrap(),
-                    binary_mode: decoded.mode == eventhost::decode::ContentMode::Binary,
+                    binary_mode,
                 });
                 if stored.len() == expected && quiet_until.is_none() {
                     quiet_until = Some(tokio::time::Instant::now() + Duration::from_millis(750));
