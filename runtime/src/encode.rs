@@ -31,6 +31,11 @@ pub fn encode(event: Event, mode: ContentMode) -> Result<(HeaderMap, Bytes)> {
     }
 }
 
+/// `value` percent-encoded as the binding requires of `ce-` header values.
+pub fn header_value(value: &str) -> String {
+    utf8_percent_encode(value, HEADER_VALUE).to_string()
+}
+
 fn encode_structured(mut event: Event) -> Result<(HeaderMap, Bytes)> {
     // JSON data travels as JSON, not base64, so consumers can read it.
     if let Some(Data::Binary(bytes)) = event.data()
@@ -48,8 +53,10 @@ fn encode_structured(mut event: Event) -> Result<(HeaderMap, Bytes)> {
 fn encode_binary(mut event: Event) -> (HeaderMap, Bytes) {
     let mut headers = HeaderMap::new();
     for (name, value) in event.iter() {
-        let encoded = utf8_percent_encode(&value.to_string(), HEADER_VALUE).to_string();
-        headers.insert(format!("ce-{name}").as_str(), encoded.as_str());
+        headers.insert(
+            format!("ce-{name}").as_str(),
+            header_value(&value.to_string()).as_str(),
+        );
     }
     let (_, _, data) = event.take_data();
     let payload = match data {

@@ -7,18 +7,20 @@
 //!
 //! 1. [`source`]: a durable JetStream pull consumer per handler and subject;
 //! 2. [`decode`]: the NATS message becomes a CloudEvent (structured or binary);
-//! 3. [`policy`]: what the host does with the event after each attempt;
+//! 3. [`policy`]: idempotency, per-key ordering, and retry with backoff;
 //! 4. [`sandbox`]: a fresh, limited component instance runs the handler;
-//! 5. [`outcome`]: emitted events are completed and published, then the input
-//!    is acked (or terminated, or retried).
+//! 5. [`outcome`]: emitted events are published, or the event is parked in
+//!    the dead-letter queue; then the input is acked (or NAKed for a retry).
 //!
 //! [`dispatch`] drives that loop for one handler; [`runtime`] loads every
 //! handler from the plugins directory ([`plugins`], [`manifest`]) and runs
-//! them until shutdown.
+//! them until shutdown. [`dlq`] is the operator's side of the dead-letter
+//! queue (`eventhost dlq`).
 
 pub mod config;
 pub mod decode;
 pub mod dispatch;
+pub mod dlq;
 pub mod encode;
 pub mod manifest;
 pub mod nats;

@@ -14,6 +14,7 @@ use anyhow::{Context, Result, bail, ensure};
 use bytesize::ByteSize;
 use serde::Deserialize;
 
+use crate::policy::RetryPolicy;
 use crate::subject;
 
 /// A handler's manifest, parsed and validated.
@@ -34,6 +35,14 @@ pub struct HandlerManifest {
     /// Content mode of emitted events.
     #[serde(default)]
     pub emit_mode: EmitMode,
+    /// Whether events with the same partition key are handled one at a time,
+    /// in stream order.
+    #[serde(default)]
+    pub ordering: Ordering,
+    #[serde(default)]
+    pub retry: RetryPolicy,
+    #[serde(default)]
+    pub idempotency: Idempotency,
     #[serde(default)]
     pub limits: Limits,
     /// Values the guest reads with `config.get(key)`.
@@ -52,6 +61,36 @@ pub enum EmitMode {
     Binary,
 }
 
+/// Event ordering guarantees.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Ordering {
+    /// Events run in parallel up to `limits.concurrency`, retries out of order.
+    #[default]
+    None,
+    /// Events with the same key (the `partitionkey` extension, else the NATS
+    /// subject) run one at a time in stream order, retries included.
+    Key,
+}
+
+/// How long the host remembers that an event was handled.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Idempotency {
+    /// A copy of an event (same `source` + `id`) arriving within this window
+    /// of the first one's success is acked without running the handler.
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+}
+
+impl Default for Idempotency {
+    fn default() -> Self {
+        Idempotency {
+            window: Duration::from_secs(24 * 60 * 60),
+        }
+    }
+}
+
 /// Per-handler resource limits.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -63,6 +102,12 @@ pub struct Limits {
     pub memory: ByteSize,
     /// Events handled at once by one runtime process.
     pub concurrency: usize,
+    /// Wasm instructions (roughly) one invocation may execute; unmetered when
+    /// absent. Deterministic where `timeout` is not, at a small cost per call.
+    pub fuel: Option<u64>,
+    /// Largest event payload the handler accepts; bigger ones are
+    /// dead-lettered unread.
+    pub max_event_size: ByteSize,
 }
 
 impl Default for Limits {
@@ -71,6 +116,8 @@ impl Default for Limits {
             timeout: Duration::from_secs(5),
             memory: ByteSize::mib(64),
             concurrency: 16,
+            fuel: None,
+            max_event_size: ByteSize::mib(1),
         }
     }
 }
@@ -123,6 +170,20 @@ impl HandlerManifest {
                 "`limits.concurrency` must be between 1 and 1024, got {}",
                 limits.concurrency
             );
+        }
+        if limits.fuel == Some(0) {
+            bail!("`limits.fuel` must be above zero (leave it out for no metering)");
+        }
+        if limits.max_event_size < ByteSize::b(1) || limits.max_event_size > ByteSize::mib(64) {
+            bail!(
+                "`limits.max_event_size` must be between 1 B and 64 MiB, got {}",
+                limits.max_event_size
+            );
+        }
+        self.retry.validate()?;
+        let window = self.idempotency.window;
+        if window < Duration::from_secs(60) || window > Duration::from_secs(365 * 24 * 60 * 60) {
+            bail!("`idempotency.window` must be between 1m and 365d, got {window:?}");
         }
         for (key, value) in &self.config {
             if matches!(value, toml::Value::Table(_)) {
@@ -191,6 +252,10 @@ mod tests {
         assert_eq!(m.limits.timeout, Duration::from_secs(2));
         assert_eq!(m.limits.memory, ByteSize::mib(32));
         assert_eq!(m.limits.concurrency, 16);
+        assert_eq!(m.limits.fuel, None);
+        assert_eq!(m.ordering, Ordering::None);
+        assert_eq!(m.retry, RetryPolicy::default());
+        assert_eq!(m.idempotency.window, Duration::from_secs(86400));
         let config = m.config_strings();
         assert_eq!(config["max_charge"], "5000");
         assert_eq!(config["currency"], "EUR");
@@ -248,6 +313,27 @@ mod tests {
             (
                 "subscribe = [\"a\"]\n[config.nested]\nx = 1",
                 "config.nested",
+            ),
+            ("subscribe = [\"a\"]\n[limits]\nfuel = 0", "limits.fuel"),
+            (
+                "subscribe = [\"a\"]\n[limits]\nmax_event_size = \"100 MiB\"",
+                "limits.max_event_size",
+            ),
+            (
+                "subscribe = [\"a\"]\nordering = \"fifo\"",
+                "unknown variant",
+            ),
+            (
+                "subscribe = [\"a\"]\n[retry]\nmax_attempts = 0",
+                "retry.max_attempts",
+            ),
+            (
+                "subscribe = [\"a\"]\n[retry]\nintial_backoff = \"1s\"",
+                "unknown field",
+            ),
+            (
+                "subscribe = [\"a\"]\n[idempotency]\nwindow = \"1s\"",
+                "idempotency.window",
             ),
             ("subscribe = \"a\"", "invalid type"),
             ("this is not toml", "expected"),

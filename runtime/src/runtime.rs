@@ -33,6 +33,7 @@ pub async fn run(options: RuntimeOptions, shutdown: CancellationToken) -> Result
     tracing::info!(url = %options.nats.display_url(), "connected to NATS");
     let js = jetstream::new(client.clone());
     crate::nats::ensure_streams(&js, &options.config.streams).await?;
+    crate::outcome::dead_letter::ensure_stream(&js).await?;
 
     let sandbox = Sandbox::new()?;
     let mut dispatchers = Vec::new();
@@ -110,5 +111,7 @@ async fn load(
     let component = sandbox.load(&wasm, identity).with_context(context)?;
     tracing::info!(handler = %name, %version, compile_ms = started.elapsed().as_millis() as u64,
         "handler loaded");
-    Ok(Dispatcher::new(component, bindings, js.clone()))
+    Dispatcher::new(component, bindings, js.clone())
+        .await
+        .with_context(context)
 }

@@ -15,7 +15,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use async_nats::jetstream::{self, consumer::PullConsumer, consumer::pull};
 
-use crate::manifest::HandlerManifest;
+use crate::manifest::{HandlerManifest, Limits};
 use crate::subject;
 
 /// Idle heartbeats let the client notice a dead pull (server restart,
@@ -26,6 +26,18 @@ const HEARTBEAT: Duration = Duration::from_secs(2);
 /// must wait this long so they go to another requester, not back to us (see
 /// [`crate::dispatch`]).
 pub const PULL_EXPIRES: Duration = Duration::from_secs(5);
+
+/// Unacked messages one consumer may have out, across every replica. Above
+/// the server's default of 1000 because messages waiting for a delayed retry
+/// count too, and they must not stop fresh events from flowing.
+const MAX_ACK_PENDING: i64 = 10_000;
+
+/// How long JetStream waits for a settlement before redelivering. Long
+/// enough that a slow invocation, plus waiting its turn behind `concurrency`
+/// others, is not redelivered meanwhile. It is also the idempotency lease.
+pub fn ack_wait(limits: &Limits) -> Duration {
+    (limits.timeout * 2).max(Duration::from_secs(30))
+}
 
 /// What a handler's consumer on one subject looks like.
 #[derive(Debug, Clone)]
@@ -62,9 +74,8 @@ impl ConsumerBinding {
                 description: Some(format!("eventhost handler {handler_name}")),
                 filter_subject: filter.clone(),
                 ack_policy: jetstream::consumer::AckPolicy::Explicit,
-                // Long enough that a slow invocation, plus waiting its turn
-                // behind `concurrency` others, is not redelivered meanwhile.
-                ack_wait: (limits.timeout * 2).max(Duration::from_secs(30)),
+                ack_wait: ack_wait(limits),
+                max_ack_pending: MAX_ACK_PENDING,
                 ..Default::default()
             };
             bindings.push(ConsumerBinding {

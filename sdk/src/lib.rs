@@ -145,6 +145,13 @@ impl Event {
             .map(|(_, v)| v.as_str())
     }
 
+    /// Which attempt this is: 1 the first time, 2 after one failure, …
+    /// Retrying is the host's job; this is for logging and for handlers that
+    /// want to degrade gracefully on late attempts.
+    pub fn attempt(&self) -> u32 {
+        self.inner.attempt
+    }
+
     /// The raw data bytes.
     pub fn data(&self) -> Option<&[u8]> {
         self.inner.data.as_deref()

@@ -1,7 +1,9 @@
 //! Chaos: a fault-injection handler for the runtime's own tests.
 //!
 //! The event's data says what to do: `{"action": "ok"}` emits one
-//! `chaos.done` event; the other actions misbehave in the ways a real
+//! `chaos.done` event (carrying the input id, `seq`, the attempt number, the
+//! `partitionkey` and the manifest's `tag`, so tests can see who handled
+//! what, when); the other actions misbehave in the ways a real
 //! handler can, so tests can check that the host contains each of them.
 use eventhost_sdk::{Emit, Event, HandlerError};
 use serde::Deserialize;
@@ -22,6 +24,17 @@ enum Action {
     },
     FailRetryable,
     FailPermanent,
+    /// Fail with a retryable error on attempts before `attempt`, then
+    /// behave like `ok`: a dependency that comes back.
+    FailUntil {
+        attempt: u32,
+        seq: Option<u64>,
+    },
+    /// Fail permanently while the manifest's `broken` config is `true`,
+    /// else behave like `ok`: a bug an operator fixes before a replay.
+    FailIfBroken {
+        seq: Option<u64>,
+    },
     /// Panic: the guest traps.
     Trap,
     /// Spin forever: only the host's timeout stops it.
@@ -37,7 +50,13 @@ enum Action {
 fn done(event: &Event, seq: Option<u64>) -> Result<(), HandlerError> {
     let tag = eventhost_sdk::config("tag").unwrap_or_default();
     Emit::new("chaos.done", "com.example.chaos.done")
-        .json(&json!({ "input": event.id(), "seq": seq, "tag": tag }))?
+        .json(&json!({
+            "input": event.id(),
+            "seq": seq,
+            "tag": tag,
+            "attempt": event.attempt(),
+            "key": event.extension("partitionkey"),
+        }))?
         .send()
 }
 
@@ -50,6 +69,15 @@ fn handle(event: Event) -> Result<(), HandlerError> {
         }
         Action::FailRetryable => Err(HandlerError::retryable("asked to fail (retryable)")),
         Action::FailPermanent => Err(HandlerError::permanent("asked to fail (permanent)")),
+        Action::FailUntil { attempt, seq } if event.attempt() >= attempt => done(&event, seq),
+        Action::FailUntil { attempt, .. } => Err(HandlerError::retryable(format!(
+            "attempt {} of the {attempt} needed",
+            event.attempt()
+        ))),
+        Action::FailIfBroken { seq } => match eventhost_sdk::config("broken").as_deref() {
+            Some("true") => Err(HandlerError::permanent("the handler is broken")),
+            _ => done(&event, seq),
+        },
         Action::Trap => panic!("asked to trap"),
         Action::Loop => {
             let mut n: u64 = 0;

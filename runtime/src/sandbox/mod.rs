@@ -45,16 +45,26 @@ pub use types::OutgoingEvent as EmittedEvent;
 /// cooperative yield of CPU-bound guests.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
-/// The shared engine and linker. One per runtime process.
+/// The shared engines and linkers. One per runtime process.
+///
+/// Fuel metering is a property of the whole engine and costs every call a
+/// little, so handlers that set `limits.fuel` get their own engine and the
+/// others do not pay for it.
 pub struct Sandbox {
+    unmetered: EngineSet,
+    metered: EngineSet,
+}
+
+struct EngineSet {
     engine: Engine,
     linker: Linker<InvocationState>,
 }
 
-impl Sandbox {
-    pub fn new() -> Result<Self> {
+impl EngineSet {
+    fn new(fuel: bool) -> Result<Self> {
         let mut config = Config::new();
         config.epoch_interruption(true);
+        config.consume_fuel(fuel);
         // Component-model async is unused; without it a call is cheaper.
         config.concurrency_support(false);
         let engine = Engine::new(&config)
@@ -69,7 +79,16 @@ impl Sandbox {
         Handler::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)
             .map_err(anyhow::Error::from)
             .context("linking the eventhost imports")?;
-        Ok(Sandbox { engine, linker })
+        Ok(EngineSet { engine, linker })
+    }
+}
+
+impl Sandbox {
+    pub fn new() -> Result<Self> {
+        Ok(Sandbox {
+            unmetered: EngineSet::new(false)?,
+            metered: EngineSet::new(true)?,
+        })
     }
 
     /// Compiles a handler and checks it against the `handler` world: it must
@@ -81,10 +100,14 @@ impl Sandbox {
             wasm.starts_with(b"\0asm"),
             "not a WebAssembly binary (no \\0asm header)"
         );
-        let component = Component::new(&self.engine, wasm)
+        let set = match identity.limits().fuel {
+            Some(_) => &self.metered,
+            None => &self.unmetered,
+        };
+        let component = Component::new(&set.engine, wasm)
             .map_err(anyhow::Error::from)
             .context("not a valid WebAssembly component")?;
-        let pre = self
+        let pre = set
             .linker
             .instantiate_pre(&component)
             .map_err(anyhow::Error::from)
@@ -93,7 +116,7 @@ impl Sandbox {
             .map_err(anyhow::Error::from)
             .context("the component does not implement the eventhost:handler/handler world")?;
         Ok(HandlerComponent {
-            engine: self.engine.clone(),
+            engine: set.engine.clone(),
             pre,
             identity: Arc::new(identity),
         })
@@ -179,8 +202,13 @@ pub enum FailureKind {
     Timeout,
     /// The guest tried to grow its memory past `limits.memory`.
     MemoryLimit,
+    /// The guest used up `limits.fuel`.
+    Fuel,
     /// The guest emitted to a subject outside its manifest, or an invalid event.
     EmitRefused,
+    /// The guest succeeded, but the host could not store what it emitted.
+    /// Set by the host after the sandbox, never by it.
+    Output,
 }
 
 impl FailureKind {
@@ -192,7 +220,9 @@ impl FailureKind {
             FailureKind::Trap => "trap",
             FailureKind::Timeout => "timeout",
             FailureKind::MemoryLimit => "memory_limit",
+            FailureKind::Fuel => "fuel",
             FailureKind::EmitRefused => "emit_refused",
+            FailureKind::Output => "output",
         }
     }
 }
@@ -208,14 +238,20 @@ impl HandlerComponent {
         &self.identity
     }
 
-    /// Runs `event` through a fresh instance. Never panics and never returns
-    /// an error of its own: every way a guest can fail becomes a [`Failure`].
-    pub async fn invoke(&self, event: &Event) -> Invocation {
+    /// Runs `event` (attempt number `attempt`) through a fresh instance.
+    /// Never panics and never returns an error of its own: every way a guest
+    /// can fail becomes a [`Failure`].
+    pub async fn invoke(&self, event: &Event, attempt: u32) -> Invocation {
         let started = Instant::now();
         let timeout = self.identity.limits().timeout;
         let state = InvocationState::new(self.identity.clone(), started + timeout);
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.memory);
+        if let Some(fuel) = self.identity.limits().fuel {
+            store
+                .set_fuel(fuel)
+                .expect("handlers with fuel limits load into the metered engine");
+        }
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(|mut ctx| {
             if Instant::now() >= ctx.data().deadline {
@@ -225,7 +261,7 @@ impl HandlerComponent {
             Ok(UpdateDeadline::Yield(1))
         });
 
-        let input = to_wit(event);
+        let input = to_wit(event, attempt);
         let call = async {
             let handler = self.pre.instantiate_async(&mut store).await?;
             handler.call_handle(&mut store, &input).await
@@ -259,6 +295,13 @@ impl HandlerComponent {
                     self.identity.limits().memory
                 ),
             ),
+            Ok(Err(trap)) if trap.downcast_ref() == Some(&wasmtime::Trap::OutOfFuel) => fail(
+                FailureKind::Fuel,
+                format!(
+                    "used up its fuel ({})",
+                    self.identity.limits().fuel.unwrap_or_default()
+                ),
+            ),
             Ok(Err(trap)) => fail(FailureKind::Trap, describe_trap(&trap, &state)),
         };
         Invocation {
@@ -284,7 +327,7 @@ fn describe_trap(trap: &wasmtime::Error, state: &InvocationState) -> String {
 }
 
 /// The CloudEvent as the WIT `event` record.
-fn to_wit(event: &Event) -> types::Event {
+fn to_wit(event: &Event, attempt: u32) -> types::Event {
     types::Event {
         id: event.id().to_string(),
         source: event.source().to_string(),
@@ -303,5 +346,6 @@ fn to_wit(event: &Event) -> types::Event {
             Data::String(s) => s.clone().into_bytes(),
             Data::Json(value) => value.to_string().into_bytes(),
         }),
+        attempt,
     }
 }

@@ -1,5 +1,4 @@
-//! The last stage: publish what a successful invocation emitted, then settle
-//! the input message with JetStream.
+//! Publishing what a successful invocation emitted.
 //!
 //! Order matters for at-least-once delivery: outputs are published and their
 //! publish acks awaited *before* the input is acked, so a crash in between
@@ -7,10 +6,8 @@
 //! outputs with the same ids and the same `Nats-Msg-Id`, which the output
 //! stream drops as duplicates inside its duplicate window.
 
-use std::time::Duration;
-
 use anyhow::{Context, Result};
-use async_nats::jetstream::{self, AckKind, Message};
+use async_nats::jetstream;
 use chrono::{DateTime, Utc};
 use cloudevents::event::Data;
 use cloudevents::{AttributesReader, AttributesWriter, Event, EventBuilder, EventBuilderV10};
@@ -143,31 +140,6 @@ pub async fn publish_emitted(
         });
     }
     Ok(try_join_all(pending).await?.len())
-}
-
-/// How the input message is settled.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Settle {
-    /// Handled: remove it from the consumer.
-    Ack,
-    /// Deliver it again after `delay` (to this or another replica).
-    Retry { delay: Duration },
-    /// Never deliver it again.
-    Terminate,
-}
-
-/// Sends the settlement to JetStream. A failure here is logged but not
-/// fatal: the message is then redelivered after its ack wait, which the
-/// deterministic output ids make harmless.
-pub async fn settle(message: &Message, how: Settle) {
-    let kind = match how {
-        Settle::Ack => AckKind::Ack,
-        Settle::Retry { delay } => AckKind::Nak(Some(delay)),
-        Settle::Terminate => AckKind::Term,
-    };
-    if let Err(err) = message.ack_with(kind).await {
-        tracing::warn!(error = %err, ?how, "could not settle the message; it will be redelivered");
-    }
 }
 
 #[cfg(test)]

@@ -1,5 +1,7 @@
-//! The `eventhost` command line: `run` the host, and the `publish` / `tail`
-//! helpers that drive a walkthrough by hand.
+//! The `eventhost` command line: `run` the host, the `publish` / `tail`
+//! helpers that drive a walkthrough by hand, and `dlq` for dead letters.
+
+mod dlq;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -100,6 +102,11 @@ pub enum Command {
         /// One short human-readable line per event instead of JSON.
         #[arg(long)]
         pretty: bool,
+    },
+    /// Inspect, replay or purge a handler's dead letters.
+    Dlq {
+        #[command(subcommand)]
+        command: dlq::DlqCommand,
     },
 }
 
@@ -217,6 +224,7 @@ impl Cli {
                 }
                 Ok(())
             }
+            Command::Dlq { command } => dlq::execute(command, &nats).await,
         }
     }
 }

@@ -1,0 +1,370 @@
+//! One handler's event loop: source → decode → policy → sandbox → outcome.
+//!
+//! Each subscribed subject has its own pull loop; all of a handler's loops
+//! share one semaphore of `limits.concurrency` permits, and a message is only
+//! pulled off the stream once a permit is free, so the runtime never holds
+//! more fetched-but-unstarted messages than a batch.
+//!
+//! An event that fails is retried after its backoff. Without ordering this is
+//! a delayed NAK: JetStream keeps the event meanwhile and redelivers it here
+//! or to another replica, and other events keep flowing. With
+//! `ordering = "key"` the event's worker retries it in place while its key's
+//! later events wait (see [`crate::policy::ordering`]).
+//!
+//! Shutdown stops the pulls, hands messages that were fetched but not started
+//! back to JetStream (a NAK, so another replica gets them within seconds
+//! rather than after the ack wait), then waits for every started attempt to
+//! finish and settle.
+
+mod attempt;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Result;
+use async_nats::jetstream::{self, Message};
+use cloudevents::AttributesReader;
+use futures::{FutureExt, StreamExt};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, Span};
+
+use crate::decode::{self, Decoded};
+use crate::manifest::Ordering;
+use crate::outcome::{self, Settle};
+use crate::policy::dedup::ProcessedEvents;
+use crate::policy::ordering::{KeyedQueue, partition_key};
+use crate::sandbox::HandlerComponent;
+use crate::source::{self, ConsumerBinding, PULL_EXPIRES};
+use attempt::{INVALID_EVENT, Next, TOO_LARGE};
+
+/// Longest pause between attempts to (re)open a consumer.
+const MAX_REOPEN_BACKOFF: Duration = Duration::from_secs(5);
+/// How often held messages' ack timers are reset; well under the shortest
+/// ack wait (30 s).
+const KEEP_ALIVE: Duration = Duration::from_secs(10);
+
+/// A loaded handler and what it consumes.
+pub struct Dispatcher {
+    component: HandlerComponent,
+    bindings: Vec<ConsumerBinding>,
+    js: jetstream::Context,
+    processed: ProcessedEvents,
+    /// Events waiting behind an earlier one with their key (`ordering = "key"`).
+    waiting: KeyedQueue<Held>,
+}
+
+/// A decoded event held until its key's worker gets to it.
+struct Held {
+    message: Message,
+    input: Decoded,
+    span: Span,
+}
+
+impl Dispatcher {
+    pub async fn new(
+        component: HandlerComponent,
+        bindings: Vec<ConsumerBinding>,
+        js: jetstream::Context,
+    ) -> Result<Arc<Self>> {
+        let identity = component.identity();
+        let manifest = &identity.manifest;
+        let processed = ProcessedEvents::open(
+            &js,
+            &manifest.consumer_name(&identity.name),
+            manifest.idempotency.window,
+            source::ack_wait(&manifest.limits),
+        )
+        .await?;
+        Ok(Arc::new(Dispatcher {
+            component,
+            bindings,
+            js,
+            processed,
+            waiting: KeyedQueue::default(),
+        }))
+    }
+
+    pub fn name(&self) -> &str {
+        &self.component.identity().name
+    }
+
+    fn ordered(&self) -> bool {
+        self.component.identity().manifest.ordering == Ordering::Key
+    }
+
+    /// Consumes until `shutdown`, then drains in-flight events.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let permits = Arc::new(Semaphore::new(
+            self.component.identity().limits().concurrency,
+        ));
+        let in_flight = TaskTracker::new();
+        let drained = CancellationToken::new();
+        let keep_alive = self
+            .ordered()
+            .then(|| tokio::spawn(self.clone().keep_waiting_alive(drained.clone())));
+        let pulls: Vec<_> = (0..self.bindings.len())
+            .map(|i| {
+                let this = self.clone();
+                let (permits, in_flight, shutdown) =
+                    (permits.clone(), in_flight.clone(), shutdown.clone());
+                tokio::spawn(async move { this.pull(i, permits, in_flight, shutdown).await })
+            })
+            .collect();
+        futures::future::join_all(pulls).await;
+        in_flight.close();
+        if !in_flight.is_empty() {
+            tracing::info!(
+                handler = self.name(),
+                events = in_flight.len(),
+                "draining in-flight events"
+            );
+        }
+        in_flight.wait().await;
+        drained.cancel();
+        if let Some(task) = keep_alive {
+            let _ = task.await;
+        }
+        tracing::info!(handler = self.name(), "stopped");
+    }
+
+    async fn pull(
+        self: Arc<Self>,
+        binding: usize,
+        permits: Arc<Semaphore>,
+        in_flight: TaskTracker,
+        shutdown: CancellationToken,
+    ) {
+        let binding = &self.bindings[binding];
+        let mut backoff = Duration::from_millis(100);
+        while !shutdown.is_cancelled() {
+            let mut messages = match binding.open(&self.js).await {
+                Ok(messages) => {
+                    backoff = Duration::from_millis(100);
+                    tracing::info!(handler = self.name(), consumer = %binding.durable,
+                        stream = %binding.stream, subject = %binding.filter_subject, "consuming");
+                    messages
+                }
+                Err(err) => {
+                    tracing::warn!(handler = self.name(), error = format!("{err:#}"), retry_in = ?backoff,
+                        "cannot open the consumer");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(MAX_REOPEN_BACKOFF);
+                    continue;
+                }
+            };
+            loop {
+                let permit = tokio::select! {
+                    _ = shutdown.cancelled() => return release_prefetched(messages).await,
+                    permit = permits.clone().acquire_owned() => permit.expect("never closed"),
+                };
+                let next = tokio::select! {
+                    _ = shutdown.cancelled() => return release_prefetched(messages).await,
+                    next = messages.next() => next,
+                };
+                match next {
+                    Some(Ok(message)) => {
+                        let this = self.clone();
+                        let (permits, shutdown) = (permits.clone(), shutdown.clone());
+                        in_flight.spawn(async move {
+                            this.process(message, permits, permit, shutdown).await;
+                        });
+                    }
+                    Some(Err(err)) => {
+                        // Missed heartbeats, a deleted consumer, a restarted
+                        // server: start over with a fresh consumer and pull.
+                        tracing::warn!(handler = self.name(), error = %err, "consumer stream failed; reopening");
+                        break;
+                    }
+                    None => break,
+                }
+            }
+        }
+    }
+
+    /// Takes one message to its settlement (or, with ordering, into its
+    /// key's queue).
+    async fn process(
+        &self,
+        message: Message,
+        permits: Arc<Semaphore>,
+        permit: OwnedSemaphorePermit,
+        shutdown: CancellationToken,
+    ) {
+        let identity = self.component.identity();
+        let limit = identity.limits().max_event_size;
+        let unreadable = if message.payload.len() as u64 > limit.as_u64() {
+            Err((
+                TOO_LARGE,
+                format!(
+                    "the payload is {} bytes, over the handler's limit of {limit}",
+                    message.payload.len()
+                ),
+            ))
+        } else {
+            decode::decode(message.headers.as_ref(), &message.payload)
+                .map_err(|reason| (INVALID_EVENT, format!("not a valid CloudEvent: {reason}")))
+        };
+        let input = match unreadable {
+            Ok(input) => input,
+            Err((kind, reason)) => {
+                let span = tracing::info_span!("event", handler = %identity.name,
+                    version = %identity.version, nats_subject = %message.subject);
+                let next = self
+                    .dead_letter(&message, None, kind, &reason, 1, None)
+                    .instrument(span)
+                    .await;
+                if let Next::Again { delay, .. } = next {
+                    outcome::settle(&message, Settle::Retry { delay }).await;
+                }
+                return;
+            }
+        };
+        let span = tracing::info_span!("event",
+            handler = %identity.name,
+            version = %identity.version,
+            event_id = %input.event.id(),
+            event_type = %input.event.ty(),
+            nats_subject = %message.subject,
+            delivery = message.info().map(|i| i.delivered).unwrap_or_default(),
+        );
+        if self.ordered() {
+            let key = partition_key(&input.event, &message.subject);
+            let held = Held {
+                message,
+                input,
+                span,
+            };
+            return self.work_key(&key, held, permits, permit, &shutdown).await;
+        }
+        let next = self.attempt(&message, &input, 0).instrument(span).await;
+        if let Next::Again { delay, .. } = next {
+            outcome::settle(&message, Settle::Retry { delay }).await;
+        }
+    }
+
+    /// Handles `held` and then every event that queues up behind it for
+    /// `key`, one at a time, unless another worker already has the key.
+    async fn work_key(
+        &self,
+        key: &str,
+        held: Held,
+        permits: Arc<Semaphore>,
+        permit: OwnedSemaphorePermit,
+        shutdown: &CancellationToken,
+    ) {
+        let Some(mut held) = self.waiting.admit(key, held) else {
+            return; // Queued behind the key's worker; the permit goes back.
+        };
+        let mut permit = Some(permit);
+        loop {
+            let span = held.span.clone();
+            let finished = self
+                .in_order(&held, &permits, &mut permit, shutdown)
+                .instrument(span)
+                .await;
+            if !finished || shutdown.is_cancelled() {
+                // Hand back what is left of this key, in order.
+                let handed_back = if finished { None } else { Some(held) };
+                let delay = PULL_EXPIRES;
+                for held in handed_back
+                    .into_iter()
+                    .chain(std::iter::from_fn(|| self.waiting.next(key)))
+                {
+                    outcome::settle(&held.message, Settle::Retry { delay }).await;
+                }
+                return;
+            }
+            match self.waiting.next(key) {
+                Some(next) => held = next,
+                None => return,
+            }
+        }
+    }
+
+    /// Attempts `held` until it is settled, waiting out each backoff in
+    /// place. Returns `false` if shutdown cut a wait short.
+    async fn in_order(
+        &self,
+        held: &Held,
+        permits: &Arc<Semaphore>,
+        permit: &mut Option<OwnedSemaphorePermit>,
+        shutdown: &CancellationToken,
+    ) -> bool {
+        let mut failed = 0;
+        loop {
+            if permit.is_none() {
+                *permit = Some(permits.clone().acquire_owned().await.expect("never closed"));
+            }
+            match self.attempt(&held.message, &held.input, failed).await {
+                Next::Settled => return true,
+                Next::Again {
+                    delay,
+                    failed: attempt_failed,
+                } => {
+                    failed += u32::from(attempt_failed);
+                    // Other keys may use the permit while this one waits.
+                    *permit = None;
+                    if !hold(&held.message, delay, shutdown).await {
+                        return false;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Resets the ack timers of events waiting for their key, until `stop`.
+    async fn keep_waiting_alive(self: Arc<Self>, stop: CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(KEEP_ALIVE) => {}
+            }
+            let mut waiting = Vec::new();
+            self.waiting
+                .for_each_waiting(|held| waiting.push(held.message.clone()));
+            for message in &waiting {
+                outcome::keep_alive(message).await;
+            }
+        }
+    }
+}
+
+/// Waits `delay` while keeping `message` from being redelivered. Returns
+/// `false` if `shutdown` came first.
+async fn hold(message: &Message, delay: Duration, shutdown: &CancellationToken) -> bool {
+    let until = tokio::time::Instant::now() + delay;
+    loop {
+        let now = tokio::time::Instant::now();
+        if now >= until {
+            return true;
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return false,
+            _ = tokio::time::sleep((until - now).min(KEEP_ALIVE)) => {}
+        }
+        outcome::keep_alive(message).await;
+    }
+}
+
+/// NAKs every message already buffered in the pull, without waiting for more.
+///
+/// NATS 2.9 cannot cancel our open pull request and keeps delivering to it
+/// even once we stop reading, so an immediate NAK would bounce the message
+/// straight back to this process. Delaying the redelivery past the request's
+/// lifetime sends it to another replica (or our successor) instead.
+async fn release_prefetched(mut messages: async_nats::jetstream::consumer::pull::Stream) {
+    let mut released = 0;
+    while let Some(Some(Ok(message))) = messages.next().now_or_never() {
+        let delay = PULL_EXPIRES;
+        outcome::settle(&message, Settle::Retry { delay }).await;
+        released += 1;
+    }
+    if released > 0 {
+        tracing::info!(released, "returned prefetched messages to JetStream");
+    }
+}

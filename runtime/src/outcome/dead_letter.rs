@@ -1,0 +1,206 @@
+//! The dead-letter queue: where an event goes when it cannot be handled.
+//!
+//! One JetStream stream ([`STREAM`]) holds every handler's dead letters, on
+//! `dlq.<handler>`. A dead letter is the original message byte for byte (its
+//! payload and its headers, minus the `Nats-*` transport headers) plus what
+//! an operator needs to decide what to do, as `Eventhost-*` headers. For a
+//! binary-mode CloudEvent the same facts are also extension attributes
+//! (`ce-dlq*` headers), so any CloudEvents consumer of the queue sees them on
+//! the event itself. A structured-mode event keeps them in headers only:
+//! writing them into its JSON would change the original bytes.
+//!
+//! The input is acked only after JetStream has stored the dead letter, and
+//! the dead letter's `Nats-Msg-Id` is derived from the input's stream and
+//! sequence, so a crash between the two steps gives a redelivery whose
+//! dead letter the stream drops as a duplicate: never zero, never two.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, Message, stream};
+use chrono::{DateTime, SecondsFormat, Utc};
+
+use crate::decode::ContentMode;
+use crate::encode::header_value;
+
+/// The stream holding every handler's dead letters.
+pub const STREAM: &str = "DLQ";
+/// Dead letters of handler `h` are stored on `dlq.h`.
+pub const SUBJECT_PREFIX: &str = "dlq";
+/// How long the stream remembers dead-letter ids. Longer than the default
+/// two minutes so that a runtime down for a while still cannot dead-letter
+/// an event twice when it comes back; dead letters are few, so the memory
+/// this costs the server is small.
+const DUPLICATE_WINDOW: Duration = Duration::from_secs(60 * 60);
+
+/// Header names. `Eventhost-*` headers are what `eventhost dlq` reads.
+pub mod header {
+    pub const HANDLER: &str = "Eventhost-Handler";
+    pub const VERSION: &str = "Eventhost-Handler-Version";
+    pub const ERROR_KIND: &str = "Eventhost-Error-Kind";
+    pub const ERROR: &str = "Eventhost-Error";
+    pub const ATTEMPTS: &str = "Eventhost-Attempts";
+    pub const FIRST_FAILURE: &str = "Eventhost-First-Failure";
+    pub const LAST_FAILURE: &str = "Eventhost-Last-Failure";
+    pub const ORIGINAL_SUBJECT: &str = "Eventhost-Original-Subject";
+    pub const ORIGINAL_STREAM: &str = "Eventhost-Original-Stream";
+    pub const ORIGINAL_SEQUENCE: &str = "Eventhost-Original-Sequence";
+    /// Prefix of the extension attributes added to binary-mode events.
+    pub const EXTENSION_PREFIX: &str = "ce-dlq";
+}
+
+/// Longest error message kept: headers are not the place for megabytes.
+const MAX_ERROR_LEN: usize = 2048;
+
+pub fn subject(handler: &str) -> String {
+    format!("{SUBJECT_PREFIX}.{handler}")
+}
+
+/// Creates the dead-letter stream, or updates it to this shape.
+pub async fn ensure_stream(js: &jetstream::Context) -> Result<()> {
+    js.create_or_update_stream(stream::Config {
+        name: STREAM.to_string(),
+        description: Some("eventhost: events no handler could handle".into()),
+        subjects: vec![format!("{SUBJECT_PREFIX}.>")],
+        storage: stream::StorageType::File,
+        duplicate_window: DUPLICATE_WINDOW,
+        allow_direct: true,
+        ..Default::default()
+    })
+    .await
+    .with_context(|| {
+        format!("declaring the dead-letter stream {STREAM} on {SUBJECT_PREFIX}.> (does another stream capture it?)")
+    })?;
+    Ok(())
+}
+
+/// Why and how an event failed, as the dead letter tells it.
+#[derive(Debug)]
+pub struct DeadLetter<'a> {
+    pub handler: &'a str,
+    pub version: &'a str,
+    /// A short machine-readable kind: `permanent`, `timeout`, `invalid_event`…
+    pub error_kind: &'a str,
+    pub error: &'a str,
+    pub attempts: u32,
+    pub first_failure: DateTime<Utc>,
+    pub last_failure: DateTime<Utc>,
+    /// The input's content mode, when it was a CloudEvent at all.
+    pub mode: Option<ContentMode>,
+}
+
+impl DeadLetter<'_> {
+    /// Stores the dead letter of `message` and waits for JetStream to confirm.
+    pub async fn publish(&self, js: &jetstream::Context, message: &Message) -> Result<()> {
+        let (stream, sequence) = message
+            .info()
+            .map(|i| (i.stream.to_string(), i.stream_sequence))
+            .map_err(|e| anyhow::anyhow!("the message has no JetStream metadata: {e}"))?;
+        let headers = self.headers(message, &stream, sequence);
+        let ack = js
+            .publish_with_headers(subject(self.handler), headers, message.payload.clone())
+            .await
+            .context("publishing the dead letter")?;
+        ack.await
+            .context("JetStream did not store the dead letter")?;
+        Ok(())
+    }
+
+    fn headers(&self, message: &Message, stream: &str, sequence: u64) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        if let Some(original) = &message.headers {
+            for (name, values) in original.iter() {
+                let name_str: &str = name.as_ref();
+                if name_str.to_ascii_lowercase().starts_with("nats-") {
+                    continue;
+                }
+                for value in values {
+                    headers.append(name.clone(), value.clone());
+                }
+            }
+        }
+        let error = one_line(self.error);
+        let time = |t: DateTime<Utc>| t.to_rfc3339_opts(SecondsFormat::Millis, true);
+        let facts = [
+            (header::HANDLER, "handler", self.handler.to_string()),
+            (header::VERSION, "version", self.version.to_string()),
+            (header::ERROR_KIND, "errorkind", self.error_kind.to_string()),
+            (header::ERROR, "error", error),
+            (header::ATTEMPTS, "attempts", self.attempts.to_string()),
+            (
+                header::FIRST_FAILURE,
+                "firstfailure",
+                time(self.first_failure),
+            ),
+            (header::LAST_FAILURE, "lastfailure", time(self.last_failure)),
+            (
+                header::ORIGINAL_SUBJECT,
+                "subject",
+                message.subject.to_string(),
+            ),
+            (header::ORIGINAL_STREAM, "stream", stream.to_string()),
+            (header::ORIGINAL_SEQUENCE, "sequence", sequence.to_string()),
+        ];
+        for (name, extension, value) in facts {
+            if self.mode == Some(ContentMode::Binary) {
+                let ce_name = format!("{}{extension}", header::EXTENSION_PREFIX);
+                headers.insert(ce_name.as_str(), header_value(&value).as_str());
+            }
+            headers.insert(name, value.as_str());
+        }
+        let id = format!("dlq-{stream}-{sequence}-{}", self.handler);
+        headers.insert("Nats-Msg-Id", id.as_str());
+        headers
+    }
+}
+
+/// Header values cannot hold line breaks, and should not hold a novel.
+fn one_line(text: &str) -> String {
+    let mut line: String = text
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if line.len() > MAX_ERROR_LEN {
+        let mut end = MAX_ERROR_LEN;
+        while !line.is_char_boundary(end) {
+            end -= 1;
+        }
+        line.truncate(end);
+        line.push('…');
+    }
+    line
+}
+
+/// Whether a header is one the dead-letter queue added (so a replay strips
+/// it, and `dlq show` lists it apart).
+pub fn is_added_header(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    name.starts_with("eventhost-")
+        || name.starts_with(header::EXTENSION_PREFIX)
+        || name.starts_with("nats-")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_become_one_bounded_line() {
+        assert_eq!(one_line("a\nb\r\tc"), "a b  c");
+        let long = "é".repeat(MAX_ERROR_LEN);
+        let line = one_line(&long);
+        assert!(line.len() <= MAX_ERROR_LEN + '…'.len_utf8());
+        assert!(line.ends_with('…'));
+    }
+
+    #[test]
+    fn added_headers_are_recognised() {
+        for name in ["Eventhost-Error", "ce-dlqattempts", "Nats-Msg-Id"] {
+            assert!(is_added_header(name), "{name}");
+        }
+        for name in ["ce-id", "Content-Type", "ce-type"] {
+            assert!(!is_added_header(name), "{name}");
+        }
+    }
+}

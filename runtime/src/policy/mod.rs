@@ -1,0 +1,107 @@
+//! The delivery policy: which events run, in what order, and what becomes
+//! of an event after an attempt.
+//!
+//! - [`dedup`]: a handler runs successfully at most once per event;
+//! - [`ordering`]: events sharing a partition key run one at a time;
+//! - [`retry`]: failed attempts are retried with backoff, up to a limit.
+//!
+//! Keeping these decisions here, apart from the mechanics of publishing and
+//! acking in [`crate::outcome`], is what keeps each of them small.
+
+pub mod dedup;
+pub mod ordering;
+pub mod retry;
+
+use std::time::Duration;
+
+pub use retry::RetryPolicy;
+
+use crate::sandbox::{Failure, FailureKind};
+
+/// How long to wait before trying again after the host's own trouble (the
+/// idempotency bucket or the dead-letter stream unreachable). Not a failed
+/// attempt: the handler was never at fault.
+pub const HOST_RETRY_DELAY: Duration = Duration::from_secs(1);
+
+/// What happens to an event after a failed attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Try again after this delay.
+    Retry(Duration),
+    /// Give up: park it in the dead-letter queue.
+    DeadLetter,
+}
+
+/// The verdict on attempt number `attempt` failing with `failure`.
+pub fn after_failure(retry: &RetryPolicy, failure: &Failure, attempt: u32) -> Verdict {
+    if is_permanent(failure.kind) || !retry.allows_another(attempt) {
+        Verdict::DeadLetter
+    } else {
+        Verdict::Retry(retry.delay_after(attempt))
+    }
+}
+
+/// Failures that would recur on every attempt. Traps, timeouts and limits
+/// are retried: they may come from a transient condition (a slow dependency
+/// behind a host call, a burst of load), and the attempt limit bounds them.
+fn is_permanent(kind: FailureKind) -> bool {
+    matches!(kind, FailureKind::Permanent | FailureKind::EmitRefused)
+}
+
+/// The attempt number of a delivery: JetStream's delivery count, which
+/// survives restarts, or one more than the failures recorded for the event,
+/// whichever is higher. The record matters where delivery counts do not
+/// move: retries in place (ordered handlers), and a dead letter replayed as a
+/// new message.
+pub fn attempt_number(delivered: i64, recorded_failures: u32) -> u32 {
+    let delivered = u32::try_from(delivered).unwrap_or(u32::MAX).max(1);
+    delivered.max(recorded_failures.saturating_add(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failure(kind: FailureKind) -> Failure {
+        Failure {
+            kind,
+            message: "x".into(),
+        }
+    }
+
+    #[test]
+    fn permanent_failures_skip_the_remaining_attempts() {
+        let retry = RetryPolicy::default();
+        for kind in [FailureKind::Permanent, FailureKind::EmitRefused] {
+            assert_eq!(
+                after_failure(&retry, &failure(kind), 1),
+                Verdict::DeadLetter
+            );
+        }
+        for kind in [
+            FailureKind::Retryable,
+            FailureKind::Trap,
+            FailureKind::Timeout,
+            FailureKind::MemoryLimit,
+            FailureKind::Fuel,
+            FailureKind::Output,
+        ] {
+            assert!(matches!(
+                after_failure(&retry, &failure(kind), 1),
+                Verdict::Retry(_)
+            ));
+            assert_eq!(
+                after_failure(&retry, &failure(kind), retry.max_attempts),
+                Verdict::DeadLetter
+            );
+        }
+    }
+
+    #[test]
+    fn attempts_count_deliveries_and_recorded_failures() {
+        assert_eq!(attempt_number(1, 0), 1);
+        assert_eq!(attempt_number(3, 0), 3);
+        assert_eq!(attempt_number(1, 2), 3);
+        assert_eq!(attempt_number(0, 0), 1);
+    }
+}
