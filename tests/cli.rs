@@ -11,12 +11,6 @@ use async_nats::jetstream::stream;
 use serde_json::{Value, json};
 use support::*;
 
-fn eventhost(nats: &NatsServer) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_eventhost"));
-    command.env("EVENTHOST_NATS_URL", nats.url());
-    command
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn publish_and_tail_round_trip_in_both_content_modes() {
     let nats = NatsServer::start();

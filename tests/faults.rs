@@ -1,70 +1,33 @@
-//! Everything that can go wrong with input and guests, contained: bad
-//! messages, trapping, runaway and memory-hungry guests, forbidden emits,
-//! broken plugins. Also replicas sharing a consumer and graceful shutdown.
+//! Everything that can go wrong with guests and plugins, contained:
+//! trapping, runaway and memory-hungry guests, forbidden emits, broken
+//! plugins. Also replicas sharing a consumer, graceful shutdown and a NATS
+//! restart. (Bad input messages are in `delivery.rs`, with the DLQ.)
 
 mod support;
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use async_nats::HeaderMap;
-use async_nats::jetstream;
 use serde_json::json;
+use support::chaos::*;
 use support::*;
 
 const WAIT: Duration = Duration::from_secs(30);
 
-/// The chaos handler on `chaos.in` with the given limits.
-fn chaos_manifest(limits: &str) -> String {
-    format!(
-        "subscribe = [\"chaos.in\"]\npublish = [\"chaos.done\"]\n[limits]\n{limits}\n[config]\ntag = \"v1\"\n"
-    )
-}
-
-/// A private NATS server and one runtime running the chaos handler. Tests
-/// destructure it, binding every field so that nothing is dropped early.
-struct ChaosHost {
-    nats: NatsServer,
-    plugins: Plugins,
-    runtime: Runtime,
-    js: jetstream::Context,
-}
-
-impl ChaosHost {
-    async fn start(limits: &str) -> Self {
-        let nats = NatsServer::start();
-        let plugins = Plugins::new();
-        plugins.install("chaos", "chaos", &chaos_manifest(limits));
-        let runtime = Runtime::start(&nats, &plugins, 1);
-        let js = nats.jetstream().await;
-        ChaosHost {
-            nats,
-            plugins,
-            runtime,
-            js,
-        }
-    }
-}
-
-/// Publishes a chaos event whose data (`action`) says what the guest does.
-async fn send(js: &jetstream::Context, id: &str, action: serde_json::Value) {
-    let event = TestEvent::new(id, "com.example.chaos", action);
-    publish(js, "chaos.in", event.structured()).await;
-}
-
-fn inputs_of(stored: &[Stored]) -> BTreeSet<String> {
-    data_values(stored, "input")
-}
+/// Two attempts each, 100 ms apart, then the dead-letter queue.
+const TWO_ATTEMPTS: &str = "[retry]\nmax_attempts = 2\ninitial_backoff = \"100ms\"\njitter = 0.0";
 
 #[tokio::test(flavor = "multi_thread")]
 async fn trapping_runaway_and_greedy_guests_fail_only_their_own_event() {
-    let limits = "timeout = \"500ms\"\nmemory = \"16 MiB\"\nconcurrency = 4";
+    let sections = format!(
+        "{TWO_ATTEMPTS}\n[limits]\ntimeout = \"500ms\"\nmemory = \"16 MiB\"\nconcurrency = 4"
+    );
     let ChaosHost {
         nats: _nats,
         plugins: _plugins,
         mut runtime,
         js,
-    } = ChaosHost::start(limits).await;
+    } = ChaosHost::start(&sections).await;
 
     let bad = [
         ("trap", json!({"action": "trap"})),
@@ -86,110 +49,53 @@ async fn trapping_runaway_and_greedy_guests_fail_only_their_own_event() {
             .into()
     );
 
-    wait_until("four failures to be logged", WAIT, || {
-        runtime.outcomes("failed").len() == 4
-    });
-    let kind_of = |id: &str| {
-        let line = runtime
-            .outcomes("failed")
-            .into_iter()
-            .find(|l| l["span"]["event_id"] == id)
-            .unwrap();
-        (
-            line["kind"].as_str().unwrap().to_string(),
-            line["error"].as_str().unwrap().to_string(),
-        )
+    // Each failed twice (one retry), then was dead-lettered.
+    let letters = dead_letters(&js, "chaos", 4, WAIT).await;
+    assert_eq!(runtime.outcomes("retried").len(), 4);
+    let letter_of = |id: &str| {
+        letters
+            .iter()
+            .find(|l| l.payload_json()["id"] == id)
+            .unwrap_or_else(|| panic!("no dead letter for {id}"))
     };
-    let (kind, error) = kind_of("trap");
-    assert_eq!(kind, "trap");
+    let trap = letter_of("trap");
+    assert_eq!(trap.header("Eventhost-Error-Kind"), "trap");
     assert!(
-        error.contains("asked to trap"),
-        "the guest's panic message is kept: {error}"
+        trap.header("Eventhost-Error").contains("asked to trap"),
+        "the guest's panic message is kept: {}",
+        trap.header("Eventhost-Error")
     );
-    assert_eq!(kind_of("loop").0, "timeout");
+    assert_eq!(trap.header("Eventhost-Attempts"), "2");
+    assert_eq!(letter_of("loop").header("Eventhost-Error-Kind"), "timeout");
     assert_eq!(
-        kind_of("sleep").0,
+        letter_of("sleep").header("Eventhost-Error-Kind"),
         "timeout",
         "time blocked in a host call counts too"
     );
-    let (kind, error) = kind_of("alloc");
-    assert_eq!(kind, "memory_limit");
-    assert!(error.contains("16"), "{error}");
+    let alloc = letter_of("alloc");
+    assert_eq!(alloc.header("Eventhost-Error-Kind"), "memory_limit");
+    assert!(alloc.header("Eventhost-Error").contains("16"));
 
     assert!(runtime.is_running());
     assert_eq!(consumer_state(&js, "CHAOS", "chaos").await, (0, 0, 0));
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn invalid_messages_are_terminated_and_the_next_event_flows() {
+async fn fuel_bounds_a_guest_deterministically() {
+    let sections = "[retry]\nmax_attempts = 1\n[limits]\nfuel = 50_000_000\ntimeout = \"10s\"";
     let ChaosHost {
         nats: _nats,
         plugins: _plugins,
-        mut runtime,
+        runtime: _runtime,
         js,
-    } = ChaosHost::start("").await;
-
-    let structured = |body: &str| {
-        let mut h = HeaderMap::new();
-        h.insert("Content-Type", "application/cloudevents+json");
-        (h, body.as_bytes().to_vec())
-    };
-    let binary = |pairs: &[(&str, &str)]| {
-        let mut h = HeaderMap::new();
-        for (k, v) in pairs {
-            h.insert(*k, *v);
-        }
-        (h, b"{}".to_vec())
-    };
-    let invalid = [
-        (HeaderMap::new(), b"\x00\x01 definitely not json".to_vec()),
-        structured(r#"{"specversion":"1.0","id":"trunc","source":"/t","#),
-        structured(r#"{"specversion":"1.0","source":"/t","type":"t"}"#),
-        structured(r#"{"specversion":"0.3","id":"old","source":"/t","type":"t"}"#),
-        binary(&[
-            ("ce-specversion", "1.0"),
-            ("ce-id", "x"),
-            ("ce-source", "/t"),
-        ]),
-        binary(&[
-            ("ce-specversion", "1.0"),
-            ("ce-id", "x"),
-            ("ce-source", "/t"),
-            ("ce-type", "t"),
-            ("ce-time", "noon"),
-        ]),
-    ];
-    let count = invalid.len();
-    for message in invalid {
-        publish(&js, "chaos.in", message).await;
-    }
-    send(&js, "good", json!({"action": "ok"})).await;
-
+    } = ChaosHost::start(sections).await;
+    send(&js, "spin", json!({"action": "loop"})).await;
+    send(&js, "fine", json!({"action": "ok"})).await;
     let done = collect(&js, "CHAOS", "chaos.done", 1, WAIT).await;
-    assert_eq!(inputs_of(&done), ["good".to_string()].into());
-    wait_until("every invalid message to be logged", WAIT, || {
-        runtime.outcomes("invalid").len() == count
-    });
-    let reasons: Vec<String> = runtime
-        .outcomes("invalid")
-        .iter()
-        .map(|l| l["reason"].as_str().unwrap().to_string())
-        .collect();
-    for expected in [
-        "not valid CloudEvents JSON",
-        "missing field `id`",
-        "0.3",
-        "type",
-        "RFC 3339",
-    ] {
-        assert!(
-            reasons.iter().any(|r| r.contains(expected)),
-            "no reason mentions {expected:?}: {reasons:#?}"
-        );
-    }
-    // Terminated, not left for redelivery.
-    assert_eq!(consumer_state(&js, "CHAOS", "chaos").await, (0, 0, 0));
-    assert!(runtime.is_running());
+    assert_eq!(inputs_of(&done), ["fine".to_string()].into());
+    let letters = dead_letters(&js, "chaos", 1, WAIT).await;
+    assert_eq!(letters[0].header("Eventhost-Error-Kind"), "fuel");
+    assert!(letters[0].header("Eventhost-Error").contains("50000000"));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -199,7 +105,7 @@ async fn emits_outside_the_manifest_are_refused_and_nothing_is_published() {
         plugins: _plugins,
         runtime,
         js,
-    } = ChaosHost::start("").await;
+    } = ChaosHost::start(TWO_ATTEMPTS).await;
     let client = async_nats::connect(nats.url()).await.unwrap();
     let mut forbidden = client.subscribe("forbidden.>").await.unwrap();
     client.flush().await.unwrap();
@@ -215,15 +121,16 @@ async fn emits_outside_the_manifest_are_refused_and_nothing_is_published() {
         ["honest".to_string()].into(),
         "the failed invocation published nothing"
     );
-    let failed = runtime.outcomes("failed");
-    assert_eq!(failed.len(), 1);
-    assert_eq!(failed[0]["kind"], "emit_refused");
+    // A refused emit is a bug in the handler: no retry, straight to the DLQ.
+    let letters = dead_letters(&js, "chaos", 1, WAIT).await;
+    assert_eq!(letters[0].header("Eventhost-Error-Kind"), "emit_refused");
+    assert_eq!(letters[0].header("Eventhost-Attempts"), "1");
     assert!(
-        failed[0]["error"]
-            .as_str()
-            .unwrap()
+        letters[0]
+            .header("Eventhost-Error")
             .contains("forbidden.subject")
     );
+    assert!(runtime.outcomes("retried").is_empty());
     let leaked = tokio::time::timeout(
         Duration::from_millis(300),
         futures::StreamExt::next(&mut forbidden),
@@ -254,7 +161,12 @@ async fn broken_plugins_are_reported_and_the_others_run() {
         // A valid, empty *core* module: wasm, but not a component.
         .write("core.wasm", b"\0asm\x01\0\0\0")
         .write("core.toml", b"subscribe = [\"chaos.other\"]\n")
-        .write("lonely.wasm", b"\0asm\x01\0\0\0");
+        .write("lonely.wasm", b"\0asm\x01\0\0\0")
+        .install(
+            "greedy",
+            "chaos",
+            &chaos_manifest("[retry]\nmultiplier = 100.0\n[limits]\nconcurrency = 0"),
+        );
     let runtime = Runtime::start(&nats, &plugins, 1);
     let js = nats.jetstream().await;
     send(&js, "still-works", json!({"action": "ok"})).await;
@@ -265,7 +177,7 @@ async fn broken_plugins_are_reported_and_the_others_run() {
         .iter()
         .map(|l| l["error"].as_str().unwrap().to_string())
         .collect();
-    assert_eq!(errors.len(), 6, "{errors:#?}");
+    assert_eq!(errors.len(), 7, "{errors:#?}");
     for expected in [
         "no JetStream stream captures subject \"nowhere.at.all\"",
         "no JetStream stream captures `publish` subject \"void.*\"",
@@ -274,6 +186,7 @@ async fn broken_plugins_are_reported_and_the_others_run() {
         "garbage.wasm): not a WebAssembly binary",
         "core.wasm): not a valid WebAssembly component",
         "lonely.wasm has no manifest",
+        "`limits.concurrency` must be between 1 and 1024, got 0",
     ] {
         assert!(
             errors.iter().any(|e| e.contains(expected)),
@@ -291,7 +204,7 @@ async fn two_runtimes_on_one_consumer_split_the_work_and_handle_each_event_once(
         plugins,
         runtime: first,
         js,
-    } = ChaosHost::start("concurrency = 4").await;
+    } = ChaosHost::start("[limits]\nconcurrency = 4").await;
     let second = Runtime::start(&nats, &plugins, 1);
 
     const EVENTS: usize = 120;
@@ -323,7 +236,7 @@ async fn two_runtimes_on_one_consumer_split_the_work_and_handle_each_event_once(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_finishes_in_flight_events_and_hands_back_the_rest() {
-    let limits = "timeout = \"5s\"\nconcurrency = 4";
+    let limits = "[limits]\ntimeout = \"5s\"\nconcurrency = 4";
     let ChaosHost {
         nats,
         plugins,

@@ -6,6 +6,8 @@
 //! run in parallel and may stop or restart their server freely.
 #![allow(dead_code)] // each test binary uses a different part of this module
 
+pub mod chaos;
+
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -278,6 +280,12 @@ impl Runtime {
         self.child.try_wait().unwrap().is_none()
     }
 
+    /// SIGKILL: no chance to finish, settle or flush anything.
+    pub fn kill(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
     /// SIGTERM, then wait for the process to exit.
     pub fn terminate(&mut self) -> ExitStatus {
         Command::new("kill")
@@ -310,6 +318,29 @@ impl Drop for Runtime {
             );
         }
     }
+}
+
+/// The `eventhost` binary, pointed at `nats`, for CLI commands.
+pub fn eventhost(nats: &NatsServer) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_eventhost"));
+    command.env("EVENTHOST_NATS_URL", nats.url());
+    command
+}
+
+/// Runs an `eventhost` CLI command to success and returns its stdout.
+pub fn eventhost_ok(nats: &NatsServer, args: &[&str]) -> String {
+    let output = eventhost(nats).args(args).output().unwrap();
+    assert!(
+        output.status.success(),
+        "eventhost {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+/// The time stamp of a JSON log line.
+pub fn log_time(line: &Value) -> chrono::DateTime<chrono::Utc> {
+    line["timestamp"].as_str().unwrap().parse().unwrap()
 }
 
 // ---------------------------------------------------------------- events
@@ -377,12 +408,13 @@ pub async fn publish(
     js: &jetstream::Context,
     subject: &str,
     (headers, payload): (HeaderMap, Vec<u8>),
-) {
+) -> u64 {
     js.publish_with_headers(subject.to_string(), headers, payload.into())
         .await
         .unwrap()
         .await
-        .unwrap();
+        .unwrap()
+        .sequence
 }
 
 /// A message stored in a stream, with its CloudEvent decoded.
@@ -407,16 +439,37 @@ pub fn data_values(stored: &[Stored], field: &str) -> std::collections::BTreeSet
         .collect()
 }
 
+/// A message as a stream stored it.
+pub struct RawMessage {
+    pub subject: String,
+    pub headers: HeaderMap,
+    pub payload: bytes::Bytes,
+}
+
+impl RawMessage {
+    pub fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .map(|v| v.as_str())
+            .unwrap_or_else(|| panic!("no {name} header"))
+    }
+
+    /// The payload as JSON (a structured CloudEvent, or binary-mode data).
+    pub fn payload_json(&self) -> Value {
+        serde_json::from_slice(&self.payload).unwrap_or_default()
+    }
+}
+
 /// Reads `filter` in `stream` from the start until `expected` messages
 /// arrived (panicking after `timeout`), then keeps listening for a short
 /// while so that extra, unexpected messages are caught too.
-pub async fn collect(
+pub async fn collect_raw(
     js: &jetstream::Context,
     stream: &str,
     filter: &str,
     expected: usize,
     timeout: Duration,
-) -> Vec<Stored> {
+) -> Vec<RawMessage> {
     let consumer = js
         .get_stream(stream)
         .await
@@ -437,19 +490,10 @@ pub async fn collect(
         let next = tokio::time::timeout_at(wait_until, messages.next()).await;
         match next {
             Ok(Some(Ok(message))) => {
-                let decoded = eventhost::decode::decode(message.headers.as_ref(), &message.payload)
-                    .expect("the runtime emitted an invalid CloudEvent");
-                let binary_mode = decoded.mode == eventhost::decode::ContentMode::Binary;
-                let (_, json) = eventhost::encode::encode(
-                    decoded.event,
-                    eventhost::decode::ContentMode::Structured,
-                )
-                .unwrap();
-                stored.push(Stored {
+                stored.push(RawMessage {
                     subject: message.subject.to_string(),
                     headers: message.headers.clone().unwrap_or_default(),
-                    event: serde_json::from_slice(&json).unwrap(),
-                    binary_mode,
+                    payload: message.payload.clone(),
                 });
                 if stored.len() == expected && quiet_until.is_none() {
                     quiet_until = Some(tokio::time::Instant::now() + Duration::from_millis(750));
@@ -465,6 +509,45 @@ pub async fn collect(
         }
     }
     stored
+}
+
+/// Like [`collect_raw`], with each message decoded as a CloudEvent.
+pub async fn collect(
+    js: &jetstream::Context,
+    stream: &str,
+    filter: &str,
+    expected: usize,
+    timeout: Duration,
+) -> Vec<Stored> {
+    let raw = collect_raw(js, stream, filter, expected, timeout).await;
+    raw.into_iter()
+        .map(|message| {
+            let decoded = eventhost::decode::decode(Some(&message.headers), &message.payload)
+                .expect("the runtime emitted an invalid CloudEvent");
+            let binary_mode = decoded.mode == eventhost::decode::ContentMode::Binary;
+            let (_, json) = eventhost::encode::encode(
+                decoded.event,
+                eventhost::decode::ContentMode::Structured,
+            )
+            .unwrap();
+            Stored {
+                subject: message.subject,
+                headers: message.headers,
+                event: serde_json::from_slice(&json).unwrap(),
+                binary_mode,
+            }
+        })
+        .collect()
+}
+
+/// The dead letters of `handler`, as stored.
+pub async fn dead_letters(
+    js: &jetstream::Context,
+    handler: &str,
+    expected: usize,
+    timeout: Duration,
+) -> Vec<RawMessage> {
+    collect_raw(js, "DLQ", &format!("dlq.{handler}"), expected, timeout).await
 }
 
 /// The consumer's view: (pending, ack pending, redelivered).

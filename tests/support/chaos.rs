@@ -1,0 +1,52 @@
+//! The chaos handler (`examples/chaos`) as the fault tests drive it.
+
+use std::collections::BTreeSet;
+
+use async_nats::jetstream;
+
+use super::*;
+
+/// The chaos handler on `chaos.in`, with extra manifest `sections` (which
+/// may start with top-level keys such as `ordering`).
+pub fn chaos_manifest(sections: &str) -> String {
+    format!(
+        "subscribe = [\"chaos.in\"]\npublish = [\"chaos.done\"]\n{sections}\n[config]\ntag = \"v1\"\n"
+    )
+}
+
+/// A private NATS server and one runtime running the chaos handler. Tests
+/// destructure it, binding every field so that nothing is dropped early.
+pub struct ChaosHost {
+    pub nats: NatsServer,
+    pub plugins: Plugins,
+    pub runtime: Runtime,
+    pub js: jetstream::Context,
+}
+
+impl ChaosHost {
+    pub async fn start(sections: &str) -> Self {
+        let nats = NatsServer::start();
+        let plugins = Plugins::new();
+        plugins.install("chaos", "chaos", &chaos_manifest(sections));
+        let runtime = Runtime::start(&nats, &plugins, 1);
+        let js = nats.jetstream().await;
+        ChaosHost {
+            nats,
+            plugins,
+            runtime,
+            js,
+        }
+    }
+}
+
+/// Publishes a chaos event whose data (`action`) says what the guest does;
+/// returns its stream sequence.
+pub async fn send(js: &jetstream::Context, id: &str, action: serde_json::Value) -> u64 {
+    let event = TestEvent::new(id, "com.example.chaos", action);
+    publish(js, "chaos.in", event.structured()).await
+}
+
+/// The input ids behind `chaos.done` events.
+pub fn inputs_of(stored: &[Stored]) -> BTreeSet<String> {
+    data_values(stored, "input")
+}
