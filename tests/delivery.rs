@@ -255,7 +255,9 @@ async fn bad_inputs_end_in_the_dead_letter_queue_with_a_reason() {
         {
             h.insert(*k, *v);
         }
-        (h, b"{}".to_vec())
+        // A payload of its own, to find its dead letter by.
+        let body = json!({ "headers": format!("{pairs:?}") });
+        (h, serde_json::to_vec(&body).unwrap())
     };
     let oversized = TestEvent::new("big", "t", json!({"action": "ok", "pad": "x".repeat(8192)}));
     let garbage = b"\x00\x01 definitely not json".to_vec();
@@ -316,8 +318,21 @@ async fn bad_inputs_end_in_the_dead_letter_queue_with_a_reason() {
     assert_eq!(inputs_of(&done), ["good".to_string()].into());
     let letters = dead_letters(&js, "chaos", count, WAIT).await;
     assert_eq!(letters.len(), count);
-    for ((what, (_, payload), reason), letter) in bad.iter().zip(&letters) {
-        assert_eq!(&letter.payload, payload, "{what}: kept byte for byte");
+    for (what, (headers, payload), reason) in &bad {
+        // Dead letters are written concurrently: find each by its payload,
+        // which is kept byte for byte, with the original headers.
+        let letter = letters
+            .iter()
+            .find(|l| l.payload == payload)
+            .unwrap_or_else(|| panic!("{what}: no dead letter with its bytes"));
+        for (name, value) in headers.iter() {
+            let name: &str = name.as_ref();
+            assert_eq!(
+                letter.header(name),
+                value[0].as_str(),
+                "{what}: header {name}"
+            );
+        }
         let kind = letter.header("Eventhost-Error-Kind");
         let expected_kind = if *what == "oversized" {
             "too_large"
@@ -342,7 +357,7 @@ async fn the_same_event_is_handled_once_however_often_it_arrives() {
     let ChaosHost {
         nats,
         plugins,
-        runtime,
+        mut runtime,
         js,
     } = ChaosHost::start(sections).await;
 
@@ -374,8 +389,10 @@ async fn the_same_event_is_handled_once_however_often_it_arrives() {
         "the handler ran successfully once per event"
     );
 
-    // A restarted runtime remembers.
-    drop(runtime);
+    // A restarted runtime remembers. (A graceful stop: SIGKILL could lose
+    // the last acks, and their redelivery would be skipped as duplicates
+    // too, muddying the count.)
+    runtime.terminate();
     let runtime = Runtime::start(&nats, &plugins, 1);
     publish(&js, "chaos.in", twice.binary()).await;
     send(&js, "fresh", json!({"action": "ok"})).await;
@@ -547,4 +564,83 @@ async fn key_ordering_holds_under_retries_while_keys_run_in_parallel() {
     });
     assert!(overlapping, "keys never ran in parallel: {spans:?}");
     assert_eq!(consumer_state(&js, "CHAOS", "chaos").await, (0, 0, 0));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn writing_a_dead_letter_twice_stores_it_once() {
+    // The step a crash can interrupt: the dead letter is stored, the input
+    // is not yet acked, so the next delivery writes the dead letter again.
+    let nats = NatsServer::start();
+    let js = nats.jetstream().await;
+    eventhost::outcome::dead_letter::ensure_stream(&js)
+        .await
+        .unwrap();
+    js.create_stream(jetstream::stream::Config {
+        name: "IN".into(),
+        subjects: vec!["in".into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let event = TestEvent::new("once", "t", json!({}));
+    publish(&js, "in", event.binary()).await;
+    let consumer: jetstream::consumer::PullConsumer = js
+        .get_stream("IN")
+        .await
+        .unwrap()
+        .create_consumer(jetstream::consumer::pull::Config::default())
+        .await
+        .unwrap();
+    let mut messages = consumer.fetch().max_messages(1).messages().await.unwrap();
+    let message = futures::StreamExt::next(&mut messages)
+        .await
+        .unwrap()
+        .unwrap();
+
+    let now = chrono::Utc::now();
+    let letter = eventhost::outcome::DeadLetter {
+        handler: "h",
+        version: "v1",
+        error_kind: "permanent",
+        error: "no",
+        attempts: 1,
+        first_failure: now,
+        last_failure: now,
+        mode: Some(eventhost::decode::ContentMode::Binary),
+    };
+    letter.publish(&js, &message).await.unwrap();
+    letter.publish(&js, &message).await.unwrap();
+    let stored = dead_letters(&js, "h", 1, WAIT).await;
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0].header("ce-dlqhandler"), "h");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_event_whose_attempts_were_all_cut_off_is_dead_lettered_unrun() {
+    // A poison event that takes its runtime down with it must not do so
+    // forever: once its deliveries pass max_attempts it is parked.
+    let sections = "[retry]\nmax_attempts = 1\n[limits]\ntimeout = \"10s\"";
+    let ChaosHost {
+        nats,
+        plugins,
+        mut runtime,
+        js,
+    } = ChaosHost::start(sections).await;
+    send(&js, "poison", json!({"action": "sleep", "ms": 5000})).await;
+    for _ in 0..200 {
+        if consumer_state(&js, "CHAOS", "chaos").await.1 == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    runtime.kill();
+
+    let successor = Runtime::start(&nats, &plugins, 1);
+    let letters = dead_letters(&js, "chaos", 1, Duration::from_secs(60)).await;
+    assert_eq!(letters[0].header("Eventhost-Error-Kind"), "no_outcome");
+    assert_eq!(letters[0].header("Eventhost-Attempts"), "1");
+    assert!(
+        successor.outcomes("succeeded").is_empty(),
+        "it was not run again"
+    );
 }

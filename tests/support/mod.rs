@@ -547,7 +547,14 @@ pub async fn dead_letters(
     expected: usize,
     timeout: Duration,
 ) -> Vec<RawMessage> {
-    collect_raw(js, "DLQ", &format!("dlq.{handler}"), expected, timeout).await
+    collect_raw(
+        js,
+        "EVENTHOST_DLQ",
+        &format!("dlq.{handler}"),
+        expected,
+        timeout,
+    )
+    .await
 }
 
 /// The consumer's view: (pending, ack pending, redelivered).

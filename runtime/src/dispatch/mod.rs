@@ -214,8 +214,9 @@ impl Dispatcher {
             Err((kind, reason)) => {
                 let span = tracing::info_span!("event", handler = %identity.name,
                     version = %identity.version, nats_subject = %message.subject);
+                let attempts = delivery_count(&message);
                 let next = self
-                    .dead_letter(&message, None, kind, &reason, 1, None)
+                    .dead_letter(&message, None, kind, &reason, attempts, None)
                     .instrument(span)
                     .await;
                 if let Next::Again { delay, .. } = next {
@@ -332,6 +333,12 @@ impl Dispatcher {
             }
         }
     }
+}
+
+/// JetStream's delivery count of `message` (1 on the first delivery).
+fn delivery_count(message: &Message) -> u32 {
+    let delivered = message.info().map(|i| i.delivered).unwrap_or(1);
+    u32::try_from(delivered).unwrap_or(u32::MAX).max(1)
 }
 
 /// Waits `delay` while keeping `message` from being redelivered. Returns

@@ -25,7 +25,7 @@ use crate::decode::ContentMode;
 use crate::encode::header_value;
 
 /// The stream holding every handler's dead letters.
-pub const STREAM: &str = "DLQ";
+pub const STREAM: &str = "EVENTHOST_DLQ";
 /// Dead letters of handler `h` are stored on `dlq.h`.
 pub const SUBJECT_PREFIX: &str = "dlq";
 /// How long the stream remembers dead-letter ids. Longer than the default
