@@ -627,12 +627,7 @@ async fn an_event_whose_attempts_were_all_cut_off_is_dead_lettered_unrun() {
         js,
     } = ChaosHost::start(sections).await;
     send(&js, "poison", json!({"action": "sleep", "ms": 5000})).await;
-    for _ in 0..200 {
-        if consumer_state(&js, "CHAOS", "chaos").await.1 == 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    wait_for_ack_pending(&js, "CHAOS", "chaos", 1).await;
     runtime.kill();
 
     let successor = Runtime::start(&nats, &plugins, 1);

@@ -250,12 +250,7 @@ async fn sigterm_finishes_in_flight_events_and_hands_back_the_rest() {
     }
     // Four are being handled when the signal arrives; the client may have
     // prefetched some of the others.
-    for _ in 0..500 {
-        if consumer_state(&js, "CHAOS", "chaos").await.1 >= 4 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for_ack_pending(&js, "CHAOS", "chaos", 4).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let delivered = consumer_state(&js, "CHAOS", "chaos").await.1;
     assert!(delivered >= 4, "{delivered} delivered");

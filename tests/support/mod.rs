@@ -573,3 +573,14 @@ pub async fn consumer_state(
     let info = c.info().await.unwrap();
     (info.num_pending, info.num_ack_pending, info.num_redelivered)
 }
+
+/// Waits (up to 10 s) until at least `n` of the consumer's messages are out
+/// for handling, unacked.
+pub async fn wait_for_ack_pending(js: &jetstream::Context, stream: &str, consumer: &str, n: usize) {
+    for _ in 0..500 {
+        if consumer_state(js, stream, consumer).await.1 >= n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
