@@ -1,6 +1,6 @@
-//! The delivery guarantees, end to end: retry with backoff, the dead-letter
-//! queue and its CLI, idempotency (duplicates, restarts, SIGKILL, replicas)
-//! and per-key ordering. Real nats-server, real chaos components.
+//! Retry with backoff, the dead-letter queue and its CLI, bad input, and
+//! per-key ordering, end to end on a real nats-server with the real chaos
+//! component. (Exactly-once under duplicates and kills is in `once.rs`.)
 
 mod support;
 
@@ -8,30 +8,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use async_nats::HeaderMap;
-use async_nats::jetstream;
 use serde_json::json;
 use support::chaos::*;
 use support::*;
 
 const WAIT: Duration = Duration::from_secs(30);
-
-/// Every event's inputs were handled: the `chaos.done` outputs, one per id.
-async fn outputs_by_input(js: &jetstream::Context, expected: usize) -> BTreeMap<String, usize> {
-    let done = collect(
-        js,
-        "CHAOS",
-        "chaos.done",
-        expected,
-        Duration::from_secs(120),
-    )
-    .await;
-    let mut counts = BTreeMap::new();
-    for stored in &done {
-        let input = stored.data()["input"].as_str().unwrap().to_string();
-        *counts.entry(input).or_insert(0) += 1;
-    }
-    counts
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn failed_attempts_are_retried_with_backoff_while_other_events_flow() {
@@ -352,147 +333,6 @@ async fn bad_inputs_end_in_the_dead_letter_queue_with_a_reason() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn the_same_event_is_handled_once_however_often_it_arrives() {
-    let sections = "[limits]\nconcurrency = 8";
-    let ChaosHost {
-        nats,
-        plugins,
-        mut runtime,
-        js,
-    } = ChaosHost::start(sections).await;
-
-    // Published twice in each content mode, and ten copies in flight at once
-    // (the handler is slow, so they overlap).
-    let twice = TestEvent::new("twice", "com.example.chaos", json!({"action": "ok"}));
-    for message in [twice.structured(), twice.binary(), twice.structured()] {
-        publish(&js, "chaos.in", message).await;
-    }
-    let slow = TestEvent::new(
-        "slow",
-        "com.example.chaos",
-        json!({"action": "sleep", "ms": 300}),
-    );
-    for _ in 0..10 {
-        publish(&js, "chaos.in", slow.structured()).await;
-    }
-    let counts = outputs_by_input(&js, 2).await;
-    assert_eq!(
-        counts,
-        [("slow".to_string(), 1), ("twice".to_string(), 1)].into()
-    );
-    wait_until("every copy to be settled", WAIT, || {
-        runtime.outcomes("duplicate").len() == 11
-    });
-    assert_eq!(
-        runtime.outcomes("succeeded").len(),
-        2,
-        "the handler ran successfully once per event"
-    );
-
-    // A restarted runtime remembers. (A graceful stop: SIGKILL could lose
-    // the last acks, and their redelivery would be skipped as duplicates
-    // too, muddying the count.)
-    runtime.terminate();
-    let runtime = Runtime::start(&nats, &plugins, 1);
-    publish(&js, "chaos.in", twice.binary()).await;
-    send(&js, "fresh", json!({"action": "ok"})).await;
-    let counts = outputs_by_input(&js, 3).await;
-    assert_eq!(counts.values().sum::<usize>(), 3);
-    assert_eq!(counts["fresh"], 1);
-    wait_until("the copy to be skipped", WAIT, || {
-        runtime.outcomes("duplicate").len() == 1
-    });
-}
-
-const STREAM_EVENTS: usize = 3000;
-
-/// Publishes the stream of events the SIGKILL tests cut through.
-async fn publish_stream(js: &jetstream::Context) {
-    let mut acks = Vec::new();
-    for i in 0..STREAM_EVENTS {
-        let event = TestEvent::new(
-            format!("e-{i}"),
-            "com.example.chaos",
-            json!({"action": "ok", "seq": i}),
-        );
-        let (headers, payload) = event.structured();
-        acks.push(
-            js.publish_with_headers("chaos.in", headers, payload.into())
-                .await
-                .unwrap(),
-        );
-    }
-    for ack in acks {
-        ack.await.unwrap();
-    }
-}
-
-/// How many outputs the CHAOS stream holds (it holds the inputs too).
-async fn stored_outputs(js: &jetstream::Context) -> u64 {
-    let mut stream = js.get_stream("CHAOS").await.unwrap();
-    let stored = stream.info().await.unwrap().state.messages;
-    stored.saturating_sub(STREAM_EVENTS as u64)
-}
-
-/// Waits until at least `n` outputs are stored.
-async fn wait_for_outputs(js: &jetstream::Context, n: u64) {
-    for _ in 0..600 {
-        if stored_outputs(js).await >= n {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("fewer than {n} outputs after 30 s");
-}
-
-fn assert_each_exactly_once(counts: &BTreeMap<String, usize>) {
-    assert_eq!(counts.len(), STREAM_EVENTS, "every event was handled");
-    let repeated: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(repeated.is_empty(), "outputs published twice: {repeated:?}");
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn sigkill_mid_stream_loses_nothing_and_duplicates_nothing() {
-    let ChaosHost {
-        nats,
-        plugins,
-        mut runtime,
-        js,
-    } = ChaosHost::start("[limits]\nconcurrency = 32").await;
-    publish_stream(&js).await;
-    wait_for_outputs(&js, 1000).await;
-    runtime.kill();
-    assert!(
-        stored_outputs(&js).await < STREAM_EVENTS as u64,
-        "killed mid-stream"
-    );
-
-    let _successor = Runtime::start(&nats, &plugins, 1);
-    // What the dead process held comes back after the ack wait (30 s).
-    let counts = outputs_by_input(&js, STREAM_EVENTS).await;
-    assert_each_exactly_once(&counts);
-    assert_eq!(consumer_state(&js, "CHAOS", "chaos").await.1, 0);
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn two_replicas_one_killed_midway_lose_nothing_and_duplicate_nothing() {
-    let ChaosHost {
-        nats,
-        plugins,
-        mut runtime,
-        js,
-    } = ChaosHost::start("[limits]\nconcurrency = 32").await;
-    let survivor = Runtime::start(&nats, &plugins, 1);
-    publish_stream(&js).await;
-    wait_for_outputs(&js, 1000).await;
-    runtime.kill();
-
-    let counts = outputs_by_input(&js, STREAM_EVENTS).await;
-    assert_each_exactly_once(&counts);
-    assert!(!survivor.outcomes("succeeded").is_empty());
-}
-
-#[tokio::test(flavor = "multi_thread")]
 async fn key_ordering_holds_under_retries_while_keys_run_in_parallel() {
     let sections = "ordering = \"key\"\n\
         [retry]\nmax_attempts = 5\ninitial_backoff = \"200ms\"\njitter = 0.0\n\
@@ -564,78 +404,4 @@ async fn key_ordering_holds_under_retries_while_keys_run_in_parallel() {
     });
     assert!(overlapping, "keys never ran in parallel: {spans:?}");
     assert_eq!(consumer_state(&js, "CHAOS", "chaos").await, (0, 0, 0));
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn writing_a_dead_letter_twice_stores_it_once() {
-    // The step a crash can interrupt: the dead letter is stored, the input
-    // is not yet acked, so the next delivery writes the dead letter again.
-    let nats = NatsServer::start();
-    let js = nats.jetstream().await;
-    eventhost::outcome::dead_letter::ensure_stream(&js)
-        .await
-        .unwrap();
-    js.create_stream(jetstream::stream::Config {
-        name: "IN".into(),
-        subjects: vec!["in".into()],
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    let event = TestEvent::new("once", "t", json!({}));
-    publish(&js, "in", event.binary()).await;
-    let consumer: jetstream::consumer::PullConsumer = js
-        .get_stream("IN")
-        .await
-        .unwrap()
-        .create_consumer(jetstream::consumer::pull::Config::default())
-        .await
-        .unwrap();
-    let mut messages = consumer.fetch().max_messages(1).messages().await.unwrap();
-    let message = futures::StreamExt::next(&mut messages)
-        .await
-        .unwrap()
-        .unwrap();
-
-    let now = chrono::Utc::now();
-    let letter = eventhost::outcome::DeadLetter {
-        handler: "h",
-        version: "v1",
-        error_kind: "permanent",
-        error: "no",
-        attempts: 1,
-        first_failure: now,
-        last_failure: now,
-        mode: Some(eventhost::decode::ContentMode::Binary),
-    };
-    letter.publish(&js, &message).await.unwrap();
-    letter.publish(&js, &message).await.unwrap();
-    let stored = dead_letters(&js, "h", 1, WAIT).await;
-    assert_eq!(stored.len(), 1);
-    assert_eq!(stored[0].header("ce-dlqhandler"), "h");
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn an_event_whose_attempts_were_all_cut_off_is_dead_lettered_unrun() {
-    // A poison event that takes its runtime down with it must not do so
-    // forever: once its deliveries pass max_attempts it is parked.
-    let sections = "[retry]\nmax_attempts = 1\n[limits]\ntimeout = \"10s\"";
-    let ChaosHost {
-        nats,
-        plugins,
-        mut runtime,
-        js,
-    } = ChaosHost::start(sections).await;
-    send(&js, "poison", json!({"action": "sleep", "ms": 5000})).await;
-    wait_for_ack_pending(&js, "CHAOS", "chaos", 1).await;
-    runtime.kill();
-
-    let successor = Runtime::start(&nats, &plugins, 1);
-    let letters = dead_letters(&js, "chaos", 1, Duration::from_secs(60)).await;
-    assert_eq!(letters[0].header("Eventhost-Error-Kind"), "no_outcome");
-    assert_eq!(letters[0].header("Eventhost-Attempts"), "1");
-    assert!(
-        successor.outcomes("succeeded").is_empty(),
-        "it was not run again"
-    );
 }

@@ -1,6 +1,7 @@
 //! The chaos handler (`examples/chaos`) as the fault tests drive it.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 
 use async_nats::jetstream;
 
@@ -49,4 +50,22 @@ pub async fn send(js: &jetstream::Context, id: &str, action: serde_json::Value) 
 /// The input ids behind `chaos.done` events.
 pub fn inputs_of(stored: &[Stored]) -> BTreeSet<String> {
     data_values(stored, "input")
+}
+
+/// Every event's inputs were handled: the `chaos.done` outputs, one per id.
+pub async fn outputs_by_input(js: &jetstream::Context, expected: usize) -> BTreeMap<String, usize> {
+    let done = collect(
+        js,
+        "CHAOS",
+        "chaos.done",
+        expected,
+        Duration::from_secs(120),
+    )
+    .await;
+    let mut counts = BTreeMap::new();
+    for stored in &done {
+        let input = stored.data()["input"].as_str().unwrap().to_string();
+        *counts.entry(input).or_insert(0) += 1;
+    }
+    counts
 }
