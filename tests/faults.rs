@@ -289,3 +289,44 @@ async fn the_runtime_rides_out_a_nats_restart() {
     );
     assert!(runtime.is_running());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn compiled_code_is_cached_across_restarts_and_a_bad_entry_is_rebuilt() {
+    let nats = NatsServer::start();
+    let plugins = Plugins::new();
+    plugins.install("chaos", "chaos", &chaos_manifest(""));
+    let cache = tempfile::tempdir().unwrap();
+    let cache_dir = cache.path().to_str().unwrap();
+    let start = || Runtime::start_with(&nats.url(), &plugins, 1, &["--cache-dir", cache_dir]);
+    let cache_use = |runtime: &Runtime| {
+        runtime.logs_with_message("handler loaded")[0]["compiled_cache"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+
+    let mut first = start();
+    assert_eq!(cache_use(&first), "miss");
+    first.terminate();
+    let mut second = start();
+    assert_eq!(cache_use(&second), "hit");
+    second.terminate();
+
+    let entries: Vec<_> = std::fs::read_dir(cache.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    std::fs::write(&entries[0], b"not compiled code").unwrap();
+    let third = start();
+    assert_eq!(cache_use(&third), "miss", "a bad entry is compiled afresh");
+    assert_eq!(
+        third
+            .logs_with_message("unusable compiled-code cache entry; compiling again")
+            .len(),
+        1
+    );
+    let js = nats.jetstream().await;
+    send(&js, "after-rebuild", json!({"action": "ok"})).await;
+    collect(&js, "CHAOS", "chaos.done", 1, WAIT).await;
+}

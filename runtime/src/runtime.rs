@@ -15,13 +15,15 @@ use crate::config::RuntimeConfig;
 use crate::dispatch::Dispatcher;
 use crate::nats::NatsEndpoint;
 use crate::plugins::{self, PluginSource};
-use crate::sandbox::{HandlerIdentity, Sandbox};
+use crate::sandbox::{CompiledCache, HandlerIdentity, Sandbox};
 use crate::source::ConsumerBinding;
 
 /// Everything `eventhost run` needs.
 #[derive(Debug, Clone)]
 pub struct RuntimeOptions {
     pub plugins_dir: PathBuf,
+    /// Where compiled components are cached; `None` compiles every time.
+    pub cache_dir: Option<PathBuf>,
     pub nats: NatsEndpoint,
     pub config: RuntimeConfig,
 }
@@ -35,11 +37,11 @@ pub async fn run(options: RuntimeOptions, shutdown: CancellationToken) -> Result
     crate::nats::ensure_streams(&js, &options.config.streams).await?;
     crate::outcome::dead_letter::ensure_stream(&js).await?;
 
-    let sandbox = Sandbox::new()?;
+    let sandbox = Arc::new(Sandbox::new(options.cache_dir.map(CompiledCache::new))?);
     let mut dispatchers = Vec::new();
     for found in plugins::discover(&options.plugins_dir)? {
         let loaded = match found {
-            Ok(source) => load(&sandbox, &js, source).await,
+            Ok(source) => load(sandbox.clone(), &js, source).await,
             Err(err) => Err(err),
         };
         match loaded {
@@ -88,7 +90,7 @@ async fn check_publish_targets(js: &jetstream::Context, publish: &[String]) -> R
 
 /// Compiles and checks a handler, then resolves its consumers.
 async fn load(
-    sandbox: &Sandbox,
+    sandbox: Arc<Sandbox>,
     js: &jetstream::Context,
     source: PluginSource,
 ) -> Result<Arc<Dispatcher>> {
@@ -108,9 +110,14 @@ async fn load(
         .await
         .with_context(context)?;
     let identity = HandlerIdentity::new(&name, &version, manifest);
-    let component = sandbox.load(&wasm, identity).with_context(context)?;
+    // Compiling takes milliseconds to seconds of CPU: keep it off the
+    // executor that is running the other handlers.
+    let (component, cache) = tokio::task::spawn_blocking(move || sandbox.load(&wasm, identity))
+        .await
+        .context("the compiler task panicked")?
+        .with_context(context)?;
     tracing::info!(handler = %name, %version, compile_ms = started.elapsed().as_millis() as u64,
-        "handler loaded");
+        compiled_cache = cache.as_str(), "handler loaded");
     Dispatcher::new(component, bindings, js.clone())
         .await
         .with_context(context)

@@ -216,6 +216,14 @@ impl Runtime {
 
     /// Like [`Runtime::start`], with an explicit NATS URL.
     pub fn start_at(url: &str, plugins: &Plugins, consumers: usize) -> Self {
+        // One compiled-code cache for the whole test run, inside target/.
+        let cache = repo_root().join("target/test-compiled-cache");
+        let cache = cache.to_str().unwrap().to_string();
+        Self::start_with(url, plugins, consumers, &["--cache-dir", &cache])
+    }
+
+    /// Like [`Runtime::start_at`], with extra `eventhost run` arguments.
+    pub fn start_with(url: &str, plugins: &Plugins, consumers: usize, args: &[&str]) -> Self {
         let config = tempfile::NamedTempFile::new().unwrap();
         std::fs::write(config.path(), TEST_STREAMS).unwrap();
         let log = tempfile::NamedTempFile::new().unwrap();
@@ -225,6 +233,7 @@ impl Runtime {
             .arg(plugins.path())
             .arg("--config")
             .arg(config.path())
+            .args(args)
             .env("RUST_LOG", "info,async_nats=warn")
             .stdout(Stdio::null())
             .stderr(log.reopen().unwrap())

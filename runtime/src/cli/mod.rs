@@ -18,6 +18,7 @@ use eventhost::decode::{ContentMode, decode};
 use eventhost::encode::encode;
 use eventhost::nats::NatsEndpoint;
 use eventhost::runtime::{self, RuntimeOptions};
+use eventhost::sandbox::CompiledCache;
 
 const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
 
@@ -64,6 +65,13 @@ pub enum Command {
         /// Runtime config file (NATS URL, streams to declare).
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Where compiled components are cached across restarts.
+        /// Default: $XDG_CACHE_HOME/eventhost, else ~/.cache/eventhost.
+        #[arg(long, env = "EVENTHOST_CACHE_DIR")]
+        cache_dir: Option<PathBuf>,
+        /// Compile every component at every start instead.
+        #[arg(long, conflicts_with = "cache_dir")]
+        no_cache: bool,
     },
     /// Publish one CloudEvent to JetStream and print its id.
     Publish {
@@ -128,13 +136,22 @@ impl Cli {
     pub async fn execute(self, shutdown: CancellationToken) -> Result<()> {
         let nats = self.global.endpoint(&RuntimeConfig::default());
         match self.command {
-            Command::Run { plugins, config } => {
+            Command::Run {
+                plugins,
+                config,
+                cache_dir,
+                no_cache,
+            } => {
                 let config = match config {
                     Some(path) => RuntimeConfig::load(&path)?,
                     None => RuntimeConfig::default(),
                 };
                 let options = RuntimeOptions {
                     plugins_dir: plugins,
+                    cache_dir: match no_cache {
+                        true => None,
+                        false => cache_dir.or_else(CompiledCache::default_dir),
+                    },
                     nats: self.global.endpoint(&config),
                     config,
                 };

@@ -12,6 +12,7 @@
 //! interrupted once past its deadline. Time a guest spends blocked in the host
 //! (a WASI sleep) is bounded by an outer `tokio::time::timeout` as well.
 
+mod cache;
 mod host;
 
 use std::collections::BTreeMap;
@@ -25,6 +26,7 @@ use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Config, Engine, Store, UpdateDeadline};
 
 use crate::manifest::{HandlerManifest, Limits};
+pub use cache::{CacheUse, CompiledCache};
 use host::InvocationState;
 
 mod bindings {
@@ -53,6 +55,7 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 pub struct Sandbox {
     unmetered: EngineSet,
     metered: EngineSet,
+    cache: Option<CompiledCache>,
 }
 
 struct EngineSet {
@@ -84,16 +87,24 @@ impl EngineSet {
 }
 
 impl Sandbox {
-    pub fn new() -> Result<Self> {
+    /// A sandbox keeping compiled code in `cache`, if given.
+    pub fn new(cache: Option<CompiledCache>) -> Result<Self> {
         Ok(Sandbox {
             unmetered: EngineSet::new(false)?,
             metered: EngineSet::new(true)?,
+            cache,
         })
     }
 
-    /// Compiles a handler and checks it against the `handler` world: it must
-    /// export `handle` and import nothing the host does not provide.
-    pub fn load(&self, wasm: &[u8], identity: HandlerIdentity) -> Result<HandlerComponent> {
+    /// Compiles a handler (or loads it compiled from the cache) and checks it
+    /// against the `handler` world: it must export `handle` and import
+    /// nothing the host does not provide. CPU-heavy: call it off the async
+    /// executor.
+    pub fn load(
+        &self,
+        wasm: &[u8],
+        identity: HandlerIdentity,
+    ) -> Result<(HandlerComponent, CacheUse)> {
         // Checked here because wasmtime would otherwise try the bytes as WAT
         // text and report a confusing parse error.
         anyhow::ensure!(
@@ -104,9 +115,15 @@ impl Sandbox {
             Some(_) => &self.metered,
             None => &self.unmetered,
         };
-        let component = Component::new(&set.engine, wasm)
-            .map_err(anyhow::Error::from)
-            .context("not a valid WebAssembly component")?;
+        let (component, cache_use) = match &self.cache {
+            Some(cache) => cache.load(&set.engine, wasm)?,
+            None => {
+                let component = Component::new(&set.engine, wasm)
+                    .map_err(anyhow::Error::from)
+                    .context("not a valid WebAssembly component")?;
+                (component, CacheUse::Disabled)
+            }
+        };
         let pre = set
             .linker
             .instantiate_pre(&component)
@@ -115,11 +132,12 @@ impl Sandbox {
         let pre = HandlerPre::new(pre)
             .map_err(anyhow::Error::from)
             .context("the component does not implement the eventhost:handler/handler world")?;
-        Ok(HandlerComponent {
+        let component = HandlerComponent {
             engine: set.engine.clone(),
             pre,
             identity: Arc::new(identity),
-        })
+        };
+        Ok((component, cache_use))
     }
 }
 
