@@ -21,10 +21,18 @@ pub struct PluginSource {
     pub wasm_path: PathBuf,
 }
 
-/// Every `<name>.wasm` in `dir` with its manifest read and validated. A
-/// pair that cannot be read is reported in its own `Err` so that one broken
-/// handler does not stop the others.
-pub fn discover(dir: &Path) -> Result<Vec<Result<PluginSource>>> {
+/// A `<name>.wasm` found in the plugins directory, read or not.
+#[derive(Debug)]
+pub struct Discovered {
+    /// The file stem: the handler's name.
+    pub name: String,
+    /// The pair, read and checked, or why it cannot be (reported on its
+    /// own, so that one broken handler does not stop the others).
+    pub source: Result<PluginSource>,
+}
+
+/// Every `<name>.wasm` in `dir`, with its manifest read and validated.
+pub fn discover(dir: &Path) -> Result<Vec<Discovered>> {
     let entries = std::fs::read_dir(dir)
         .with_context(|| format!("reading plugins directory {}", dir.display()))?;
     let mut wasm_paths: Vec<PathBuf> = entries
@@ -32,7 +40,33 @@ pub fn discover(dir: &Path) -> Result<Vec<Result<PluginSource>>> {
         .filter(|path| path.extension().is_some_and(|ext| ext == "wasm"))
         .collect();
     wasm_paths.sort();
-    Ok(wasm_paths.into_iter().map(|path| read(&path)).collect())
+    Ok(wasm_paths
+        .into_iter()
+        .map(|path| Discovered {
+            name: path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            source: read(&path),
+        })
+        .collect())
+}
+
+/// What the directory looks like: every entry's name, size and modification
+/// time. Two equal fingerprints a moment apart mean no file is being written.
+pub fn fingerprint(dir: &Path) -> Vec<(PathBuf, u64, Option<std::time::SystemTime>)> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut files: Vec<_> = entries
+        .filter_map(|entry| entry.ok())
+        .filter_map(|entry| {
+            let meta = entry.metadata().ok()?;
+            Some((entry.path(), meta.len(), meta.modified().ok()))
+        })
+        .collect();
+    files.sort();
+    files
 }
 
 /// Reads one `<name>.wasm` and the `<name>.toml` beside it.
@@ -103,7 +137,7 @@ mod tests {
         assert_eq!(found.len(), 3);
         let errors: Vec<String> = found
             .iter()
-            .filter_map(|r| r.as_ref().err().map(|e| format!("{e:#}")))
+            .filter_map(|d| d.source.as_ref().err().map(|e| format!("{e:#}")))
             .collect();
         assert!(
             errors
@@ -117,7 +151,9 @@ mod tests {
                 .any(|e| e.contains("lonely.wasm has no manifest")),
             "{errors:?}"
         );
-        let good = found.into_iter().find_map(Result::ok).unwrap();
+        let names: Vec<&str> = found.iter().map(|d| d.name.as_str()).collect();
+        assert_eq!(names, ["bad", "good", "lonely"]);
+        let good = found.into_iter().find_map(|d| d.source.ok()).unwrap();
         assert_eq!(good.name, "good");
         assert_eq!(good.version.len(), 12);
     }

@@ -216,14 +216,18 @@ impl Runtime {
 
     /// Like [`Runtime::start`], with an explicit NATS URL.
     pub fn start_at(url: &str, plugins: &Plugins, consumers: usize) -> Self {
-        // One compiled-code cache for the whole test run, inside target/.
-        let cache = repo_root().join("target/test-compiled-cache");
-        let cache = cache.to_str().unwrap().to_string();
-        Self::start_with(url, plugins, consumers, &["--cache-dir", &cache])
+        Self::start_with(url, plugins, consumers, &[])
     }
 
     /// Like [`Runtime::start_at`], with extra `eventhost run` arguments.
     pub fn start_with(url: &str, plugins: &Plugins, consumers: usize, args: &[&str]) -> Self {
+        // One compiled-code cache for the whole test run, inside target/,
+        // unless the test brings its own.
+        let shared_cache = repo_root().join("target/test-compiled-cache");
+        let mut args: Vec<&str> = args.to_vec();
+        if !args.contains(&"--cache-dir") {
+            args.extend(["--cache-dir", shared_cache.to_str().unwrap()]);
+        }
         let config = tempfile::NamedTempFile::new().unwrap();
         std::fs::write(config.path(), TEST_STREAMS).unwrap();
         let log = tempfile::NamedTempFile::new().unwrap();

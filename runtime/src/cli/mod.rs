@@ -72,6 +72,10 @@ pub enum Command {
         /// Compile every component at every start instead.
         #[arg(long, conflicts_with = "cache_dir")]
         no_cache: bool,
+        /// Do not reload when the plugins directory changes (SIGHUP and
+        /// `eventhost reload` still work).
+        #[arg(long)]
+        no_watch: bool,
     },
     /// Publish one CloudEvent to JetStream and print its id.
     Publish {
@@ -111,6 +115,8 @@ pub enum Command {
         #[arg(long)]
         pretty: bool,
     },
+    /// Ask every runtime connected to this NATS to reload its plugins.
+    Reload,
     /// Inspect, replay or purge a handler's dead letters.
     Dlq {
         #[command(subcommand)]
@@ -141,6 +147,7 @@ impl Cli {
                 config,
                 cache_dir,
                 no_cache,
+                no_watch,
             } => {
                 let config = match config {
                     Some(path) => RuntimeConfig::load(&path)?,
@@ -148,6 +155,7 @@ impl Cli {
                 };
                 let options = RuntimeOptions {
                     plugins_dir: plugins,
+                    watch: !no_watch,
                     cache_dir: match no_cache {
                         true => None,
                         false => cache_dir.or_else(CompiledCache::default_dir),
@@ -239,6 +247,16 @@ impl Cli {
                         Err(err) => eprintln!("{}: not a CloudEvent: {err}", message.subject),
                     }
                 }
+                Ok(())
+            }
+            Command::Reload => {
+                let client = nats.connect().await?;
+                client
+                    .publish(runtime::RELOAD_SUBJECT, "".into())
+                    .await
+                    .context("sending the reload request")?;
+                client.flush().await?;
+                println!("asked every runtime on {} to reload", nats.display_url());
                 Ok(())
             }
             Command::Dlq { command } => dlq::execute(command, &nats).await,

@@ -90,6 +90,11 @@ impl Dispatcher {
         &self.component.identity().name
     }
 
+    /// The content hash of the component and manifest this dispatcher runs.
+    pub fn version(&self) -> &str {
+        &self.component.identity().version
+    }
+
     fn ordered(&self) -> bool {
         self.component.identity().manifest.ordering == Ordering::Key
     }
@@ -126,7 +131,7 @@ impl Dispatcher {
         if let Some(task) = keep_alive {
             let _ = task.await;
         }
-        tracing::info!(handler = self.name(), "stopped");
+        tracing::info!(handler = self.name(), version = self.version(), "stopped");
     }
 
     async fn pull(

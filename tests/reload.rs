@@ -1,0 +1,185 @@
+//! Hot reload: handlers replaced, refused and removed while the runtime
+//! runs, by watching the plugins directory, on SIGHUP and on
+//! `eventhost reload`, without losing or repeating an event.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::json;
+use support::chaos::*;
+use support::*;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// The chaos handler, tagging its outputs with `tag`.
+fn tagged(tag: &str) -> String {
+    format!(
+        "subscribe = [\"chaos.in\"]\npublish = [\"chaos.done\"]\n[limits]\nconcurrency = 8\n[config]\ntag = \"{tag}\"\n"
+    )
+}
+
+const EVENTS: u64 = 3000;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn handlers_are_replaced_under_load_without_losing_or_repeating_an_event() {
+    let nats = NatsServer::start();
+    let plugins = Plugins::new();
+    plugins.install("chaos", "chaos", &tagged("v1"));
+    plugins.install_example("payment");
+    let runtime = Runtime::start(&nats, &plugins, 2);
+    let js = nats.jetstream().await;
+
+    // About six seconds of events, long enough for three swaps.
+    let publisher = {
+        let js = js.clone();
+        tokio::spawn(async move {
+            for seq in 0..EVENTS {
+                send(
+                    &js,
+                    &format!("e-{seq}"),
+                    json!({"action": "ok", "seq": seq}),
+                )
+                .await;
+                if seq % 50 == 49 {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        })
+    };
+    let reloads = |n: usize| {
+        wait_until("the reload", WAIT, || {
+            runtime.logs_with_message("handler reloaded").len() == n
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    plugins.install("chaos", "chaos", &tagged("v2"));
+    reloads(1);
+    plugins.write("chaos.wasm", b"half a component, or none");
+    wait_until("the broken version to be refused", WAIT, || {
+        !runtime
+            .logs_with_message("new version refused; the running version keeps serving")
+            .is_empty()
+    });
+    plugins.install("chaos", "chaos", &tagged("v3"));
+    reloads(2);
+    publisher.await.unwrap();
+
+    // Every event handled once, by whichever version held it.
+    let done = collect(
+        &js,
+        "CHAOS",
+        "chaos.done",
+        EVENTS as usize,
+        Duration::from_secs(60),
+    )
+    .await;
+    let mut tag_of: BTreeMap<u64, String> = BTreeMap::new();
+    for stored in &done {
+        let seq = stored.data()["seq"].as_u64().unwrap();
+        let tag = stored.data()["tag"].as_str().unwrap().to_string();
+        assert!(
+            tag_of.insert(seq, tag).is_none(),
+            "event {seq} handled twice"
+        );
+    }
+    assert_eq!(tag_of.len(), EVENTS as usize, "every event was handled");
+
+    // Versions took over in order, and the last events met the last version.
+    let seqs_of = |tag: &str| -> Vec<u64> {
+        tag_of
+            .iter()
+            .filter(|(_, t)| *t == tag)
+            .map(|(s, _)| *s)
+            .collect()
+    };
+    let (v1, v2, v3) = (seqs_of("v1"), seqs_of("v2"), seqs_of("v3"));
+    assert!(!v1.is_empty() && !v2.is_empty() && !v3.is_empty());
+    assert!(v1.iter().max() < v3.iter().min(), "v1 after v3");
+    assert!(
+        (EVENTS - 100..EVENTS).all(|s| tag_of[&s] == "v3"),
+        "events published after the last swap ran on v3"
+    );
+    let refused =
+        runtime.logs_with_message("new version refused; the running version keeps serving");
+    assert_eq!(refused.len(), 1);
+    assert!(
+        refused[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("not a WebAssembly binary")
+    );
+    assert_eq!(consumer_state(&js, "CHAOS", "chaos").await.1, 0);
+
+    // The other handler was never touched.
+    let payment_starts = runtime
+        .logs_with_message("handler loaded")
+        .iter()
+        .filter(|l| l["handler"] == "payment")
+        .count();
+    assert_eq!(payment_starts, 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_and_eventhost_reload_work_without_watching_and_removal_stops_a_handler() {
+    let nats = NatsServer::start();
+    let plugins = Plugins::new();
+    plugins.install("chaos", "chaos", &tagged("v1"));
+    let runtime = Runtime::start_with(&nats.url(), &plugins, 1, &["--no-watch"]);
+    let js = nats.jetstream().await;
+    let tag_of_next = |id: &'static str, expected: usize| {
+        let js = js.clone();
+        async move {
+            send(&js, id, json!({"action": "ok"})).await;
+            let done = collect(&js, "CHAOS", "chaos.done", expected, WAIT).await;
+            let last = done.iter().find(|d| d.data()["input"] == id).unwrap();
+            last.data()["tag"].as_str().unwrap().to_string()
+        }
+    };
+
+    plugins.install("chaos", "chaos", &tagged("v2"));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        runtime.logs_with_message("handler reloaded").is_empty(),
+        "not watching"
+    );
+    assert_eq!(tag_of_next("a", 1).await, "v1");
+
+    Command::new("kill")
+        .args(["-HUP", &runtime.pid().to_string()])
+        .status()
+        .unwrap();
+    wait_until("the SIGHUP reload", WAIT, || {
+        runtime.logs_with_message("handler reloaded").len() == 1
+    });
+    assert_eq!(tag_of_next("b", 2).await, "v2");
+
+    plugins.install("chaos", "chaos", &tagged("v3"));
+    let said = eventhost_ok(&nats, &["reload"]);
+    assert!(said.contains("asked every runtime"), "{said}");
+    wait_until("the requested reload", WAIT, || {
+        runtime.logs_with_message("handler reloaded").len() == 2
+    });
+    assert_eq!(tag_of_next("c", 3).await, "v3");
+
+    std::fs::remove_file(plugins.path().join("chaos.wasm")).unwrap();
+    std::fs::remove_file(plugins.path().join("chaos.toml")).unwrap();
+    eventhost_ok(&nats, &["reload"]);
+    wait_until("the handler to stop", WAIT, || {
+        !runtime
+            .logs_with_message("handler removed; finishing its in-flight events")
+            .is_empty()
+    });
+    // Its last pull request lives on in the server for up to 5 s (NATS
+    // 2.9 cannot cancel one); after that nothing takes events.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    send(&js, "unhandled", json!({"action": "ok"})).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        consumer_state(&js, "CHAOS", "chaos").await.0,
+        1,
+        "nobody consumes it now"
+    );
+}
