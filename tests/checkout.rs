@@ -204,7 +204,21 @@ async fn output_ids_are_deterministic_and_lineage_is_carried() {
         .find(|s| s.event["causationid"] == "evt-traced")
         .unwrap();
     assert_eq!(payment.event["correlationid"], "checkout-42");
-    assert_eq!(payment.event["traceparent"], traceparent);
+    // The payment handling is a span in the producer's trace: same trace
+    // id, and the payment's span (as logged) is the output's parent.
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let handled = runtime
+        .outcomes("succeeded")
+        .into_iter()
+        .find(|l| l["span"]["event_id"] == "evt-traced")
+        .unwrap();
+    assert_eq!(handled["span"]["trace_id"], trace_id);
+    assert_eq!(handled["span"]["parent_span_id"], "00f067aa0ba902b7");
+    let payment_span = handled["span"]["span_id"].as_str().unwrap();
+    assert_eq!(
+        payment.event["traceparent"],
+        format!("00-{trace_id}-{payment_span}-01")
+    );
     let plain = stored
         .iter()
         .find(|s| s.event["causationid"] == "evt-plain")
@@ -213,7 +227,9 @@ async fn output_ids_are_deterministic_and_lineage_is_carried() {
         plain.event["correlationid"], "evt-plain",
         "without one, the input id starts the correlation"
     );
-    assert!(plain.event.get("traceparent").is_none());
+    // Without one, the handling starts a trace of its own.
+    let plain_trace = plain.event["traceparent"].as_str().unwrap();
+    assert!(plain_trace.starts_with("00-") && !plain_trace.contains(trace_id));
 
     // One hop further: the notification is caused by the payment event and
     // still carries the original correlation and trace.
@@ -223,5 +239,10 @@ async fn output_ids_are_deterministic_and_lineage_is_carried() {
         .find(|n| n.event["causationid"] == payment.event["id"])
         .unwrap();
     assert_eq!(notification.event["correlationid"], "checkout-42");
-    assert_eq!(notification.event["traceparent"], traceparent);
+    let hop = notification.event["traceparent"].as_str().unwrap();
+    assert!(
+        hop.starts_with(&format!("00-{trace_id}-")),
+        "one trace: {hop}"
+    );
+    assert!(!hop.contains(payment_span), "a span of its own: {hop}");
 }

@@ -140,7 +140,7 @@ async fn tls_with_a_private_ca() {
     plugins.install_example("payment");
     let mut command = Command::new(env!("CARGO_BIN_EXE_eventhost"));
     command
-        .args(["run", "--nats", &tls_url, "--tls-ca"])
+        .args(["run", "--admin-addr", "off", "--nats", &tls_url, "--tls-ca"])
         .arg(&cert_path)
         .arg("--plugins")
         .arg(plugins.path())

@@ -15,7 +15,8 @@
 //! [`dispatch`] drives that loop for one handler; [`runtime`] loads every
 //! handler from the plugins directory ([`plugins`], [`manifest`]) and runs
 //! them until shutdown. [`dlq`] is the operator's side of the dead-letter
-//! queue (`eventhost dlq`).
+//! queue (`eventhost dlq`); the runtime serves `/metrics` ([`metrics`]),
+//! health and the handler list over HTTP.
 
 pub mod config;
 pub mod decode;
@@ -23,6 +24,7 @@ pub mod dispatch;
 pub mod dlq;
 pub mod encode;
 pub mod manifest;
+pub mod metrics;
 pub mod nats;
 pub mod outcome;
 pub mod plugins;
@@ -31,3 +33,4 @@ pub mod runtime;
 pub mod sandbox;
 pub mod source;
 pub mod subject;
+pub mod trace;

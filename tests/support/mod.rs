@@ -56,11 +56,7 @@ impl NatsServer {
 
     /// A server with extra command-line options (such as `--user`).
     pub fn start_with(extra_args: &[&str]) -> Self {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let mut server = NatsServer {
             child: None,
             port,
@@ -200,8 +196,18 @@ subjects = ["chaos.>"]
 "#;
 
 /// `eventhost run` as a child process, logging JSON to a file.
+/// A TCP port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 pub struct Runtime {
     child: Child,
+    admin_port: u16,
     log_path: PathBuf,
     _log: tempfile::NamedTempFile,
     _config: tempfile::NamedTempFile,
@@ -228,6 +234,9 @@ impl Runtime {
         if !args.contains(&"--cache-dir") {
             args.extend(["--cache-dir", shared_cache.to_str().unwrap()]);
         }
+        let admin_port = free_port();
+        let admin_addr = format!("127.0.0.1:{admin_port}");
+        args.extend(["--admin-addr", &admin_addr]);
         let config = tempfile::NamedTempFile::new().unwrap();
         std::fs::write(config.path(), TEST_STREAMS).unwrap();
         let log = tempfile::NamedTempFile::new().unwrap();
@@ -245,6 +254,7 @@ impl Runtime {
             .unwrap();
         let runtime = Runtime {
             child,
+            admin_port,
             log_path,
             _log: log,
             _config: config,
@@ -255,6 +265,33 @@ impl Runtime {
             || runtime.logs_with_message("consuming").len() >= consumers,
         );
         runtime
+    }
+
+    /// `GET` on the admin server: (status code, body).
+    pub fn admin_get(&self, path: &str) -> (u16, String) {
+        use std::io::{Read, Write};
+        let mut stream = TcpStream::connect(("127.0.0.1", self.admin_port)).unwrap();
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        let status = response[9..12].parse().unwrap();
+        let body = response
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b)
+            .unwrap_or_default();
+        (status, body.to_string())
+    }
+
+    /// The value of one sample in `/metrics`, e.g.
+    /// `eventhost_events_total{handler="chaos",version="…",outcome="retried"}`
+    /// given as a name and the label pairs to match (others are ignored).
+    pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let (_, text) = self.admin_get("/metrics");
+        parse_metric(&text, name, labels)
     }
 
     pub fn pid(&self) -> u32 {
@@ -596,4 +633,23 @@ pub async fn wait_for_ack_pending(js: &jetstream::Context, stream: &str, consume
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Sums the samples of `name` whose labels include all of `labels`.
+pub fn parse_metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (series_name, series_labels) = match series.split_once('{') {
+                Some((n, l)) => (n, l),
+                None => (series, ""),
+            };
+            let matches = series_name == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| series_labels.contains(&format!("{k}=\"{v}\"")));
+            matches.then(|| value.parse::<f64>().ok()).flatten()
+        })
+        .sum()
 }

@@ -76,6 +76,10 @@ pub enum Command {
         /// `eventhost reload` still work).
         #[arg(long)]
         no_watch: bool,
+        /// Address of the admin HTTP server (/metrics, /healthz, /readyz,
+        /// /handlers), or `off`.
+        #[arg(long, default_value = "127.0.0.1:9898", env = "EVENTHOST_ADMIN_ADDR")]
+        admin_addr: String,
     },
     /// Publish one CloudEvent to JetStream and print its id.
     Publish {
@@ -148,7 +152,14 @@ impl Cli {
                 cache_dir,
                 no_cache,
                 no_watch,
+                admin_addr,
             } => {
+                let admin_addr = match admin_addr.as_str() {
+                    "off" => None,
+                    addr => Some(addr.parse().with_context(|| {
+                        format!("--admin-addr {addr:?}: expected HOST:PORT or `off`")
+                    })?),
+                };
                 let config = match config {
                     Some(path) => RuntimeConfig::load(&path)?,
                     None => RuntimeConfig::default(),
@@ -156,6 +167,7 @@ impl Cli {
                 let options = RuntimeOptions {
                     plugins_dir: plugins,
                     watch: !no_watch,
+                    admin_addr,
                     cache_dir: match no_cache {
                         true => None,
                         false => cache_dir.or_else(CompiledCache::default_dir),

@@ -10,7 +10,8 @@ use crate::decode::{ContentMode, Decoded};
 use crate::outcome::{self, DeadLetter, Settle};
 use crate::policy::dedup::{Claim, Lease};
 use crate::policy::{self, HOST_RETRY_DELAY, Verdict};
-use crate::sandbox::{Failure, FailureKind};
+use crate::sandbox::{Failure, FailureKind, Invocation};
+use crate::trace::TraceContext;
 
 /// Where an event stands after an attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,6 +32,7 @@ impl Dispatcher {
         &self,
         message: &Message,
         input: &Decoded,
+        trace: &TraceContext,
         failed_in_place: u32,
     ) -> Next {
         let identity = self.component.identity();
@@ -38,6 +40,7 @@ impl Dispatcher {
             Ok(Claim::Acquired(lease)) => lease,
             Ok(Claim::AlreadyHandled) => {
                 outcome::settle(message, Settle::Ack).await;
+                self.count("duplicate");
                 tracing::info!(outcome = "duplicate", "already handled; skipped");
                 return Next::Settled;
             }
@@ -64,6 +67,7 @@ impl Dispatcher {
         let delivered = message.info().map(|i| i.delivered).unwrap_or(1);
         let attempt =
             policy::attempt_number(delivered, lease.history.failures).max(failed_in_place + 1);
+        tracing::Span::current().record("attempt", attempt);
         let retry = &identity.manifest.retry;
         if attempt > retry.max_attempts {
             // Earlier deliveries ended without an outcome we could record (a
@@ -86,9 +90,10 @@ impl Dispatcher {
 
         let invocation = self.component.invoke(&input.event, attempt).await;
         let duration_us = invocation.elapsed.as_micros() as u64;
+        self.record_invocation(&invocation);
         let failure = match invocation.result {
             Ok(emitted) => {
-                match outcome::publish_emitted(&self.js, identity, input, emitted).await {
+                match outcome::publish_emitted(&self.js, identity, input, trace, emitted).await {
                     Ok(emitted) => {
                         if let Err(err) = self.processed.done(lease, &identity.version).await {
                             tracing::warn!(
@@ -97,6 +102,11 @@ impl Dispatcher {
                             );
                         }
                         outcome::settle(message, Settle::Ack).await;
+                        self.count("succeeded");
+                        self.metrics
+                            .emitted
+                            .get_or_create(&self.labels)
+                            .inc_by(emitted as u64);
                         tracing::info!(
                             outcome = "succeeded",
                             attempt,
@@ -115,6 +125,11 @@ impl Dispatcher {
             }
             Err(failure) => failure,
         };
+        self.metrics
+            .guest_failures
+            .get_or_create(&self.labels.failure(failure.kind.as_str()))
+            .inc();
+        self.set_last_error(failure.to_string());
 
         match policy::after_failure(retry, &failure, attempt) {
             Verdict::Retry(delay) => {
@@ -122,6 +137,7 @@ impl Dispatcher {
                 if let Err(err) = self.processed.failed(lease, kind, &failure.message).await {
                     tracing::warn!(error = format!("{err:#}"), "could not record the failure");
                 }
+                self.count("retried");
                 tracing::warn!(outcome = "retried", kind, error = %failure.message, attempt,
                     retry_in_ms = delay.as_millis() as u64, duration_us, "attempt failed; will retry");
                 Next::Again {
@@ -141,6 +157,18 @@ impl Dispatcher {
                 .await
             }
         }
+    }
+
+    fn record_invocation(&self, invocation: &Invocation) {
+        let m = &self.metrics;
+        m.duration
+            .get_or_create(&self.labels)
+            .observe(invocation.elapsed.as_secs_f64());
+        m.instantiation
+            .get_or_create(&self.labels)
+            .observe(invocation.instantiation.as_secs_f64());
+        let peak = m.peak_memory.get_or_create(&self.labels);
+        peak.set(peak.get().max(invocation.peak_memory as i64));
     }
 
     /// Dead-letters a claimed event, then acks it and drops its record.
@@ -211,6 +239,7 @@ impl Dispatcher {
                 } else {
                     "dead_lettered"
                 };
+                self.count(outcome);
                 tracing::warn!(
                     outcome,
                     kind,

@@ -18,7 +18,8 @@
 
 mod attempt;
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Result;
@@ -32,11 +33,13 @@ use tracing::{Instrument, Span};
 
 use crate::decode::{self, Decoded};
 use crate::manifest::Ordering;
+use crate::metrics::{HandlerLabels, Metrics, NameLabels};
 use crate::outcome::{self, Settle};
 use crate::policy::dedup::ProcessedEvents;
 use crate::policy::ordering::{KeyedQueue, partition_key};
 use crate::sandbox::HandlerComponent;
 use crate::source::{self, ConsumerBinding, PULL_EXPIRES};
+use crate::trace::TraceContext;
 use attempt::{INVALID_EVENT, Next, TOO_LARGE};
 
 /// Longest pause between attempts to (re)open a consumer.
@@ -53,12 +56,19 @@ pub struct Dispatcher {
     processed: ProcessedEvents,
     /// Events waiting behind an earlier one with their key (`ordering = "key"`).
     waiting: KeyedQueue<Held>,
+    metrics: Arc<Metrics>,
+    labels: HandlerLabels,
+    /// Whether each binding's pull is open (readiness).
+    consuming: Vec<AtomicBool>,
+    /// The last failure, for `GET /handlers`.
+    last_error: Mutex<Option<String>>,
 }
 
 /// A decoded event held until its key's worker gets to it.
 struct Held {
     message: Message,
     input: Decoded,
+    trace: TraceContext,
     span: Span,
 }
 
@@ -67,6 +77,7 @@ impl Dispatcher {
         component: HandlerComponent,
         bindings: Vec<ConsumerBinding>,
         js: jetstream::Context,
+        metrics: Arc<Metrics>,
     ) -> Result<Arc<Self>> {
         let identity = component.identity();
         let manifest = &identity.manifest;
@@ -77,12 +88,17 @@ impl Dispatcher {
             source::ack_wait(&manifest.limits),
         )
         .await?;
+        let labels = HandlerLabels::new(&identity.name, &identity.version);
         Ok(Arc::new(Dispatcher {
+            consuming: bindings.iter().map(|_| AtomicBool::new(false)).collect(),
             component,
             bindings,
             js,
             processed,
             waiting: KeyedQueue::default(),
+            metrics,
+            labels,
+            last_error: Mutex::new(None),
         }))
     }
 
@@ -93,6 +109,34 @@ impl Dispatcher {
     /// The content hash of the component and manifest this dispatcher runs.
     pub fn version(&self) -> &str {
         &self.component.identity().version
+    }
+
+    /// The consumers this handler pulls from.
+    pub fn bindings(&self) -> &[ConsumerBinding] {
+        &self.bindings
+    }
+
+    /// Whether every one of the handler's pulls is open.
+    pub fn is_consuming(&self) -> bool {
+        self.consuming
+            .iter()
+            .all(|c| c.load(AtomicOrdering::Relaxed))
+    }
+
+    /// The most recent failure's description, if any.
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error.lock().expect("never poisoned").clone()
+    }
+
+    fn set_last_error(&self, error: String) {
+        *self.last_error.lock().expect("never poisoned") = Some(error);
+    }
+
+    fn count(&self, outcome: &str) {
+        self.metrics
+            .outcomes
+            .get_or_create(&self.labels.outcome(outcome))
+            .inc();
     }
 
     fn ordered(&self) -> bool {
@@ -141,11 +185,14 @@ impl Dispatcher {
         in_flight: TaskTracker,
         shutdown: CancellationToken,
     ) {
+        let consuming = &self.consuming[binding];
         let binding = &self.bindings[binding];
         let mut backoff = Duration::from_millis(100);
         while !shutdown.is_cancelled() {
+            consuming.store(false, AtomicOrdering::Relaxed);
             let mut messages = match binding.open(&self.js).await {
                 Ok(messages) => {
+                    consuming.store(true, AtomicOrdering::Relaxed);
                     backoff = Duration::from_millis(100);
                     tracing::info!(handler = self.name(), consumer = %binding.durable,
                         stream = %binding.stream, subject = %binding.filter_subject, "consuming");
@@ -201,6 +248,16 @@ impl Dispatcher {
         shutdown: CancellationToken,
     ) {
         let identity = self.component.identity();
+        self.metrics.received.get_or_create(&self.labels).inc();
+        let in_flight = self
+            .metrics
+            .in_flight
+            .get_or_create(&NameLabels::new(&identity.name))
+            .clone();
+        in_flight.inc();
+        let _done = scopeguard(move || {
+            in_flight.dec();
+        });
         let limit = identity.limits().max_event_size;
         let unreadable = if message.payload.len() as u64 > limit.as_u64() {
             Err((
@@ -230,6 +287,7 @@ impl Dispatcher {
                 return;
             }
         };
+        let trace = TraceContext::for_event(&input.event);
         let span = tracing::info_span!("event",
             handler = %identity.name,
             version = %identity.version,
@@ -237,17 +295,25 @@ impl Dispatcher {
             event_type = %input.event.ty(),
             nats_subject = %message.subject,
             delivery = message.info().map(|i| i.delivered).unwrap_or_default(),
+            attempt = tracing::field::Empty,
+            trace_id = %trace.trace_id,
+            span_id = %trace.span_id,
+            parent_span_id = trace.parent_span_id.as_deref(),
         );
         if self.ordered() {
             let key = partition_key(&input.event, &message.subject);
             let held = Held {
                 message,
                 input,
+                trace,
                 span,
             };
             return self.work_key(&key, held, permits, permit, &shutdown).await;
         }
-        let next = self.attempt(&message, &input, 0).instrument(span).await;
+        let next = self
+            .attempt(&message, &input, &trace, 0)
+            .instrument(span)
+            .await;
         if let Next::Again { delay, .. } = next {
             outcome::settle(&message, Settle::Retry { delay }).await;
         }
@@ -306,7 +372,10 @@ impl Dispatcher {
             if permit.is_none() {
                 *permit = Some(permits.clone().acquire_owned().await.expect("never closed"));
             }
-            match self.attempt(&held.message, &held.input, failed).await {
+            match self
+                .attempt(&held.message, &held.input, &held.trace, failed)
+                .await
+            {
                 Next::Settled => return true,
                 Next::Again {
                     delay,
@@ -338,6 +407,19 @@ impl Dispatcher {
             }
         }
     }
+}
+
+/// Runs `f` when dropped, however the scope is left.
+fn scopeguard(f: impl FnOnce()) -> impl Drop {
+    struct Guard<F: FnOnce()>(Option<F>);
+    impl<F: FnOnce()> Drop for Guard<F> {
+        fn drop(&mut self) {
+            if let Some(f) = self.0.take() {
+                f();
+            }
+        }
+    }
+    Guard(Some(f))
 }
 
 /// JetStream's delivery count of `message` (1 on the first delivery).

@@ -18,6 +18,7 @@ use crate::decode::{ContentMode, Decoded};
 use crate::encode::encode;
 use crate::manifest::EmitMode;
 use crate::sandbox::{EmittedEvent, HandlerIdentity};
+use crate::trace::TraceContext;
 
 /// Namespace for emitted-event ids (UUIDv5): fixed forever, so ids stay
 /// stable across versions of the runtime.
@@ -43,10 +44,12 @@ pub struct Output {
 
 /// Fills in what the guest left empty and carries the input's lineage:
 /// `causationid` is the input's id, `correlationid` the input's (or its id
-/// when it has none), and `traceparent`/`tracestate` continue the trace.
+/// when it has none), and `traceparent`/`tracestate` continue the trace
+/// with this handling's span as the parent.
 pub fn complete(
     handler: &HandlerIdentity,
     input: &Decoded,
+    trace: &TraceContext,
     index: usize,
     emitted: EmittedEvent,
 ) -> Result<Output> {
@@ -86,11 +89,12 @@ pub fn complete(
             .unwrap_or_else(|| input.event.id().to_string());
         event.set_extension("correlationid", correlation);
     }
-    for name in ["traceparent", "tracestate"] {
-        if let Some(value) = input_extension(&input.event, name)
-            && event.extension(name).is_none()
-        {
-            event.set_extension(name, value);
+    // The trace continues through this handling (unless the guest started
+    // its own).
+    if event.extension("traceparent").is_none() {
+        event.set_extension("traceparent", trace.traceparent());
+        if let Some(state) = trace.tracestate() {
+            event.set_extension("tracestate", state.to_string());
         }
     }
 
@@ -118,6 +122,7 @@ pub async fn publish_emitted(
     js: &jetstream::Context,
     handler: &HandlerIdentity,
     input: &Decoded,
+    trace: &TraceContext,
     emitted: Vec<EmittedEvent>,
 ) -> Result<usize> {
     let mut pending = Vec::with_capacity(emitted.len());
@@ -127,7 +132,7 @@ pub async fn publish_emitted(
             event,
             msg_id,
             mode,
-        } = complete(handler, input, index, emitted)?;
+        } = complete(handler, input, trace, index, emitted)?;
         let (mut headers, payload) = encode(event, mode)?;
         headers.insert("Nats-Msg-Id", msg_id.as_str());
         let ack = js
@@ -192,7 +197,8 @@ mod tests {
     #[test]
     fn fills_ids_source_and_lineage() {
         let h = identity("same");
-        let a = complete(&h, &input(Some("corr-9")), 0, emitted()).unwrap();
+        let trace = TraceContext::for_event(&input(None).event);
+        let a = complete(&h, &input(Some("corr-9")), &trace, 0, emitted()).unwrap();
         assert_eq!(a.event.source(), "/eventhost/h");
         assert_eq!(a.event.id(), a.msg_id);
         assert_eq!(a.mode, ContentMode::Binary);
@@ -204,22 +210,31 @@ mod tests {
             input_extension(&a.event, "correlationid").as_deref(),
             Some("corr-9")
         );
-        assert!(input_extension(&a.event, "traceparent").is_some());
+        let traceparent = input_extension(&a.event, "traceparent").unwrap();
+        assert!(
+            traceparent.contains("0af7651916cd43dd8448eb211c80319c"),
+            "same trace"
+        );
+        assert!(
+            traceparent.contains(&trace.span_id),
+            "this span is the parent"
+        );
 
-        let b = complete(&h, &input(None), 0, emitted()).unwrap();
+        let b = complete(&h, &input(None), &trace, 0, emitted()).unwrap();
         assert_eq!(
             input_extension(&b.event, "correlationid").as_deref(),
             Some("in-1")
         );
         // Same handler, input and position: same id. Another position: another id.
         assert_eq!(a.event.id(), b.event.id());
-        let c = complete(&h, &input(None), 1, emitted()).unwrap();
+        let c = complete(&h, &input(None), &trace, 1, emitted()).unwrap();
         assert_ne!(b.event.id(), c.event.id());
     }
 
     #[test]
     fn emit_mode_overrides_the_input_mode() {
-        let out = complete(&identity("structured"), &input(None), 0, emitted()).unwrap();
+        let trace = TraceContext::for_event(&input(None).event);
+        let out = complete(&identity("structured"), &input(None), &trace, 0, emitted()).unwrap();
         assert_eq!(out.mode, ContentMode::Structured);
     }
 }

@@ -12,7 +12,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result};
 use async_nats::jetstream;
@@ -20,40 +20,70 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::dispatch::Dispatcher;
+use crate::metrics::{Metrics, NameLabels};
 use crate::plugins::{self, Discovered, PluginSource};
 use crate::sandbox::{HandlerIdentity, Sandbox};
 use crate::source::ConsumerBinding;
+
+/// Every handler this process knows of, by name, shared with the admin
+/// server. Locked only for moments, never across an await.
+pub type Board = Arc<Mutex<BTreeMap<String, Slot>>>;
+
+/// One handler name's state.
+#[derive(Default)]
+pub struct Slot {
+    /// The version serving now, if any loaded.
+    pub current: Option<Arc<Dispatcher>>,
+    stop: Option<CancellationToken>,
+    /// Why the last load or reload of this name was refused.
+    pub refused: Option<String>,
+}
 
 /// Every handler this process runs.
 pub struct HandlerSet {
     sandbox: Arc<Sandbox>,
     js: jetstream::Context,
+    metrics: Arc<Metrics>,
     /// Cancelled at shutdown; every handler's stop token is a child of it.
     shutdown: CancellationToken,
-    running: BTreeMap<String, Running>,
+    board: Board,
     /// Every dispatcher's task, replaced versions still draining included.
     tasks: TaskTracker,
 }
 
-struct Running {
-    version: String,
-    stop: CancellationToken,
-}
-
 impl HandlerSet {
-    pub fn new(sandbox: Arc<Sandbox>, js: jetstream::Context, shutdown: CancellationToken) -> Self {
+    pub fn new(
+        sandbox: Arc<Sandbox>,
+        js: jetstream::Context,
+        metrics: Arc<Metrics>,
+        shutdown: CancellationToken,
+    ) -> Self {
         HandlerSet {
             sandbox,
             js,
+            metrics,
             shutdown,
-            running: BTreeMap::new(),
+            board: Board::default(),
             tasks: TaskTracker::new(),
         }
     }
 
+    /// The shared view of the handlers, for the admin server.
+    pub fn board(&self) -> Board {
+        self.board.clone()
+    }
+
     /// The running handlers' names.
     pub fn names(&self) -> Vec<String> {
-        self.running.keys().cloned().collect()
+        let board = self.board.lock().expect("never poisoned");
+        let running = board.iter().filter(|(_, slot)| slot.current.is_some());
+        running.map(|(name, _)| name.clone()).collect()
+    }
+
+    fn current_version(&self, name: &str) -> Option<String> {
+        let board = self.board.lock().expect("never poisoned");
+        let current = board.get(name)?.current.as_ref()?;
+        Some(current.version().to_string())
     }
 
     /// Starts, replaces and stops handlers to match `dir`.
@@ -70,53 +100,66 @@ impl HandlerSet {
         };
         let present: BTreeSet<String> = found.iter().map(|d| d.name.clone()).collect();
         for Discovered { name, source } in found {
-            let current = self.running.get(&name).map(|r| r.version.clone());
+            let current = self.current_version(&name);
             let loaded = match source {
                 Ok(source) if current.as_deref() == Some(&source.version) => continue,
-                Ok(source) => load(self.sandbox.clone(), &self.js, source).await,
+                Ok(source) => {
+                    load(self.sandbox.clone(), &self.js, self.metrics.clone(), source).await
+                }
                 Err(err) => Err(err),
             };
-            match (loaded, current) {
-                (Ok(dispatcher), _) => self.start(dispatcher),
-                (Err(err), Some(version)) => tracing::error!(handler = %name, %version,
-                    error = format!("{err:#}"),
-                    "new version refused; the running version keeps serving"),
-                (Err(err), None) => {
-                    tracing::error!(error = format!("{err:#}"), "handler not loaded")
+            let err = match loaded {
+                Ok(dispatcher) => {
+                    self.start(dispatcher);
+                    continue;
                 }
+                Err(err) => format!("{err:#}"),
+            };
+            match &current {
+                Some(version) => tracing::error!(handler = %name, %version, error = %err,
+                    "new version refused; the running version keeps serving"),
+                None => tracing::error!(error = %err, "handler not loaded"),
             }
+            self.metrics
+                .reload_failures
+                .get_or_create(&NameLabels::new(&name))
+                .inc();
+            let mut board = self.board.lock().expect("never poisoned");
+            board.entry(name).or_default().refused = Some(err);
         }
-        let removed: Vec<String> = self
-            .running
-            .keys()
-            .filter(|name| !present.contains(*name))
-            .cloned()
-            .collect();
-        for name in removed {
-            if let Some(gone) = self.running.remove(&name) {
-                tracing::info!(handler = %name, version = %gone.version,
+        let mut board = self.board.lock().expect("never poisoned");
+        board.retain(|name, slot| {
+            if present.contains(name) {
+                return true;
+            }
+            if let (Some(gone), Some(stop)) = (&slot.current, &slot.stop) {
+                tracing::info!(handler = %name, version = %gone.version(),
                     "handler removed; finishing its in-flight events");
-                gone.stop.cancel();
+                stop.cancel();
             }
-        }
+            false
+        });
     }
 
     /// Runs `dispatcher`, retiring the version it replaces.
     fn start(&mut self, dispatcher: Arc<Dispatcher>) {
         let name = dispatcher.name().to_string();
-        let version = dispatcher.version().to_string();
         let stop = self.shutdown.child_token();
-        self.tasks.spawn(dispatcher.run(stop.clone()));
-        let replaced = self.running.insert(
-            name.clone(),
-            Running {
-                version: version.clone(),
-                stop,
-            },
-        );
-        if let Some(old) = replaced {
-            tracing::info!(handler = %name, from = %old.version, to = %version, "handler reloaded");
-            old.stop.cancel();
+        self.tasks.spawn(dispatcher.clone().run(stop.clone()));
+        let mut board = self.board.lock().expect("never poisoned");
+        let slot = board.entry(name.clone()).or_default();
+        slot.refused = None;
+        let old_stop = slot.stop.replace(stop);
+        if let Some(old) = slot.current.replace(dispatcher.clone()) {
+            tracing::info!(handler = %name, from = %old.version(), to = %dispatcher.version(),
+                "handler reloaded");
+            self.metrics
+                .reloads
+                .get_or_create(&NameLabels::new(&name))
+                .inc();
+        }
+        if let Some(old_stop) = old_stop {
+            old_stop.cancel();
         }
     }
 
@@ -149,6 +192,7 @@ async fn check_publish_targets(js: &jetstream::Context, publish: &[String]) -> R
 async fn load(
     sandbox: Arc<Sandbox>,
     js: &jetstream::Context,
+    metrics: Arc<Metrics>,
     source: PluginSource,
 ) -> Result<Arc<Dispatcher>> {
     let PluginSource {
@@ -175,7 +219,7 @@ async fn load(
         .with_context(context)?;
     tracing::info!(handler = %name, %version, compile_ms = started.elapsed().as_millis() as u64,
         compiled_cache = cache.as_str(), "handler loaded");
-    Dispatcher::new(component, bindings, js.clone())
+    Dispatcher::new(component, bindings, js.clone(), metrics)
         .await
         .with_context(context)
 }

@@ -7,9 +7,11 @@
 //! new version of a running handler is refused the same way, and the running
 //! version keeps serving.
 
+mod admin;
 mod handlers;
 mod reload;
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -18,6 +20,7 @@ use async_nats::jetstream;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::RuntimeConfig;
+use crate::metrics::Metrics;
 use crate::nats::NatsEndpoint;
 use crate::sandbox::{CompiledCache, Sandbox};
 use handlers::HandlerSet;
@@ -31,6 +34,8 @@ pub struct RuntimeOptions {
     pub cache_dir: Option<PathBuf>,
     /// Reload when the plugins directory changes.
     pub watch: bool,
+    /// Where the admin HTTP server listens; `None` serves none.
+    pub admin_addr: Option<SocketAddr>,
     pub nats: NatsEndpoint,
     pub config: RuntimeConfig,
 }
@@ -45,7 +50,23 @@ pub async fn run(options: RuntimeOptions, shutdown: CancellationToken) -> Result
     crate::outcome::dead_letter::ensure_stream(&js).await?;
 
     let sandbox = Arc::new(Sandbox::new(options.cache_dir.map(CompiledCache::new))?);
-    let mut handlers = HandlerSet::new(sandbox, js, shutdown.clone());
+    let metrics = Arc::new(Metrics::new());
+    let mut handlers = HandlerSet::new(sandbox, js.clone(), metrics.clone(), shutdown.clone());
+    // Up before the handlers load, so probes see "not ready" rather than
+    // nothing while components compile.
+    let admin_stop = CancellationToken::new();
+    let admin = match options.admin_addr {
+        Some(addr) => {
+            let state = admin::AdminState {
+                metrics,
+                board: handlers.board(),
+                client: client.clone(),
+                js,
+            };
+            Some(admin::serve(addr, state, admin_stop.clone()).await?)
+        }
+        None => None,
+    };
     handlers.reconcile(&options.plugins_dir).await;
     if handlers.names().is_empty() {
         tracing::warn!(dir = %options.plugins_dir.display(), "no handlers loaded");
@@ -65,6 +86,10 @@ pub async fn run(options: RuntimeOptions, shutdown: CancellationToken) -> Result
     }
     drop(triggers);
     handlers.wait().await;
+    admin_stop.cancel();
+    if let Some(admin) = admin {
+        let _ = admin.await;
+    }
     // Acks are sent without waiting for the server; make sure they left.
     client
         .flush()

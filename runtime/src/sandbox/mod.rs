@@ -196,6 +196,8 @@ pub struct Invocation {
     /// case nothing it emitted may be published).
     pub result: Result<Vec<EmittedEvent>, Failure>,
     pub elapsed: Duration,
+    /// The part of `elapsed` spent creating the instance.
+    pub instantiation: Duration,
     /// Peak linear memory of the instance, in bytes.
     pub peak_memory: usize,
 }
@@ -280,8 +282,10 @@ impl HandlerComponent {
         });
 
         let input = to_wit(event, attempt);
+        let mut instantiation = Duration::ZERO;
         let call = async {
             let handler = self.pre.instantiate_async(&mut store).await?;
+            instantiation = started.elapsed();
             handler.call_handle(&mut store, &input).await
         };
         // The epoch callback stops guest code on time; this also bounds time
@@ -325,6 +329,7 @@ impl HandlerComponent {
         Invocation {
             result,
             elapsed: started.elapsed(),
+            instantiation,
             peak_memory: state.memory.peak,
         }
     }
