@@ -1,8 +1,10 @@
 //! What operators see: `/metrics` counted against a known workload,
-//! `/healthz`, `/readyz` following NATS, and `GET /handlers`.
+//! `/healthz`, `/readyz` following NATS, `GET /handlers`, and spans
+//! exported over OTLP.
 
 mod support;
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::HeaderMap;
@@ -182,4 +184,113 @@ async fn health_readiness_and_the_handler_list() {
     wait_until("/readyz to be ready again", Duration::from_secs(60), || {
         runtime.admin_get("/readyz").0 == 200
     });
+}
+
+/// A stand-in OTLP/HTTP collector: answers every request with 200 and keeps
+/// the (protobuf) bodies.
+fn fake_collector() -> (String, Arc<Mutex<Vec<u8>>>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    let received = Arc::new(Mutex::new(Vec::new()));
+    let sink = received.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { return };
+            let sink = sink.clone();
+            std::thread::spawn(move || serve_otlp(stream, &sink));
+        }
+    });
+    (endpoint, received)
+}
+
+fn serve_otlp(stream: std::net::TcpStream, sink: &Mutex<Vec<u8>>) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut writer = stream;
+    loop {
+        let mut length = 0;
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                return;
+            }
+            if line == "\r\n" {
+                break;
+            }
+            if let Some((name, value)) = line.split_once(':')
+                && name.eq_ignore_ascii_case("content-length")
+            {
+                length = value.trim().parse().unwrap();
+            }
+        }
+        let mut body = vec![0; length];
+        reader.read_exact(&mut body).unwrap();
+        sink.lock().unwrap().extend(body);
+        let ok =
+            "HTTP/1.1 200 OK\r\nContent-Type: application/x-protobuf\r\nContent-Length: 0\r\n\r\n";
+        writer.write_all(ok.as_bytes()).unwrap();
+    }
+}
+
+fn hex_bytes(hex: &str) -> Vec<u8> {
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn spans_are_exported_over_otlp_as_one_trace_across_handlers() {
+    let (endpoint, received) = fake_collector();
+    let nats = NatsServer::start();
+    let plugins = Plugins::new();
+    plugins
+        .install_example("payment")
+        .install_example("notification");
+    let mut runtime =
+        Runtime::start_with(&nats.url(), &plugins, 2, &["--otlp-endpoint", &endpoint]);
+    let js = nats.jetstream().await;
+
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let producer_span = "00f067aa0ba902b7";
+    let order = json!({"order_id": "o-1", "customer": "c", "currency": "EUR", "total": 10.0,
+        "items": [{"sku": "a", "quantity": 1, "price": 10.0}]});
+    let event = TestEvent::new("traced", "com.example.order.created", order)
+        .ext("traceparent", &format!("00-{trace_id}-{producer_span}-01"));
+    publish(&js, "orders.created", event.binary()).await;
+
+    let payment = collect(&js, "CHECKOUT", "payments.completed", 1, WAIT).await;
+    let notification = collect(&js, "CHECKOUT", "notifications.sent", 1, WAIT).await;
+    let span_of = |stored: &Stored| {
+        let tp = stored.event["traceparent"].as_str().unwrap().to_string();
+        assert!(
+            tp.starts_with(&format!("00-{trace_id}-")),
+            "one trace: {tp}"
+        );
+        tp[36..52].to_string()
+    };
+    let (payment_span, notification_span) = (span_of(&payment[0]), span_of(&notification[0]));
+
+    // Stopping flushes the exporter's last batch.
+    runtime.terminate();
+    let exported = received.lock().unwrap().clone();
+    assert!(!exported.is_empty(), "nothing reached the collector");
+    for (what, id) in [
+        ("the trace id", trace_id),
+        (
+            "the producer's span, as the payment span's parent",
+            producer_span,
+        ),
+        ("the payment span", payment_span.as_str()),
+        ("the notification span", notification_span.as_str()),
+    ] {
+        assert!(
+            contains(&exported, &hex_bytes(id)),
+            "{what} ({id}) was not exported"
+        );
+    }
 }

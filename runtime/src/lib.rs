@@ -33,4 +33,5 @@ pub mod runtime;
 pub mod sandbox;
 pub mod source;
 pub mod subject;
+pub mod telemetry;
 pub mod trace;

@@ -5,8 +5,10 @@ mod cli;
 use std::io::IsTerminal;
 
 use clap::Parser;
+use eventhost::telemetry::Exporter;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::prelude::*;
 
 use cli::{Cli, LogFormat};
 
@@ -18,15 +20,26 @@ const HELPER_LOG_FILTER: &str = "warn";
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let filter = match cli.command {
-        cli::Command::Run { .. } => RUNTIME_LOG_FILTER,
-        _ => HELPER_LOG_FILTER,
+    let (filter, otlp) = match &cli.command {
+        cli::Command::Run { otlp_endpoint, .. } => (RUNTIME_LOG_FILTER, otlp_endpoint.clone()),
+        _ => (HELPER_LOG_FILTER, None),
     };
-    init_logging(cli.global.log_format, filter);
+    let exporter = match init_logging(cli.global.log_format, filter, otlp.as_deref()) {
+        Ok(exporter) => exporter,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
 
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
-    match cli.execute(shutdown).await {
+    let result = cli.execute(shutdown).await;
+    if let Some(exporter) = exporter {
+        // Blocking: the exporter sends its last batch over HTTP.
+        let _ = tokio::task::spawn_blocking(move || exporter.shutdown()).await;
+    }
+    match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {err:#}");
@@ -35,22 +48,39 @@ async fn main() -> std::process::ExitCode {
     }
 }
 
-fn init_logging(format: LogFormat, default_filter: &str) {
+/// Logs to stderr (so that `publish` and `tail` keep stdout for data), and
+/// exports spans over OTLP when an endpoint is given.
+fn init_logging(
+    format: LogFormat,
+    default_filter: &str,
+    otlp: Option<&str>,
+) -> anyhow::Result<Option<Exporter>> {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
-    // Logs go to stderr so that `publish` and `tail` keep stdout for data.
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal());
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder
+    let fmt = match format {
+        LogFormat::Text => fmt.boxed(),
+        LogFormat::Json => fmt
             .json()
             .flatten_event(true)
             .with_current_span(true)
-            .init(),
-    }
+            .boxed(),
+    };
+    let (exporter, otel) = match otlp {
+        Some(endpoint) => {
+            let (exporter, layer) = Exporter::otlp(endpoint)?;
+            (Some(exporter), Some(layer))
+        }
+        None => (None, None),
+    };
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(fmt)
+        .with(otel)
+        .init();
+    Ok(exporter)
 }
 
 /// SIGINT or SIGTERM starts a graceful shutdown; a second one exits at once.

@@ -8,7 +8,13 @@
 //! recorded on the event's `tracing` span (`trace_id`, `span_id`,
 //! `parent_span_id`), which is how logs of one chain are found together.
 
+use std::collections::HashMap;
+
 use cloudevents::Event;
+use opentelemetry::propagation::TextMapPropagator;
+use opentelemetry::trace::TraceContextExt;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 /// The trace position of one handling of one event.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,6 +63,32 @@ impl TraceContext {
 
     pub fn tracestate(&self) -> Option<&str> {
         self.state.as_deref()
+    }
+
+    /// When spans are exported (OpenTelemetry), makes `span` a child of the
+    /// input's trace and adopts the ids it is exported with, re-recording
+    /// them on the span. Without an exporter this does nothing.
+    pub fn attach(&mut self, span: &tracing::Span) {
+        let mut carrier = HashMap::new();
+        if let Some(parent) = &self.parent_span_id {
+            let traceparent = format!("00-{}-{}-{}", self.trace_id, parent, self.flags);
+            carrier.insert("traceparent".to_string(), traceparent);
+        }
+        if let Some(state) = &self.state {
+            carrier.insert("tracestate".to_string(), state.clone());
+        }
+        let parent = TraceContextPropagator::new().extract(&carrier);
+        if span.set_parent(parent).is_err() {
+            return; // No exporter: the ids chosen here stand.
+        }
+        let context = span.context();
+        let exported = context.span().span_context().clone();
+        if exported.is_valid() {
+            self.trace_id = exported.trace_id().to_string();
+            self.span_id = exported.span_id().to_string();
+            span.record("trace_id", self.trace_id.as_str());
+            span.record("span_id", self.span_id.as_str());
+        }
     }
 }
 

@@ -80,6 +80,10 @@ pub enum Command {
         /// /handlers), or `off`.
         #[arg(long, default_value = "127.0.0.1:9898", env = "EVENTHOST_ADMIN_ADDR")]
         admin_addr: String,
+        /// Export event spans to this OTLP/HTTP collector (e.g.
+        /// http://127.0.0.1:4318). Off when absent.
+        #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+        otlp_endpoint: Option<String>,
     },
     /// Publish one CloudEvent to JetStream and print its id.
     Publish {
@@ -153,6 +157,7 @@ impl Cli {
                 no_cache,
                 no_watch,
                 admin_addr,
+                otlp_endpoint: _,
             } => {
                 let admin_addr = match admin_addr.as_str() {
                     "off" => None,

@@ -287,7 +287,7 @@ impl Dispatcher {
                 return;
             }
         };
-        let trace = TraceContext::for_event(&input.event);
+        let mut trace = TraceContext::for_event(&input.event);
         let span = tracing::info_span!("event",
             handler = %identity.name,
             version = %identity.version,
@@ -300,6 +300,7 @@ impl Dispatcher {
             span_id = %trace.span_id,
             parent_span_id = trace.parent_span_id.as_deref(),
         );
+        trace.attach(&span);
         if self.ordered() {
             let key = partition_key(&input.event, &message.subject);
             let held = Held {
