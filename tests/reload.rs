@@ -32,7 +32,8 @@ async fn handlers_are_replaced_under_load_without_losing_or_repeating_an_event()
     let runtime = Runtime::start(&nats, &plugins, 2);
     let js = nats.jetstream().await;
 
-    // About six seconds of events, long enough for three swaps.
+    // About six seconds of events, long enough for three swaps, with an
+    // order for the payment handler every 100 ms.
     let publisher = {
         let js = js.clone();
         tokio::spawn(async move {
@@ -44,6 +45,12 @@ async fn handlers_are_replaced_under_load_without_losing_or_repeating_an_event()
                 )
                 .await;
                 if seq % 50 == 49 {
+                    let order = json!({"order_id": format!("o-{seq}"), "customer": "c",
+                        "currency": "EUR", "total": 1.0,
+                        "items": [{"sku": "a", "quantity": 1, "price": 1.0}]});
+                    let event =
+                        TestEvent::new(format!("o-{seq}"), "com.example.order.created", order);
+                    publish(&js, "orders.created", event.structured()).await;
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             }
@@ -113,7 +120,24 @@ async fn handlers_are_replaced_under_load_without_losing_or_repeating_an_event()
     );
     assert_eq!(consumer_state(&js, "CHAOS", "chaos").await.1, 0);
 
-    // The other handler was never touched.
+    // The other handler was never touched, and kept working through every
+    // swap: it handled orders between the first and the last reload.
+    let orders = (EVENTS / 50) as usize;
+    assert_eq!(
+        collect(&js, "CHECKOUT", "payments.completed", orders, WAIT)
+            .await
+            .len(),
+        orders
+    );
+    let reloaded = runtime.logs_with_message("handler reloaded");
+    let (first, last) = (log_time(&reloaded[0]), log_time(&reloaded[1]));
+    let paid_meanwhile = runtime
+        .outcomes("succeeded")
+        .iter()
+        .filter(|l| l["span"]["handler"] == "payment")
+        .filter(|l| (first..last).contains(&log_time(l)))
+        .count();
+    assert!(paid_meanwhile > 0, "payment paused during the swaps");
     let payment_starts = runtime
         .logs_with_message("handler loaded")
         .iter()

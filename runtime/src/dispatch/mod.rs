@@ -158,7 +158,17 @@ impl Dispatcher {
                 let this = self.clone();
                 let (permits, in_flight, shutdown) =
                     (permits.clone(), in_flight.clone(), shutdown.clone());
-                tokio::spawn(async move { this.pull(i, permits, in_flight, shutdown).await })
+                // Logs of the pull (prefetched messages handed back, say)
+                // name the handler version they belong to.
+                let span = tracing::info_span!(
+                    "consumer",
+                    handler = this.name(),
+                    version = this.version()
+                );
+                tokio::spawn(
+                    async move { this.pull(i, permits, in_flight, shutdown).await }
+                        .instrument(span),
+                )
             })
             .collect();
         futures::future::join_all(pulls).await;
@@ -166,6 +176,7 @@ impl Dispatcher {
         if !in_flight.is_empty() {
             tracing::info!(
                 handler = self.name(),
+                version = self.version(),
                 events = in_flight.len(),
                 "draining in-flight events"
             );
@@ -194,12 +205,12 @@ impl Dispatcher {
                 Ok(messages) => {
                     consuming.store(true, AtomicOrdering::Relaxed);
                     backoff = Duration::from_millis(100);
-                    tracing::info!(handler = self.name(), consumer = %binding.durable,
+                    tracing::info!(handler = self.name(), version = self.version(), consumer = %binding.durable,
                         stream = %binding.stream, subject = %binding.filter_subject, "consuming");
                     messages
                 }
                 Err(err) => {
-                    tracing::warn!(handler = self.name(), error = format!("{err:#}"), retry_in = ?backoff,
+                    tracing::warn!(handler = self.name(), version = self.version(), error = format!("{err:#}"), retry_in = ?backoff,
                         "cannot open the consumer");
                     tokio::select! {
                         _ = shutdown.cancelled() => return,
@@ -229,7 +240,7 @@ impl Dispatcher {
                     Some(Err(err)) => {
                         // Missed heartbeats, a deleted consumer, a restarted
                         // server: start over with a fresh consumer and pull.
-                        tracing::warn!(handler = self.name(), error = %err, "consumer stream failed; reopening");
+                        tracing::warn!(handler = self.name(), version = self.version(), error = %err, "consumer stream failed; reopening");
                         break;
                     }
                     None => break,
