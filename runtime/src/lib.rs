@@ -13,10 +13,12 @@
 //!    the dead-letter queue; then the input is acked (or NAKed for a retry).
 //!
 //! [`dispatch`] drives that loop for one handler; [`runtime`] loads every
-//! handler from the plugins directory ([`plugins`], [`manifest`]) and runs
-//! them until shutdown. [`dlq`] is the operator's side of the dead-letter
-//! queue (`eventhost dlq`); the runtime serves `/metrics` ([`metrics`]),
-//! health and the handler list over HTTP.
+//! handler from the plugins directory ([`plugins`], [`manifest`]), follows
+//! the directory while running (hot reload), serves `/metrics` ([`metrics`]),
+//! health and the handler list over HTTP, and runs until shutdown. Each
+//! event is a span in its W3C trace ([`trace`]), exported over OTLP when
+//! asked ([`telemetry`]). [`dlq`] is the operator's side of the dead-letter
+//! queue (`eventhost dlq`).
 
 pub mod config;
 pub mod decode;
