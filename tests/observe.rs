@@ -28,7 +28,11 @@ async fn metrics_match_a_known_workload() {
     for i in 0..5 {
         send(&js, &format!("ok-{i}"), json!({"action": "ok"})).await;
     }
-    send(&js, "ok-0", json!({"action": "ok"})).await; // a duplicate
+    // The duplicate comes once the original is done: a copy arriving while
+    // the original is in flight is delivered again later, which would make
+    // the delivery count below depend on timing.
+    collect(&js, "CHAOS", "chaos.done", 5, WAIT).await;
+    send(&js, "ok-0", json!({"action": "ok"})).await;
     send(&js, "flaky", json!({"action": "fail-until", "attempt": 2})).await;
     send(&js, "rejected", json!({"action": "fail-permanent"})).await;
     send(&js, "trap", json!({"action": "trap"})).await;
