@@ -34,9 +34,18 @@ const MAX_ACK_PENDING: i64 = 10_000;
 
 /// How long JetStream waits for a settlement before redelivering. Long
 /// enough that a slow invocation, plus waiting its turn behind `concurrency`
-/// others, is not redelivered meanwhile. It is also the idempotency lease.
+/// others, is not redelivered meanwhile.
 pub fn ack_wait(limits: &Limits) -> Duration {
     (limits.timeout * 2).max(Duration::from_secs(30))
+}
+
+/// How long an idempotency claim holds: a little less than the ack wait,
+/// so that when JetStream redelivers the message of a runtime that died
+/// holding it, the claim has already expired and the successor takes over
+/// at once. Still far longer than a run can take (`timeout` is at most half
+/// the ack wait).
+pub fn claim_lease(limits: &Limits) -> Duration {
+    ack_wait(limits) - Duration::from_secs(2)
 }
 
 /// What a handler's consumer on one subject looks like.

@@ -85,7 +85,7 @@ impl Dispatcher {
             &js,
             &manifest.consumer_name(&identity.name),
             manifest.idempotency.window,
-            source::ack_wait(&manifest.limits),
+            source::claim_lease(&manifest.limits),
         )
         .await?;
         let labels = HandlerLabels::new(&identity.name, &identity.version);

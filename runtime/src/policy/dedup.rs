@@ -9,9 +9,10 @@
 //! Before invoking, a runtime *claims* the key with a compare-and-set write
 //! (KV `create`, or `update` at the revision it read). Only the claim holder
 //! runs the handler, so two copies of one event in flight at once, in one
-//! process or in two, cannot both run. A claim is a lease: it expires after
-//! the consumer's ack wait, which is exactly when JetStream redelivers the
-//! message of a runtime that died holding it, so the successor can take over.
+//! process or in two, cannot both run. A claim is a lease: it expires just
+//! before the consumer's ack wait does, which is when JetStream redelivers
+//! the message of a runtime that died holding it, so the successor can take
+//! over at once.
 //! The record then moves to `done` (later copies are acked unhandled) or
 //! `failed` (the failure count and first failure time, which feed the retry
 //! policy and the dead letter across restarts).
