@@ -24,7 +24,8 @@ ensure_prerequisites() {
 # Builds every guest in examples/ as a wasm32-wasip2 component.
 build_examples() {
   step "building the example handlers (wasm32-wasip2 components)"
-  cargo build --release --target wasm32-wasip2 --manifest-path examples/Cargo.toml
+  # From inside examples/, so its .cargo/config.toml applies.
+  (cd examples && cargo build --release --target wasm32-wasip2)
 }
 
 # Copies built handlers and their manifests into a plugins directory.

@@ -129,15 +129,10 @@ pub fn components_dir() -> &'static Path {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT.get_or_init(|| {
         let root = repo_root();
+        // From inside examples/, so its .cargo/config.toml applies.
         let status = Command::new(env!("CARGO"))
-            .args([
-                "build",
-                "--release",
-                "--target",
-                "wasm32-wasip2",
-                "--manifest-path",
-            ])
-            .arg(root.join("examples/Cargo.toml"))
+            .args(["build", "--release", "--target", "wasm32-wasip2"])
+            .current_dir(root.join("examples"))
             .status()
             .expect("running cargo to build the example components");
         assert!(status.success(), "building the example components failed");

@@ -76,6 +76,12 @@ impl InvocationState {
         }
     }
 
+    /// What was emitted so far, leaving the state as if nothing had been.
+    pub(super) fn take_emitted(&mut self) -> Vec<types::OutgoingEvent> {
+        self.emitted_bytes = 0;
+        std::mem::take(&mut self.emitted)
+    }
+
     fn check_emit(&self, event: &types::OutgoingEvent) -> Result<usize, types::EmitError> {
         use types::EmitError::*;
         let destination = &event.destination;

@@ -22,8 +22,11 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use cloudevents::event::Data;
 use cloudevents::{AttributesReader, Event};
+use tokio::sync::Semaphore;
 use wasmtime::component::{Component, HasSelf, Linker};
-use wasmtime::{Config, Engine, Store, UpdateDeadline};
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, UpdateDeadline,
+};
 
 use crate::manifest::{HandlerManifest, Limits};
 pub use cache::{CacheUse, CompiledCache};
@@ -61,6 +64,35 @@ pub struct Sandbox {
 struct EngineSet {
     engine: Engine,
     linker: Linker<InvocationState>,
+    /// One permit per pool slot: invocations wait for a free slot rather
+    /// than fail when every slot is busy.
+    slots: Arc<Semaphore>,
+}
+
+/// Instances that can exist at once per engine, across all handlers.
+const POOL_SLOTS: u32 = 512;
+/// Linear memory each idle slot keeps mapped: the pages a guest dirtied
+/// there are reset with `memset` instead of `madvise`, so the next instance
+/// in the slot takes no page faults on them. 256 KiB holds the whole memory
+/// of a small handler built with a 64 KiB stack (see `examples/.cargo`);
+/// larger values measured slower, because more has to be reset.
+const KEEP_RESIDENT: usize = 256 << 10;
+
+/// The pooling allocator: instances reuse pre-reserved slots (memory, tables,
+/// fiber stack) instead of mapping and unmapping their own, which is most of
+/// what a fresh instance costs.
+fn pooling() -> PoolingAllocationConfig {
+    let mut pool = PoolingAllocationConfig::new();
+    pool.total_component_instances(POOL_SLOTS)
+        // A wasm32-wasip2 component holds a few core instances (the guest,
+        // wit-component's shims) and tables but one memory; leave headroom.
+        .total_core_instances(POOL_SLOTS * 8)
+        .total_tables(POOL_SLOTS * 8)
+        .total_memories(POOL_SLOTS * 2)
+        .total_stacks(POOL_SLOTS)
+        .linear_memory_keep_resident(KEEP_RESIDENT)
+        .table_keep_resident(64 << 10);
+    pool
 }
 
 impl EngineSet {
@@ -70,7 +102,19 @@ impl EngineSet {
         config.consume_fuel(fuel);
         // Component-model async is unused; without it a call is cheaper.
         config.concurrency_support(false);
-        let engine = Engine::new(&config)
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling()));
+        // The pool reserves terabytes of address space up front (a 4 GiB
+        // reservation per memory slot, never touched). Where that is not
+        // allowed (`ulimit -v`, valgrind) run without it, only slower.
+        let engine = Engine::new(&config).or_else(|err| {
+            tracing::warn!(
+                error = format!("{err:#}"),
+                "cannot reserve the instance pool; allocating each instance on demand"
+            );
+            config.allocation_strategy(InstanceAllocationStrategy::OnDemand);
+            Engine::new(&config)
+        });
+        let engine = engine
             .map_err(anyhow::Error::from)
             .context("creating the wasm engine")?;
         spawn_epoch_ticker(&engine);
@@ -82,7 +126,11 @@ impl EngineSet {
         Handler::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)
             .map_err(anyhow::Error::from)
             .context("linking the eventhost imports")?;
-        Ok(EngineSet { engine, linker })
+        Ok(EngineSet {
+            engine,
+            linker,
+            slots: Arc::new(Semaphore::new(POOL_SLOTS as usize)),
+        })
     }
 }
 
@@ -134,6 +182,7 @@ impl Sandbox {
             .context("the component does not implement the eventhost:handler/handler world")?;
         let component = HandlerComponent {
             engine: set.engine.clone(),
+            slots: set.slots.clone(),
             pre,
             identity: Arc::new(identity),
         };
@@ -185,6 +234,7 @@ impl HandlerIdentity {
 /// A compiled, import-checked handler, ready to instantiate per event.
 pub struct HandlerComponent {
     engine: Engine,
+    slots: Arc<Semaphore>,
     pre: HandlerPre<InvocationState>,
     identity: Arc<HandlerIdentity>,
 }
@@ -262,24 +312,12 @@ impl HandlerComponent {
     /// Never panics and never returns an error of its own: every way a guest
     /// can fail becomes a [`Failure`].
     pub async fn invoke(&self, event: &Event, attempt: u32) -> Invocation {
+        // Waiting for a slot is not the guest's time: it starts the clock
+        // only once it has one. The semaphore is never closed.
+        let _slot = self.slots.acquire().await.expect("never closed");
         let started = Instant::now();
         let timeout = self.identity.limits().timeout;
-        let state = InvocationState::new(self.identity.clone(), started + timeout);
-        let mut store = Store::new(&self.engine, state);
-        store.limiter(|state| &mut state.memory);
-        if let Some(fuel) = self.identity.limits().fuel {
-            store
-                .set_fuel(fuel)
-                .expect("handlers with fuel limits load into the metered engine");
-        }
-        store.set_epoch_deadline(1);
-        store.epoch_deadline_callback(|mut ctx| {
-            if Instant::now() >= ctx.data().deadline {
-                ctx.data_mut().timed_out = true;
-                return Ok(UpdateDeadline::Interrupt);
-            }
-            Ok(UpdateDeadline::Yield(1))
-        });
+        let mut store = self.new_store(started + timeout);
 
         let input = to_wit(event, attempt);
         let mut instantiation = Duration::ZERO;
@@ -303,7 +341,7 @@ impl HandlerComponent {
                 FailureKind::Timeout,
                 format!("still running after {timeout:?}"),
             ),
-            Ok(Ok(Ok(()))) => Ok(state.emitted),
+            Ok(Ok(Ok(()))) => Ok(state.take_emitted()),
             Ok(Ok(Err(types::HandlerError::Retryable(m)))) => fail(FailureKind::Retryable, m),
             Ok(Ok(Err(types::HandlerError::Permanent(m)))) => fail(FailureKind::Permanent, m),
             Ok(Err(_)) if state.timed_out => fail(
@@ -332,6 +370,68 @@ impl HandlerComponent {
             instantiation,
             peak_memory: state.memory.peak,
         }
+    }
+}
+
+impl HandlerComponent {
+    /// A store for one invocation: fresh state, the memory cap, fuel if
+    /// metered, and an epoch callback that yields every tick and interrupts
+    /// the guest after `deadline`.
+    fn new_store(&self, deadline: Instant) -> Store<InvocationState> {
+        let state = InvocationState::new(self.identity.clone(), deadline);
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|state| &mut state.memory);
+        if let Some(fuel) = self.identity.limits().fuel {
+            store
+                .set_fuel(fuel)
+                .expect("handlers with fuel limits load into the metered engine");
+        }
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(|mut ctx| {
+            if Instant::now() >= ctx.data().deadline {
+                ctx.data_mut().timed_out = true;
+                return Ok(UpdateDeadline::Interrupt);
+            }
+            Ok(UpdateDeadline::Yield(1))
+        });
+        store
+    }
+
+    /// One instance kept for many calls. The runtime never does this (see
+    /// the module docs); it exists so the sandbox benchmark can show what a
+    /// fresh instance per event costs against reusing one.
+    pub async fn reused_instance(&self) -> Result<ReusedInstance> {
+        let far = Instant::now() + Duration::from_secs(24 * 60 * 60);
+        let mut store = self.new_store(far);
+        let handler = self
+            .pre
+            .instantiate_async(&mut store)
+            .await
+            .map_err(anyhow::Error::from)
+            .context("instantiating the handler")?;
+        Ok(ReusedInstance { store, handler })
+    }
+}
+
+/// See [`HandlerComponent::reused_instance`].
+pub struct ReusedInstance {
+    store: Store<InvocationState>,
+    handler: Handler,
+}
+
+impl ReusedInstance {
+    /// Calls `handle` on the kept instance; returns what it emitted.
+    pub async fn call(&mut self, event: &Event) -> Result<Vec<EmittedEvent>> {
+        let input = to_wit(event, 1);
+        let result = self
+            .handler
+            .call_handle(&mut self.store, &input)
+            .await
+            .map_err(anyhow::Error::from)
+            .context("the guest trapped")?;
+        let emitted = self.store.data_mut().take_emitted();
+        result.map_err(|e| anyhow::anyhow!("the handler failed: {e:?}"))?;
+        Ok(emitted)
     }
 }
 
