@@ -1,0 +1,110 @@
+//! The native baseline: the same consumer without the sandbox.
+//!
+//! It pulls from a durable consumer of the same shape as the runtime's
+//! ([`ConsumerBinding`]), decodes each message with the runtime's decoder,
+//! claims and records it in the same idempotency bucket, runs the handler's
+//! logic as plain Rust ([`Workload::handle`]), publishes the outputs with the
+//! runtime's encoder and deterministic `Nats-Msg-Id`s, waits for their acks,
+//! then acks the input; up to `concurrency` events at once. What it leaves
+//! out is exactly what the comparison is about: wasm, plus the runtime's
+//! per-event logs, metrics and trace spans.
+
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use async_nats::jetstream::{self, AckKind, Message};
+use eventhost::decode;
+use eventhost::manifest::HandlerManifest;
+use eventhost::outcome::publish_emitted;
+use eventhost::policy::dedup::{Claim, ProcessedEvents};
+use eventhost::sandbox::HandlerIdentity;
+use eventhost::source::{self, ConsumerBinding};
+use eventhost::trace::TraceContext;
+use futures::StreamExt;
+use tokio::sync::Semaphore;
+
+use crate::native::Workload;
+
+/// Serves until killed; prints `baseline ready` once consuming.
+pub async fn serve(nats_url: &str, workload: Workload, manifest: &str) -> Result<()> {
+    let name = workload.name();
+    let manifest = HandlerManifest::parse(manifest, name)?;
+    let concurrency = manifest.limits.concurrency;
+    let js = jetstream::new(async_nats::connect(nats_url).await?);
+    let processed = ProcessedEvents::open(
+        &js,
+        &manifest.consumer_name(name),
+        manifest.idempotency.window,
+        source::claim_lease(&manifest.limits),
+    )
+    .await?;
+    let bindings = ConsumerBinding::resolve(&js, name, &manifest).await?;
+    let binding = bindings
+        .first()
+        .context("the manifest subscribes to nothing")?;
+    let mut messages = binding.open(&js).await?;
+    let shared = Arc::new(Shared {
+        js: js.clone(),
+        processed,
+        identity: HandlerIdentity::new(name, "native", manifest),
+        workload,
+    });
+    let permits = Arc::new(Semaphore::new(concurrency));
+    println!("baseline ready");
+    loop {
+        let permit = permits.clone().acquire_owned().await?;
+        let Some(message) = messages.next().await else {
+            break;
+        };
+        // A missed heartbeat under load is reported, and the pull goes on.
+        let message = match message {
+            Ok(message) => message,
+            Err(err) => {
+                eprintln!("baseline: pulling: {err}");
+                continue;
+            }
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            if let Err(err) = shared.handle(&message).await {
+                eprintln!("baseline: {err:#}");
+                let _ = message.ack_with(AckKind::Nak(None)).await;
+            }
+            drop(permit);
+        });
+    }
+    Ok(())
+}
+
+struct Shared {
+    js: jetstream::Context,
+    processed: ProcessedEvents,
+    identity: HandlerIdentity,
+    workload: Workload,
+}
+
+impl Shared {
+    async fn handle(&self, message: &Message) -> Result<()> {
+        let input = decode::decode(message.headers.as_ref(), &message.payload)?;
+        let lease = match self.processed.claim(&input.event).await? {
+            Claim::Acquired(lease) => lease,
+            Claim::AlreadyHandled => return ack(message).await,
+            Claim::Busy(_) => anyhow::bail!("claimed elsewhere"),
+        };
+        let emitted = self
+            .workload
+            .handle(&input.event)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let trace = TraceContext::for_event(&input.event);
+        publish_emitted(&self.js, &self.identity, &input, &trace, emitted).await?;
+        self.processed.done(lease, &self.identity.version).await?;
+        ack(message).await
+    }
+}
+
+async fn ack(message: &Message) -> Result<()> {
+    message
+        .ack_with(AckKind::Ack)
+        .await
+        .map_err(|e| anyhow::anyhow!("acking: {e}"))
+}

@@ -1,0 +1,356 @@
+//! End-to-end benchmark: the runtime against a native consumer doing the
+//! same work, side by side in one run on one machine, so the ratios mean
+//! something on any hardware.
+//!
+//! It starts its own `nats-server -js` and measures, for the `relay` and
+//! `payment` example handlers:
+//! - throughput and latency at saturation and at half the runtime's
+//!   saturation rate (an open-loop offered load), for the runtime and for
+//!   the native baseline ([`baseline`]);
+//! - scaling with 1, 2 and 4 events in flight per handler, and with two
+//!   runtime processes sharing the consumer;
+//! - resident memory with 1 and with 20 handlers loaded;
+//!
+//! and folds in the sandbox micro-benchmark (`benches/sandbox.rs`) if it
+//! ran first. `scripts/bench` runs both; `--quick` makes a short smoke run.
+
+#[path = "../common/native.rs"]
+mod native;
+
+mod baseline;
+mod load;
+mod processes;
+mod report;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use async_nats::jetstream;
+
+use load::Measurement;
+use native::Workload;
+use processes::{NatsServer, Process};
+use report::{Comparison, Report, Scaling};
+
+/// How much load each measurement offers.
+struct Settings {
+    /// Events per saturation run.
+    events: usize,
+    /// Length of a fixed-rate run.
+    fixed: Duration,
+    /// Events per scaling run.
+    scaling_events: usize,
+    /// Which parts to run: `compare`, `scaling`, `memory` (`--only a,b`).
+    sections: Vec<&'static str>,
+}
+
+const SECTIONS: [&str; 3] = ["compare", "scaling", "memory"];
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let rt = tokio::runtime::Runtime::new()?;
+    if let [flag, workload, url, manifest] = args.as_slice()
+        && flag == "--serve-baseline"
+    {
+        let workload = match workload.as_str() {
+            "relay" => Workload::Relay,
+            _ => Workload::Payment,
+        };
+        let manifest = std::fs::read_to_string(manifest)?;
+        return rt.block_on(baseline::serve(url, workload, &manifest));
+    }
+    let sections = match args.iter().position(|a| a == "--only") {
+        Some(at) => {
+            let wanted = args.get(at + 1).map(String::as_str).unwrap_or_default();
+            let sections: Vec<_> = SECTIONS
+                .into_iter()
+                .filter(|s| wanted.split(',').any(|w| w == *s))
+                .collect();
+            anyhow::ensure!(
+                !sections.is_empty(),
+                "--only takes some of {SECTIONS:?}, comma-separated"
+            );
+            sections
+        }
+        None => SECTIONS.to_vec(),
+    };
+    let settings = if args.iter().any(|a| a == "--quick") {
+        Settings {
+            events: 500,
+            fixed: Duration::from_secs(2),
+            scaling_events: 300,
+            sections,
+        }
+    } else {
+        Settings {
+            events: 20000,
+            fixed: Duration::from_secs(10),
+            scaling_events: 5000,
+            sections,
+        }
+    };
+    let report = rt.block_on(run(&settings))?;
+    report.print_and_save(&target_dir().join("bench"))
+}
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("target"))
+}
+
+async fn run(settings: &Settings) -> Result<Report> {
+    // Logs of every process started, kept for reading after the run.
+    let work = target_dir().join("bench/work");
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work)?;
+    eprintln!("logs of the processes: {}", work.display());
+    let nats = NatsServer::start(&work)?;
+    let js = jetstream::new(async_nats::connect(&nats.url).await?);
+    let bench = Bench {
+        nats_url: nats.url.clone(),
+        work: work.clone(),
+    };
+    let mut report = Report::new(&nats.url).await?;
+
+    for workload in [Workload::Relay, Workload::Payment] {
+        if !settings.sections.contains(&"compare") {
+            break;
+        }
+        // Saturation is the noisiest figure (two cores shared by the server,
+        // the publisher and the system under test), so it is taken
+        // `ROUNDS` times, alternating runtime and baseline, and the median
+        // round is reported.
+        let (mut r_rounds, mut b_rounds) = (Vec::new(), Vec::new());
+        for round in 1..=ROUNDS {
+            eprintln!(
+                "== {}: saturation, round {round} of {ROUNDS}",
+                workload.name()
+            );
+            load::reset(&js).await?;
+            let runtime = bench.runtime(&[(workload, workload.name(), 16)], 1)?;
+            r_rounds.push(warm_then_saturate(&js, workload, settings.events).await?);
+            drop(runtime);
+            load::reset(&js).await?;
+            let native = bench.baseline(workload, 16)?;
+            b_rounds.push(warm_then_saturate(&js, workload, settings.events).await?);
+            drop(native);
+        }
+        let (r_sat, b_sat) = (median(r_rounds), median(b_rounds));
+        let rate = r_sat.throughput / 2.0;
+
+        eprintln!("== {}: fixed rate {rate:.0}/s", workload.name());
+        load::reset(&js).await?;
+        let runtime = bench.runtime(&[(workload, workload.name(), 16)], 1)?;
+        let r_fixed = warm_then_fix(&js, workload, rate, settings.fixed).await?;
+        let peak = runtime[0].rss()?;
+        drop(runtime);
+        load::reset(&js).await?;
+        let native = bench.baseline(workload, 16)?;
+        let b_fixed = warm_then_fix(&js, workload, rate, settings.fixed).await?;
+        let native_peak = native.rss()?;
+        drop(native);
+        report.comparisons.push(Comparison {
+            workload: workload.name(),
+            runtime: [r_sat, r_fixed],
+            baseline: [b_sat, b_fixed],
+            runtime_peak_rss: peak.peak,
+            baseline_peak_rss: native_peak.peak,
+        });
+    }
+
+    let workload = Workload::Payment;
+    let scaling = if settings.sections.contains(&"scaling") {
+        vec![1, 2, 4]
+    } else {
+        vec![]
+    };
+    for concurrency in scaling {
+        eprintln!("== scaling: {concurrency} in flight");
+        load::reset(&js).await?;
+        let runtime = bench.runtime(&[(workload, "payment", concurrency)], 1)?;
+        let runtime_figure = warm_then_saturate(&js, workload, settings.scaling_events).await?;
+        drop(runtime);
+        load::reset(&js).await?;
+        let native = bench.baseline(workload, concurrency)?;
+        let native_figure = warm_then_saturate(&js, workload, settings.scaling_events).await?;
+        drop(native);
+        report.scaling.push(Scaling {
+            setup: format!("{concurrency} in flight, 1 process"),
+            runtime: runtime_figure.throughput,
+            baseline: Some(native_figure.throughput),
+        });
+    }
+    if settings.sections.contains(&"scaling") {
+        eprintln!("== scaling: two runtime processes");
+        load::reset(&js).await?;
+        let runtimes = bench.runtime(&[(workload, "payment", 16)], 2)?;
+        let two = warm_then_saturate(&js, workload, settings.events).await?;
+        drop(runtimes);
+        report.scaling.push(Scaling {
+            setup: "16 in flight, 2 processes".into(),
+            runtime: two.throughput,
+            baseline: None,
+        });
+    }
+
+    if !settings.sections.contains(&"memory") {
+        report.load_sandbox(&target_dir().join("criterion"));
+        return Ok(report);
+    }
+    for handlers in [1, 20] {
+        eprintln!("== memory: {handlers} handlers loaded");
+        load::reset(&js).await?;
+        let names: Vec<String> = (1..=handlers).map(|i| format!("payment-{i:02}")).collect();
+        let specs: Vec<_> = names.iter().map(|n| (workload, n.as_str(), 16)).collect();
+        let runtime = bench.runtime(&specs, 1)?;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        report.memory.push((handlers, runtime[0].rss()?));
+    }
+    load::reset(&js).await?;
+    let native = bench.baseline(workload, 16)?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    report.baseline_idle_rss = Some(native.rss()?);
+    drop(native);
+    report.load_sandbox(&target_dir().join("criterion"));
+    Ok(report)
+}
+
+/// Saturation rounds per workload in the comparison.
+const ROUNDS: usize = 3;
+
+/// The measurement with the median throughput.
+fn median(mut rounds: Vec<Measurement>) -> Measurement {
+    rounds.sort_by(|a, b| a.throughput.total_cmp(&b.throughput));
+    rounds.swap_remove(rounds.len() / 2)
+}
+
+async fn warm_then_fix(
+    js: &jetstream::Context,
+    workload: Workload,
+    rate: f64,
+    duration: Duration,
+) -> Result<Measurement> {
+    load::saturation(js, workload, 200)
+        .await
+        .context("warming up")?;
+    load::fixed_rate(js, workload, rate, duration).await
+}
+
+async fn warm_then_saturate(
+    js: &jetstream::Context,
+    workload: Workload,
+    events: usize,
+) -> Result<Measurement> {
+    load::saturation(js, workload, 200)
+        .await
+        .context("warming up")?;
+    load::saturation(js, workload, events).await
+}
+
+/// Starts the systems under test.
+struct Bench {
+    nats_url: String,
+    work: PathBuf,
+}
+
+impl Bench {
+    /// `processes` runtime processes sharing one plugins directory with the
+    /// handlers `specs` (workload, name, concurrency).
+    fn runtime(&self, specs: &[(Workload, &str, usize)], processes: usize) -> Result<Vec<Process>> {
+        let plugins = self
+            .work
+            .join(format!("plugins-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&plugins)?;
+        for (workload, name, concurrency) in specs {
+            let wasm = component(*workload)?;
+            std::fs::copy(&wasm, plugins.join(format!("{name}.wasm")))
+                .with_context(|| format!("copying {}", wasm.display()))?;
+            std::fs::write(
+                plugins.join(format!("{name}.toml")),
+                manifest(*workload, *concurrency),
+            )?;
+        }
+        eprintln!(
+            "   runtime: {} handler(s), {processes} process(es)",
+            specs.len()
+        );
+        let cache = target_dir().join("bench-compiled-cache");
+        (0..processes)
+            .map(|i| {
+                let mut command = Command::new(env!("CARGO_BIN_EXE_eventhost"));
+                command
+                    .args([
+                        "run",
+                        "--nats",
+                        &self.nats_url,
+                        "--no-watch",
+                        "--admin-addr",
+                    ])
+                    .arg(format!("127.0.0.1:{}", processes::free_port()?))
+                    .arg("--plugins")
+                    .arg(&plugins)
+                    .arg("--cache-dir")
+                    .arg(&cache);
+                let log = self
+                    .work
+                    .join(format!("runtime-{}-{i}.log", uuid::Uuid::new_v4().simple()));
+                Process::start(command, &log, "runtime ready")
+            })
+            .collect()
+    }
+
+    fn baseline(&self, workload: Workload, concurrency: usize) -> Result<Process> {
+        eprintln!(
+            "   native baseline: {}, {concurrency} in flight",
+            workload.name()
+        );
+        let manifest_path = self
+            .work
+            .join(format!("native-{}.toml", uuid::Uuid::new_v4().simple()));
+        std::fs::write(&manifest_path, manifest(workload, concurrency))?;
+        let mut command = Command::new(std::env::current_exe()?);
+        command
+            .args(["--serve-baseline", workload.name(), &self.nats_url])
+            .arg(&manifest_path);
+        let log = self
+            .work
+            .join(format!("native-{}.log", uuid::Uuid::new_v4().simple()));
+        Process::start(command, &log, "baseline ready")
+    }
+}
+
+/// The built example component of `workload`.
+fn component(workload: Workload) -> Result<PathBuf> {
+    let path = repo().join(format!(
+        "examples/target/wasm32-wasip2/release/{}.wasm",
+        workload.name()
+    ));
+    anyhow::ensure!(
+        Path::new(&path).exists(),
+        "{} is missing; build the examples first (scripts/bench does)",
+        path.display()
+    );
+    Ok(path)
+}
+
+/// The example's manifest, with the benchmark's subjects and concurrency.
+fn manifest(workload: Workload, concurrency: usize) -> String {
+    let (subscribe, publish, config) = match workload {
+        Workload::Relay => ("relay.in", r#""relay.out""#, r#"to = "relay.out""#),
+        Workload::Payment => (
+            "orders.created",
+            r#""payments.completed", "payments.failed""#,
+            "max_charge = 5000",
+        ),
+    };
+    format!(
+        "subscribe = [\"{subscribe}\"]\npublish = [{publish}]\n\n[limits]\ntimeout = \"2s\"\nmemory = \"32 MiB\"\nconcurrency = {concurrency}\n\n[config]\n{config}\n"
+    )
+}

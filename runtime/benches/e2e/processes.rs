@@ -1,0 +1,144 @@
+//! The processes a benchmark run starts: its own `nats-server -js`, the
+//! `eventhost` runtime, and the native baseline (this same binary, re-run
+//! with `--serve-baseline`, so it is a process of its own like the runtime).
+
+use std::fs::File;
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use tempfile::TempDir;
+
+pub fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// A child process stopped (SIGTERM, then SIGKILL) on drop.
+pub struct Process {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Process {
+    /// Starts `command` with its output in `log`, and waits until the log
+    /// shows `ready`.
+    pub fn start(mut command: Command, log: &Path, ready: &str) -> Result<Self> {
+        let out = File::create(log)?;
+        let child = command
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .stdin(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {command:?}"))?;
+        let mut process = Process {
+            child,
+            log: log.to_path_buf(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            if text.contains(ready) {
+                return Ok(process);
+            }
+            if let Some(status) = process.child.try_wait()? {
+                bail!("{command:?} exited ({status}) before it was ready:\n{text}");
+            }
+            if Instant::now() > deadline {
+                process.stop();
+                bail!("{command:?} not ready after 120 s:\n{text}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Resident memory now and at its peak, from `/proc/<pid>/status`.
+    pub fn rss(&self) -> Result<Rss> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))?;
+        let field = |name: &str| -> Result<u64> {
+            let line = status
+                .lines()
+                .find(|l| l.starts_with(name))
+                .with_context(|| format!("no {name} in /proc/<pid>/status"))?;
+            let kib: u64 = line[name.len()..]
+                .trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse()?;
+            Ok(kib * 1024)
+        };
+        Ok(Rss {
+            current: field("VmRSS:")?,
+            peak: field("VmHWM:")?,
+        })
+    }
+
+    /// SIGTERM, a graceful stop; SIGKILL if that takes over 30 s.
+    pub fn stop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_some() {
+            return;
+        }
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if self.child.try_wait().ok().flatten().is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        eprintln!("{} did not stop; killing it", self.log.display());
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Rss {
+    pub current: u64,
+    pub peak: u64,
+}
+
+/// A `nats-server -js` of the benchmark's own, with a temporary store.
+pub struct NatsServer {
+    _process: Process,
+    pub url: String,
+    _store: TempDir,
+}
+
+impl NatsServer {
+    pub fn start(logs: &Path) -> Result<Self> {
+        let port = free_port()?;
+        let store = tempfile::tempdir()?;
+        let mut command = Command::new("nats-server");
+        command
+            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+            .arg(store.path());
+        let process = Process::start(command, &logs.join("nats-server.log"), "Server is ready")
+            .context("starting nats-server (scripts/bench installs it when missing)")?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if Instant::now() > deadline {
+                bail!("nats-server does not accept connections on port {port}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(NatsServer {
+            _process: process,
+            url: format!("nats://127.0.0.1:{port}"),
+            _store: store,
+        })
+    }
+}

@@ -1,0 +1,241 @@
+//! The benchmark's results: a table for people, a JSON line for machines,
+//! and both saved under `target/bench/`.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use anyhow::Result;
+use serde::Serialize;
+
+use crate::load::Measurement;
+use crate::processes::Rss;
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub machine: Machine,
+    /// Per workload: [saturation, fixed rate] for runtime and baseline.
+    pub comparisons: Vec<Comparison>,
+    /// Saturation throughput (events/s) of the payment workload by set-up.
+    pub scaling: Vec<Scaling>,
+    /// Handlers loaded → resident memory of an idle runtime.
+    pub memory: Vec<(usize, Rss)>,
+    pub baseline_idle_rss: Option<Rss>,
+    /// Median ns per event from `benches/sandbox.rs`: (workload, case, ns).
+    pub sandbox: Vec<(String, String, f64)>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Machine {
+    pub cpu: String,
+    pub cores: usize,
+    pub nats_server: String,
+    pub rustc: String,
+    pub wasmtime: String,
+    pub async_nats: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Comparison {
+    pub workload: &'static str,
+    pub runtime: [Measurement; 2],
+    pub baseline: [Measurement; 2],
+    pub runtime_peak_rss: u64,
+    pub baseline_peak_rss: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Scaling {
+    pub setup: String,
+    pub runtime: f64,
+    pub baseline: Option<f64>,
+}
+
+impl Serialize for Rss {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        (self.current, self.peak).serialize(s)
+    }
+}
+
+impl Report {
+    pub async fn new(nats_url: &str) -> Result<Self> {
+        let client = async_nats::connect(nats_url).await?;
+        let nats_server = client.server_info().version;
+        let cpu = std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|info| {
+                info.lines()
+                    .find(|l| l.starts_with("model name"))
+                    .and_then(|l| l.split(':').nth(1))
+                    .map(|m| m.trim().to_string())
+            })
+            .unwrap_or_else(|| "unknown".into());
+        let rustc = std::process::Command::new("rustc")
+            .arg("--version")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default();
+        Ok(Report {
+            machine: Machine {
+                cpu,
+                cores: std::thread::available_parallelism().map_or(0, |n| n.get()),
+                nats_server,
+                rustc,
+                wasmtime: locked_version("wasmtime"),
+                async_nats: locked_version("async-nats"),
+            },
+            comparisons: Vec::new(),
+            scaling: Vec::new(),
+            memory: Vec::new(),
+            baseline_idle_rss: None,
+            sandbox: Vec::new(),
+        })
+    }
+
+    /// Reads the medians criterion saved, if the sandbox bench ran.
+    pub fn load_sandbox(&mut self, criterion: &Path) {
+        for workload in ["relay", "payment"] {
+            for case in ["native_call", "reused_instance_call", "fresh_instance_call"] {
+                let path = criterion
+                    .join(workload)
+                    .join(case)
+                    .join("new/estimates.json");
+                let median = std::fs::read_to_string(&path)
+                    .ok()
+                    .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+                    .and_then(|v| v["median"]["point_estimate"].as_f64());
+                if let Some(ns) = median {
+                    self.sandbox.push((workload.into(), case.into(), ns));
+                }
+            }
+        }
+    }
+
+    pub fn print_and_save(&self, dir: &Path) -> Result<()> {
+        let table = self.table();
+        let json = serde_json::to_string(self)?;
+        println!("{table}");
+        println!("BENCH_JSON {json}");
+        std::fs::create_dir_all(dir)?;
+        std::fs::write(dir.join("report.txt"), &table)?;
+        std::fs::write(dir.join("report.json"), json + "\n")?;
+        eprintln!("saved {} and report.json", dir.join("report.txt").display());
+        Ok(())
+    }
+
+    fn table(&self) -> String {
+        let m = &self.machine;
+        let mut t = String::new();
+        let _ = writeln!(
+            t,
+            "machine: {} ({} cores); nats-server {}; {}; wasmtime {}; async-nats {}",
+            m.cpu, m.cores, m.nats_server, m.rustc, m.wasmtime, m.async_nats
+        );
+        let _ = writeln!(
+            t,
+            "\nend to end: events/s, and latency from an event stored to its output stored (ms)"
+        );
+        let _ = writeln!(
+            t,
+            "{:<8} {:<22} {:<8} {:>9} {:>8} {:>8} {:>8} {:>8}",
+            "workload", "load", "system", "events/s", "p50", "p90", "p99", "max"
+        );
+        for c in &self.comparisons {
+            for (i, load) in ["saturation", "fixed"].into_iter().enumerate() {
+                let (r, b) = (&c.runtime[i], &c.baseline[i]);
+                let load = match r.offered {
+                    Some(rate) => format!("{load} {rate:.0}/s"),
+                    None => format!("{load} ({} ev)", r.events),
+                };
+                let row = |t: &mut String, system: &str, x: &Measurement| {
+                    let _ = writeln!(
+                        t,
+                        "{:<8} {:<22} {:<8} {:>9.0} {:>8.2} {:>8.2} {:>8.2} {:>8.2}",
+                        c.workload,
+                        load,
+                        system,
+                        x.throughput,
+                        x.p50_ms,
+                        x.p90_ms,
+                        x.p99_ms,
+                        x.max_ms
+                    );
+                };
+                row(&mut t, "runtime", r);
+                row(&mut t, "native", b);
+                let _ = writeln!(
+                    t,
+                    "{:<8} {:<22} {:<8} {:>9} {:>8} {:>8} {:>8} {:>8}",
+                    c.workload,
+                    load,
+                    "ratio",
+                    ratio(r.throughput, b.throughput),
+                    ratio(r.p50_ms, b.p50_ms),
+                    ratio(r.p90_ms, b.p90_ms),
+                    ratio(r.p99_ms, b.p99_ms),
+                    ratio(r.max_ms, b.max_ms)
+                );
+            }
+        }
+        let _ = writeln!(t, "\nscaling (payment, saturation events/s)");
+        for s in &self.scaling {
+            let native = s.baseline.map_or("-".into(), |b| format!("{b:.0}"));
+            let r = s.baseline.map_or("-".into(), |b| ratio(s.runtime, b));
+            let _ = writeln!(
+                t,
+                "  {:<28} runtime {:>7.0}   native {:>7}   ratio {:>6}",
+                s.setup, s.runtime, native, r
+            );
+        }
+        let _ = writeln!(t, "\nresident memory (MiB)");
+        for (handlers, rss) in &self.memory {
+            let _ = writeln!(
+                t,
+                "  runtime, {handlers:>2} handler(s), idle: {:>6.1} now, {:>6.1} peak",
+                mib(rss.current),
+                mib(rss.peak)
+            );
+        }
+        for c in &self.comparisons {
+            let _ = writeln!(
+                t,
+                "  after the {} runs: runtime peak {:.1}, native peak {:.1}",
+                c.workload,
+                mib(c.runtime_peak_rss),
+                mib(c.baseline_peak_rss)
+            );
+        }
+        if let Some(rss) = self.baseline_idle_rss {
+            let _ = writeln!(t, "  native baseline, idle: {:.1}", mib(rss.current));
+        }
+        if !self.sandbox.is_empty() {
+            let _ = writeln!(
+                t,
+                "\nsandbox cost per event, no NATS (criterion median, µs)"
+            );
+            for (workload, case, ns) in &self.sandbox {
+                let _ = writeln!(t, "  {workload:<8} {case:<22} {:>8.2}", ns / 1000.0);
+            }
+        }
+        t
+    }
+}
+
+fn ratio(runtime: f64, baseline: f64) -> String {
+    format!("{:.2}x", runtime / baseline)
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
+
+/// The version of `package` in the workspace's Cargo.lock.
+fn locked_version(package: &str) -> String {
+    let lock = std::fs::read_to_string(crate::repo().join("Cargo.lock")).unwrap_or_default();
+    let needle = format!("name = \"{package}\"\nversion = \"");
+    lock.find(&needle)
+        .map(|at| {
+            let rest = &lock[at + needle.len()..];
+            rest[..rest.find('"').unwrap_or(0)].to_string()
+        })
+        .unwrap_or_else(|| "?".into())
+}

@@ -1,0 +1,82 @@
+//! What the sandbox costs per event, without NATS: a fresh instance plus a
+//! call (what the runtime does for every event), against reusing one
+//! instance and against a native call of the same logic.
+//!
+//! Run with `scripts/bench` (which builds the example components first) or
+//! `cargo bench --bench sandbox` once `scripts/build-examples` has run.
+
+#[path = "common/native.rs"]
+mod native;
+
+use std::path::PathBuf;
+
+use cloudevents::{EventBuilder, EventBuilderV10};
+use criterion::{Criterion, criterion_group, criterion_main};
+use eventhost::manifest::HandlerManifest;
+use eventhost::sandbox::{HandlerComponent, HandlerIdentity, Sandbox};
+use native::Workload;
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn load(sandbox: &Sandbox, workload: Workload) -> HandlerComponent {
+    let name = workload.name();
+    let wasm_path = repo().join(format!("examples/target/wasm32-wasip2/release/{name}.wasm"));
+    let wasm = std::fs::read(&wasm_path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e}; build the examples first (scripts/bench does)",
+            wasm_path.display()
+        )
+    });
+    let manifest =
+        HandlerManifest::load(&repo().join(format!("examples/{name}/handler.toml")), name)
+            .expect("the example's manifest");
+    let identity = HandlerIdentity::new(name, "bench", manifest);
+    sandbox
+        .load(&wasm, identity)
+        .expect("loading the component")
+        .0
+}
+
+fn event() -> cloudevents::Event {
+    EventBuilderV10::new()
+        .id("o-1")
+        .source("/bench")
+        .ty("com.example.order.created")
+        .data("application/json", native::order_json(1))
+        .build()
+        .unwrap()
+}
+
+fn sandbox_cost(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let sandbox = Sandbox::new(None).unwrap();
+    let event = event();
+    for workload in [Workload::Relay, Workload::Payment] {
+        let component = load(&sandbox, workload);
+        // Fail loudly rather than time an error path.
+        let first = rt.block_on(component.invoke(&event, 1));
+        assert_eq!(first.result.expect("the handler succeeds").len(), 1);
+        assert_eq!(workload.handle(&event).unwrap().len(), 1);
+
+        let mut group = c.benchmark_group(workload.name());
+        group.bench_function("native_call", |b| {
+            b.iter(|| workload.handle(std::hint::black_box(&event)))
+        });
+        let mut reused = rt.block_on(component.reused_instance()).unwrap();
+        group.bench_function("reused_instance_call", |b| {
+            b.iter(|| rt.block_on(reused.call(&event)).unwrap())
+        });
+        group.bench_function("fresh_instance_call", |b| {
+            b.iter(|| rt.block_on(component.invoke(&event, 1)))
+        });
+        group.finish();
+    }
+}
+
+criterion_group!(benches, sandbox_cost);
+criterion_main!(benches);
