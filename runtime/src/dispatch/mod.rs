@@ -23,6 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Result;
+use async_nats::jetstream::consumer::pull::MessagesErrorKind;
 use async_nats::jetstream::{self, Message};
 use cloudevents::AttributesReader;
 use futures::{FutureExt, StreamExt};
@@ -220,6 +221,12 @@ impl Dispatcher {
                     continue;
                 }
             };
+            // One missed heartbeat is often just a busy machine; the pull
+            // goes on by itself. Reopening drops what the old pull had in
+            // flight (redelivered only after the ack wait), so, like
+            // async-nats' own ordered consumer, reopen only on the second
+            // miss in a row.
+            let mut missed_heartbeat = false;
             loop {
                 let permit = tokio::select! {
                     _ = shutdown.cancelled() => return release_prefetched(messages).await,
@@ -231,11 +238,22 @@ impl Dispatcher {
                 };
                 match next {
                     Some(Ok(message)) => {
+                        missed_heartbeat = false;
                         let this = self.clone();
                         let (permits, shutdown) = (permits.clone(), shutdown.clone());
                         in_flight.spawn(async move {
                             this.process(message, permits, permit, shutdown).await;
                         });
+                    }
+                    Some(Err(err))
+                        if err.kind() == MessagesErrorKind::MissingHeartbeat
+                            && !missed_heartbeat =>
+                    {
+                        tracing::debug!(
+                            handler = self.name(),
+                            "missed a heartbeat; the pull continues"
+                        );
+                        missed_heartbeat = true;
                     }
                     Some(Err(err)) => {
                         // Missed heartbeats, a deleted consumer, a restarted
