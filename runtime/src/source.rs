@@ -19,8 +19,11 @@ use crate::manifest::{HandlerManifest, Limits};
 use crate::subject;
 
 /// Idle heartbeats let the client notice a dead pull (server restart,
-/// consumer deleted) instead of waiting forever.
-const HEARTBEAT: Duration = Duration::from_secs(2);
+/// consumer deleted, a stalled client-side count; see [`crate::dispatch`])
+/// after two missed beats, instead of waiting forever. Short, because a
+/// stall lasts until it is noticed; an idle beat costs the server next to
+/// nothing.
+const HEARTBEAT: Duration = Duration::from_secs(1);
 /// How long one pull request stays open on the server. Kept short because
 /// NATS 2.9 cannot cancel a pull request: at shutdown, messages handed back
 /// must wait this long so they go to another requester, not back to us (see

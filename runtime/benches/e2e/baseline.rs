@@ -42,7 +42,6 @@ pub async fn serve(nats_url: &str, workload: Workload, manifest: &str) -> Result
     let binding = bindings
         .first()
         .context("the manifest subscribes to nothing")?;
-    let mut messages = binding.open(&js).await?;
     let shared = Arc::new(Shared {
         js: js.clone(),
         processed,
@@ -50,30 +49,35 @@ pub async fn serve(nats_url: &str, workload: Workload, manifest: &str) -> Result
         workload,
     });
     let permits = Arc::new(Semaphore::new(concurrency));
-    println!("baseline ready");
+    let mut announced = false;
+    // Like the runtime, a failed pull (a missed heartbeat above all: see
+    // `eventhost::dispatch`) is replaced by a fresh one.
     loop {
-        let permit = permits.clone().acquire_owned().await?;
-        let Some(message) = messages.next().await else {
-            break;
-        };
-        // A missed heartbeat under load is reported, and the pull goes on.
-        let message = match message {
-            Ok(message) => message,
-            Err(err) => {
-                eprintln!("baseline: pulling: {err}");
-                continue;
-            }
-        };
-        let shared = shared.clone();
-        tokio::spawn(async move {
-            if let Err(err) = shared.handle(&message).await {
-                eprintln!("baseline: {err:#}");
-                let _ = message.ack_with(AckKind::Nak(None)).await;
-            }
-            drop(permit);
-        });
+        let mut messages = binding.open(&js).await?;
+        if !announced {
+            println!("baseline ready");
+            announced = true;
+        }
+        loop {
+            let permit = permits.clone().acquire_owned().await?;
+            let message = match messages.next().await {
+                Some(Ok(message)) => message,
+                Some(Err(err)) => {
+                    eprintln!("baseline: pulling: {err}; reopening");
+                    break;
+                }
+                None => break,
+            };
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                if let Err(err) = shared.handle(&message).await {
+                    eprintln!("baseline: {err:#}");
+                    let _ = message.ack_with(AckKind::Nak(None)).await;
+                }
+                drop(permit);
+            });
+        }
     }
-    Ok(())
 }
 
 struct Shared {

@@ -23,7 +23,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Result;
-use async_nats::jetstream::consumer::pull::MessagesErrorKind;
 use async_nats::jetstream::{self, Message};
 use cloudevents::AttributesReader;
 use futures::{FutureExt, StreamExt};
@@ -221,12 +220,13 @@ impl Dispatcher {
                     continue;
                 }
             };
-            // One missed heartbeat is often just a busy machine; the pull
-            // goes on by itself. Reopening drops what the old pull had in
-            // flight (redelivered only after the ack wait), so, like
-            // async-nats' own ordered consumer, reopen only on the second
-            // miss in a row.
-            let mut missed_heartbeat = false;
+            // A missed heartbeat means the server holds no open pull request
+            // for us: it restarted, the consumer went away, or async-nats'
+            // pull stream miscounted. Its count of outstanding messages can
+            // stay above zero after the server has delivered them all (a
+            // message overtaking the bookkeeping of its own request, most
+            // often at a batch of one), and then it never asks again. Either
+            // way no more messages come on this pull: open a fresh one.
             loop {
                 let permit = tokio::select! {
                     _ = shutdown.cancelled() => return release_prefetched(messages).await,
@@ -238,22 +238,11 @@ impl Dispatcher {
                 };
                 match next {
                     Some(Ok(message)) => {
-                        missed_heartbeat = false;
                         let this = self.clone();
                         let (permits, shutdown) = (permits.clone(), shutdown.clone());
                         in_flight.spawn(async move {
                             this.process(message, permits, permit, shutdown).await;
                         });
-                    }
-                    Some(Err(err))
-                        if err.kind() == MessagesErrorKind::MissingHeartbeat
-                            && !missed_heartbeat =>
-                    {
-                        tracing::debug!(
-                            handler = self.name(),
-                            "missed a heartbeat; the pull continues"
-                        );
-                        missed_heartbeat = true;
                     }
                     Some(Err(err)) => {
                         // Missed heartbeats, a deleted consumer, a restarted
