@@ -79,6 +79,9 @@ pub struct Measurement {
     pub p90_ms: f64,
     pub p99_ms: f64,
     pub max_ms: f64,
+    /// CPU µs per event: [the system under test, nats-server]. Measured
+    /// for saturation runs only.
+    pub cpu_us_per_event: Option<[f64; 2]>,
 }
 
 /// Publishes `events` events as fast as JetStream takes them (up to 256
@@ -201,6 +204,7 @@ impl Start {
             p90_ms: at(0.90),
             p99_ms: at(0.99),
             max_ms: at(1.0),
+            cpu_us_per_event: None,
         })
     }
 }

@@ -78,6 +78,25 @@ impl Process {
         })
     }
 
+    /// CPU time (user + system) the process has used so far, from
+    /// `/proc/<pid>/stat` (in clock ticks of 10 ms, Linux's fixed USER_HZ).
+    pub fn cpu_time(&self) -> Result<Duration> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid()))?;
+        // The fields after the command name, which is in parentheses.
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .context("no command name in /proc/<pid>/stat")?
+            .1
+            .split_whitespace()
+            .collect();
+        // utime and stime are fields 14 and 15 of the whole line.
+        let field = |i: usize| -> Result<u64> {
+            Ok(fields.get(i).context("short /proc/<pid>/stat")?.parse()?)
+        };
+        let ticks = field(11)? + field(12)?;
+        Ok(Duration::from_millis(ticks * 10))
+    }
+
     /// SIGTERM, a graceful stop; SIGKILL if that takes over 30 s.
     pub fn stop(&mut self) {
         if self.child.try_wait().ok().flatten().is_some() {
@@ -113,7 +132,7 @@ pub struct Rss {
 
 /// A `nats-server -js` of the benchmark's own, with a temporary store.
 pub struct NatsServer {
-    _process: Process,
+    pub process: Process,
     pub url: String,
     _store: TempDir,
 }
@@ -136,7 +155,7 @@ impl NatsServer {
             std::thread::sleep(Duration::from_millis(20));
         }
         Ok(NatsServer {
-            _process: process,
+            process,
             url: format!("nats://127.0.0.1:{port}"),
             _store: store,
         })

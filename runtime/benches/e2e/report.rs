@@ -39,6 +39,8 @@ pub struct Comparison {
     pub workload: &'static str,
     pub runtime: [Measurement; 2],
     pub baseline: [Measurement; 2],
+    /// Saturation throughput of every round: [runtime, baseline].
+    pub saturation_rounds: [Vec<f64>; 2],
     pub runtime_peak_rss: u64,
     pub baseline_peak_rss: u64,
 }
@@ -136,8 +138,21 @@ impl Report {
         );
         let _ = writeln!(
             t,
-            "{:<8} {:<22} {:<8} {:>9} {:>8} {:>8} {:>8} {:>8}",
-            "workload", "load", "system", "events/s", "p50", "p90", "p99", "max"
+            "and CPU time per event of the system and of nats-server (µs, saturation only)"
+        );
+        let _ = writeln!(
+            t,
+            "{:<8} {:<22} {:<8} {:>9} {:>8} {:>8} {:>8} {:>8} {:>7} {:>7}",
+            "workload",
+            "load",
+            "system",
+            "events/s",
+            "p50",
+            "p90",
+            "p99",
+            "max",
+            "cpu/ev",
+            "nats/ev"
         );
         for c in &self.comparisons {
             for (i, load) in ["saturation", "fixed"].into_iter().enumerate() {
@@ -147,9 +162,12 @@ impl Report {
                     None => format!("{load} ({} ev)", r.events),
                 };
                 let row = |t: &mut String, system: &str, x: &Measurement| {
+                    let [own, nats] = x
+                        .cpu_us_per_event
+                        .map_or(["-".into(), "-".into()], |c| c.map(|us| format!("{us:.0}")));
                     let _ = writeln!(
                         t,
-                        "{:<8} {:<22} {:<8} {:>9.0} {:>8.2} {:>8.2} {:>8.2} {:>8.2}",
+                        "{:<8} {:<22} {:<8} {:>9.0} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>7} {:>7}",
                         c.workload,
                         load,
                         system,
@@ -157,14 +175,20 @@ impl Report {
                         x.p50_ms,
                         x.p90_ms,
                         x.p99_ms,
-                        x.max_ms
+                        x.max_ms,
+                        own,
+                        nats
                     );
                 };
                 row(&mut t, "runtime", r);
                 row(&mut t, "native", b);
+                let cpu = |i: usize| match (r.cpu_us_per_event, b.cpu_us_per_event) {
+                    (Some(r), Some(b)) => ratio(r[i], b[i]),
+                    _ => "-".into(),
+                };
                 let _ = writeln!(
                     t,
-                    "{:<8} {:<22} {:<8} {:>9} {:>8} {:>8} {:>8} {:>8}",
+                    "{:<8} {:<22} {:<8} {:>9} {:>8} {:>8} {:>8} {:>8} {:>7} {:>7}",
                     c.workload,
                     load,
                     "ratio",
@@ -172,9 +196,25 @@ impl Report {
                     ratio(r.p50_ms, b.p50_ms),
                     ratio(r.p90_ms, b.p90_ms),
                     ratio(r.p99_ms, b.p99_ms),
-                    ratio(r.max_ms, b.max_ms)
+                    ratio(r.max_ms, b.max_ms),
+                    cpu(0),
+                    cpu(1)
                 );
             }
+        }
+        let _ = writeln!(
+            t,
+            "\nsaturation rounds (events/s; the median round is above)"
+        );
+        for c in &self.comparisons {
+            let [r, b] = c.saturation_rounds.clone().map(|rounds| {
+                rounds
+                    .iter()
+                    .map(|x| format!("{x:.0}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            });
+            let _ = writeln!(t, "  {:<8} runtime {r}   native {b}", c.workload);
         }
         let _ = writeln!(t, "\nscaling (payment, saturation events/s)");
         for s in &self.scaling {
