@@ -239,7 +239,8 @@ async fn run(settings: &Settings) -> Result<Report> {
 
 /// Saturation rounds per workload in the comparison. Two cores shared by
 /// the server, the publisher and the system under test make single rounds
-/// vary by ±15%; the median of five is steady to a few percent.
+/// vary by ±15%; the median of five is steadier, though runs still differ
+/// by up to about 10% (BENCHMARKS.md).
 const ROUNDS: usize = 5;
 
 /// The measurement with the median throughput.
@@ -283,8 +284,9 @@ async fn warm_then_saturate(
     let before = cpu()?;
     let mut measurement = load::saturation(js, workload, events).await?;
     let after = cpu()?;
-    measurement.cpu_us_per_event =
-        Some([0, 1].map(|i| (after[i] - before[i]).as_secs_f64() * 1e6 / events as f64));
+    measurement.cpu_us_per_event = Some(
+        [0, 1].map(|i| after[i].saturating_sub(before[i]).as_secs_f64() * 1e6 / events as f64),
+    );
     Ok(measurement)
 }
 
