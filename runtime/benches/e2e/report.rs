@@ -207,7 +207,7 @@ impl Report {
             "\nsaturation rounds (events/s; the median round is above)"
         );
         for c in &self.comparisons {
-            let [r, b] = c.saturation_rounds.clone().map(|rounds| {
+            let [r, b] = c.saturation_rounds.each_ref().map(|rounds| {
                 rounds
                     .iter()
                     .map(|x| format!("{x:.0}"))

@@ -220,13 +220,6 @@ impl Dispatcher {
                     continue;
                 }
             };
-            // A missed heartbeat means the server holds no open pull request
-            // for us: it restarted, the consumer went away, or async-nats'
-            // pull stream miscounted. Its count of outstanding messages can
-            // stay above zero after the server has delivered them all (a
-            // message overtaking the bookkeeping of its own request, most
-            // often at a batch of one), and then it never asks again. Either
-            // way no more messages come on this pull: open a fresh one.
             loop {
                 let permit = tokio::select! {
                     _ = shutdown.cancelled() => return release_prefetched(messages).await,
@@ -245,8 +238,15 @@ impl Dispatcher {
                         });
                     }
                     Some(Err(err)) => {
-                        // Missed heartbeats, a deleted consumer, a restarted
-                        // server: start over with a fresh consumer and pull.
+                        // A deleted consumer, a restarted server, or a
+                        // missed heartbeat: the server holds no open pull
+                        // request for us. The last can also be async-nats'
+                        // own miscount: when a message overtakes the
+                        // bookkeeping of the request that fetched it (most
+                        // often at a batch of one), the stream believes
+                        // messages are still coming and never asks again.
+                        // Either way nothing more comes on this pull: start
+                        // over with a fresh consumer and pull.
                         tracing::warn!(handler = self.name(), version = self.version(), error = %err, "consumer stream failed; reopening");
                         break;
                     }
