@@ -20,7 +20,6 @@ use eventhost::policy::dedup::{Claim, ProcessedEvents};
 use eventhost::sandbox::HandlerIdentity;
 use eventhost::source::{self, ConsumerBinding};
 use eventhost::trace::TraceContext;
-use futures::StreamExt;
 use tokio::sync::Semaphore;
 
 use crate::native::Workload;
@@ -50,8 +49,7 @@ pub async fn serve(nats_url: &str, workload: Workload, manifest: &str) -> Result
     });
     let permits = Arc::new(Semaphore::new(concurrency));
     let mut announced = false;
-    // Like the runtime, a failed pull (a missed heartbeat above all: see
-    // `eventhost::dispatch`) is replaced by a fresh one.
+    // Like the runtime, a failed pull is replaced by a fresh one.
     loop {
         let mut messages = binding.open(&js).await?;
         if !announced {
@@ -61,12 +59,11 @@ pub async fn serve(nats_url: &str, workload: Workload, manifest: &str) -> Result
         loop {
             let permit = permits.clone().acquire_owned().await?;
             let message = match messages.next().await {
-                Some(Ok(message)) => message,
-                Some(Err(err)) => {
+                Ok(message) => message,
+                Err(err) => {
                     eprintln!("baseline: pulling: {err}; reopening");
                     break;
                 }
-                None => break,
             };
             let shared = shared.clone();
             tokio::spawn(async move {

@@ -25,7 +25,6 @@ use std::time::Duration;
 use anyhow::Result;
 use async_nats::jetstream::{self, Message};
 use cloudevents::AttributesReader;
-use futures::{FutureExt, StreamExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -38,7 +37,7 @@ use crate::outcome::{self, Settle};
 use crate::policy::dedup::ProcessedEvents;
 use crate::policy::ordering::{KeyedQueue, partition_key};
 use crate::sandbox::HandlerComponent;
-use crate::source::{self, ConsumerBinding, PULL_EXPIRES};
+use crate::source::{self, ConsumerBinding, PULL_EXPIRES, Pull};
 use crate::trace::TraceContext;
 use attempt::{INVALID_EVENT, Next, TOO_LARGE};
 
@@ -230,27 +229,20 @@ impl Dispatcher {
                     next = messages.next() => next,
                 };
                 match next {
-                    Some(Ok(message)) => {
+                    Ok(message) => {
                         let this = self.clone();
                         let (permits, shutdown) = (permits.clone(), shutdown.clone());
                         in_flight.spawn(async move {
                             this.process(message, permits, permit, shutdown).await;
                         });
                     }
-                    Some(Err(err)) => {
-                        // A deleted consumer, a restarted server, or a
-                        // missed heartbeat: the server holds no open pull
-                        // request for us. The last can also be async-nats'
-                        // own miscount: when a message overtakes the
-                        // bookkeeping of the request that fetched it (most
-                        // often at a batch of one), the stream believes
-                        // messages are still coming and never asks again.
-                        // Either way nothing more comes on this pull: start
-                        // over with a fresh consumer and pull.
-                        tracing::warn!(handler = self.name(), version = self.version(), error = %err, "consumer stream failed; reopening");
+                    Err(err) => {
+                        // A deleted consumer, a restarted server, a lost
+                        // connection: the server holds no open request for
+                        // this pull any more. Start over with a fresh one.
+                        tracing::warn!(handler = self.name(), version = self.version(), error = %err, "consumer pull failed; reopening");
                         break;
                     }
-                    None => break,
                 }
             }
         }
@@ -466,18 +458,21 @@ async fn hold(message: &Message, delay: Duration, shutdown: &CancellationToken) 
 
 /// NAKs every message already buffered in the pull, without waiting for more.
 ///
-/// NATS 2.9 cannot cancel our open pull request and keeps delivering to it
-/// even once we stop reading, so an immediate NAK would bounce the message
-/// straight back to this process. Delaying the redelivery past the request's
-/// lifetime sends it to another replica (or our successor) instead.
-async fn release_prefetched(mut messages: async_nats::jetstream::consumer::pull::Stream) {
-    let mut released = 0;
-    while let Some(Some(Ok(message))) = messages.next().now_or_never() {
+/// The pull's last request may still be open on the server, and it keeps
+/// delivering to it until the subscription is gone, so an immediate NAK
+/// could bounce the message straight back to this process. Delaying the
+/// redelivery past the request's lifetime sends it to another replica (or
+/// our successor) instead.
+async fn release_prefetched(mut messages: Pull) {
+    let buffered = messages.take_buffered();
+    for message in &buffered {
         let delay = PULL_EXPIRES;
-        outcome::settle(&message, Settle::Retry { delay }).await;
-        released += 1;
+        outcome::settle(message, Settle::Retry { delay }).await;
     }
-    if released > 0 {
-        tracing::info!(released, "returned prefetched messages to JetStream");
+    if !buffered.is_empty() {
+        tracing::info!(
+            released = buffered.len(),
+            "returned prefetched messages to JetStream"
+        );
     }
 }

@@ -9,20 +9,24 @@
 //!
 //! NATS 2.9 has no multi-filter consumers, so a handler subscribing to several
 //! subjects gets one consumer per subject (`<consumer>-<subject token>`).
+//! Messages come off a consumer through a [`Pull`].
+
+mod pull;
+
+pub use pull::{Pull, PullError, PullShape};
 
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use async_nats::jetstream::{self, consumer::PullConsumer, consumer::pull};
+use async_nats::jetstream::{self, consumer::PullConsumer, consumer::pull as pull_consumer};
 
 use crate::manifest::{HandlerManifest, Limits};
 use crate::subject;
 
-/// Idle heartbeats let the client notice a dead pull (server restart,
-/// consumer deleted, a stalled client-side count; see [`crate::dispatch`])
-/// after two missed beats, instead of waiting forever. Short, because a
-/// stall lasts until it is noticed; an idle beat costs the server next to
-/// nothing.
+/// Idle heartbeats let the client notice a dead pull (server restart, lost
+/// connection) after two missed beats, instead of waiting forever. Short,
+/// because no event moves until it is noticed; an idle beat costs the
+/// server next to nothing.
 const HEARTBEAT: Duration = Duration::from_secs(1);
 /// How long one pull request stays open on the server. Kept short because
 /// NATS 2.9 cannot cancel a pull request: at shutdown, messages handed back
@@ -57,7 +61,7 @@ pub struct ConsumerBinding {
     pub stream: String,
     pub durable: String,
     pub filter_subject: String,
-    config: pull::Config,
+    config: pull_consumer::Config,
     batch: usize,
 }
 
@@ -81,7 +85,7 @@ impl ConsumerBinding {
             } else {
                 format!("{base}-{}", subject::to_name_token(filter))
             };
-            let config = pull::Config {
+            let config = pull_consumer::Config {
                 durable_name: Some(durable.clone()),
                 description: Some(format!("eventhost handler {handler_name}")),
                 filter_subject: filter.clone(),
@@ -120,15 +124,15 @@ impl ConsumerBinding {
             })
     }
 
-    /// Opens a continuous pull on the consumer.
-    pub async fn open(&self, js: &jetstream::Context) -> Result<pull::Stream> {
-        let consumer = self.create(js).await?;
-        consumer
-            .stream()
-            .max_messages_per_batch(self.batch)
-            .heartbeat(HEARTBEAT)
-            .expires(PULL_EXPIRES)
-            .messages()
+    /// Creates the consumer and opens a continuous pull on it.
+    pub async fn open(&self, js: &jetstream::Context) -> Result<Pull> {
+        self.create(js).await?;
+        let shape = PullShape {
+            batch: self.batch,
+            expires: PULL_EXPIRES,
+            heartbeat: HEARTBEAT,
+        };
+        Pull::open(js, &self.stream, &self.durable, shape)
             .await
             .with_context(|| format!("pulling from consumer {}", self.durable))
     }
