@@ -1,5 +1,6 @@
 //! One attempt at one event: claim it, run it, act on the verdict.
 
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use async_nats::jetstream::Message;
@@ -7,6 +8,7 @@ use chrono::{DateTime, Utc};
 
 use super::Dispatcher;
 use crate::decode::{ContentMode, Decoded};
+use crate::metrics::Outcome;
 use crate::outcome::{self, DeadLetter, Settle};
 use crate::policy::dedup::{Claim, Lease};
 use crate::policy::{self, HOST_RETRY_DELAY, Verdict};
@@ -40,7 +42,7 @@ impl Dispatcher {
             Ok(Claim::Acquired(lease)) => lease,
             Ok(Claim::AlreadyHandled) => {
                 outcome::settle(message, Settle::Ack).await;
-                self.count("duplicate");
+                self.count(Outcome::Duplicate);
                 tracing::info!(outcome = "duplicate", "already handled; skipped");
                 return Next::Settled;
             }
@@ -102,11 +104,8 @@ impl Dispatcher {
                             );
                         }
                         outcome::settle(message, Settle::Ack).await;
-                        self.count("succeeded");
-                        self.metrics
-                            .emitted
-                            .get_or_create(&self.labels)
-                            .inc_by(emitted as u64);
+                        self.count(Outcome::Succeeded);
+                        self.metrics.emitted.inc_by(emitted as u64);
                         tracing::info!(
                             outcome = "succeeded",
                             attempt,
@@ -125,10 +124,7 @@ impl Dispatcher {
             }
             Err(failure) => failure,
         };
-        self.metrics
-            .guest_failures
-            .get_or_create(&self.labels.failure(failure.kind.as_str()))
-            .inc();
+        self.metrics.failure(failure.kind.as_str()).inc();
         self.set_last_error(failure.to_string());
 
         match policy::after_failure(retry, &failure, attempt) {
@@ -137,7 +133,7 @@ impl Dispatcher {
                 if let Err(err) = self.processed.failed(lease, kind, &failure.message).await {
                     tracing::warn!(error = format!("{err:#}"), "could not record the failure");
                 }
-                self.count("retried");
+                self.count(Outcome::Retried);
                 tracing::warn!(outcome = "retried", kind, error = %failure.message, attempt,
                     retry_in_ms = delay.as_millis() as u64, duration_us, "attempt failed; will retry");
                 Next::Again {
@@ -161,14 +157,12 @@ impl Dispatcher {
 
     fn record_invocation(&self, invocation: &Invocation) {
         let m = &self.metrics;
-        m.duration
-            .get_or_create(&self.labels)
-            .observe(invocation.elapsed.as_secs_f64());
+        m.duration.observe(invocation.elapsed.as_secs_f64());
         m.instantiation
-            .get_or_create(&self.labels)
             .observe(invocation.instantiation.as_secs_f64());
-        let peak = m.peak_memory.get_or_create(&self.labels);
-        peak.set(peak.get().max(invocation.peak_memory as i64));
+        // A maximum across concurrent invocations: one atomic step.
+        let peak = i64::try_from(invocation.peak_memory).unwrap_or(i64::MAX);
+        m.peak_memory.inner().fetch_max(peak, Relaxed);
     }
 
     /// Dead-letters a claimed event, then acks it and drops its record.
@@ -235,13 +229,13 @@ impl Dispatcher {
             Ok(()) => {
                 outcome::settle(message, Settle::Ack).await;
                 let outcome = if kind == INVALID_EVENT || kind == TOO_LARGE {
-                    "invalid"
+                    Outcome::Invalid
                 } else {
-                    "dead_lettered"
+                    Outcome::DeadLettered
                 };
                 self.count(outcome);
                 tracing::warn!(
-                    outcome,
+                    outcome = outcome.as_str(),
                     kind,
                     error,
                     attempts,

@@ -32,7 +32,7 @@ use tracing::{Instrument, Span};
 
 use crate::decode::{self, Decoded};
 use crate::manifest::Ordering;
-use crate::metrics::{HandlerLabels, Metrics, NameLabels};
+use crate::metrics::{HandlerMetrics, Metrics, Outcome};
 use crate::outcome::{self, Settle};
 use crate::policy::dedup::ProcessedEvents;
 use crate::policy::ordering::{KeyedQueue, partition_key};
@@ -55,8 +55,7 @@ pub struct Dispatcher {
     processed: ProcessedEvents,
     /// Events waiting behind an earlier one with their key (`ordering = "key"`).
     waiting: KeyedQueue<Held>,
-    metrics: Arc<Metrics>,
-    labels: HandlerLabels,
+    metrics: HandlerMetrics,
     /// Whether each binding's pull is open (readiness).
     consuming: Vec<AtomicBool>,
     /// The last failure, for `GET /handlers`.
@@ -87,7 +86,7 @@ impl Dispatcher {
             source::claim_lease(&manifest.limits),
         )
         .await?;
-        let labels = HandlerLabels::new(&identity.name, &identity.version);
+        let metrics = metrics.for_handler(&identity.name, &identity.version);
         Ok(Arc::new(Dispatcher {
             consuming: bindings.iter().map(|_| AtomicBool::new(false)).collect(),
             component,
@@ -96,7 +95,6 @@ impl Dispatcher {
             processed,
             waiting: KeyedQueue::default(),
             metrics,
-            labels,
             last_error: Mutex::new(None),
         }))
     }
@@ -131,11 +129,8 @@ impl Dispatcher {
         *self.last_error.lock().expect("never poisoned") = Some(error);
     }
 
-    fn count(&self, outcome: &str) {
-        self.metrics
-            .outcomes
-            .get_or_create(&self.labels.outcome(outcome))
-            .inc();
+    fn count(&self, outcome: Outcome) {
+        self.metrics.outcome(outcome).inc();
     }
 
     fn ordered(&self) -> bool {
@@ -258,12 +253,8 @@ impl Dispatcher {
         shutdown: CancellationToken,
     ) {
         let identity = self.component.identity();
-        self.metrics.received.get_or_create(&self.labels).inc();
-        let in_flight = self
-            .metrics
-            .in_flight
-            .get_or_create(&NameLabels::new(&identity.name))
-            .clone();
+        self.metrics.received.inc();
+        let in_flight = self.metrics.in_flight.clone();
         in_flight.inc();
         let _done = scopeguard(move || {
             in_flight.dec();
