@@ -66,6 +66,9 @@ fn init_logging(
             .json()
             .flatten_event(true)
             .with_current_span(true)
+            // An event's span is a root, so the span list only repeated
+            // the current span, doubling every line.
+            .with_span_list(false)
             .boxed(),
     };
     let (exporter, otel) = match otlp {
