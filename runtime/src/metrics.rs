@@ -317,14 +317,14 @@ mod tests {
         let h = m.for_handler("payment", "abc");
         h.outcome(Outcome::Duplicate).inc();
         h.failure("trap").inc();
-        let text = m.encode();
-        for expected in [
-            "eventhost_events_total{handler=\"payment\",version=\"abc\",outcome=\"duplicate\"} 1",
-            "eventhost_events_total{handler=\"payment\",version=\"abc\",outcome=\"succeeded\"} 0",
-            "eventhost_guest_failures_total{handler=\"payment\",version=\"abc\",kind=\"trap\"} 1",
-        ] {
-            assert!(text.contains(expected), "{expected} missing from\n{text}");
-        }
+        assert_encodes(
+            &m,
+            &[
+                "eventhost_events_total{handler=\"payment\",version=\"abc\",outcome=\"duplicate\"} 1",
+                "eventhost_events_total{handler=\"payment\",version=\"abc\",outcome=\"succeeded\"} 0",
+                "eventhost_guest_failures_total{handler=\"payment\",version=\"abc\",kind=\"trap\"} 1",
+            ],
+        );
     }
 
     #[test]
@@ -333,12 +333,19 @@ mod tests {
         let h = HandlerLabels::new("payment", "abc");
         m.outcomes.get_or_create(&h.outcome("succeeded")).inc();
         m.duration.get_or_create(&h).observe(0.002);
+        assert_encodes(
+            &m,
+            &[
+                "eventhost_events_total{handler=\"payment\",version=\"abc\",outcome=\"succeeded\"} 1",
+                "eventhost_handler_duration_seconds_bucket",
+                "eventhost_build_info{version=",
+            ],
+        );
+    }
+
+    fn assert_encodes(m: &Metrics, expected: &[&str]) {
         let text = m.encode();
-        for expected in [
-            "eventhost_events_total{handler=\"payment\",version=\"abc\",outcome=\"succeeded\"} 1",
-            "eventhost_handler_duration_seconds_bucket",
-            "eventhost_build_info{version=",
-        ] {
+        for expected in expected {
             assert!(text.contains(expected), "{expected} missing from\n{text}");
         }
     }

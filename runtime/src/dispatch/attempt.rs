@@ -43,7 +43,10 @@ impl Dispatcher {
             Ok(Claim::AlreadyHandled) => {
                 outcome::settle(message, Settle::Ack).await;
                 self.count(Outcome::Duplicate);
-                tracing::info!(outcome = "duplicate", "already handled; skipped");
+                tracing::info!(
+                    outcome = Outcome::Duplicate.as_str(),
+                    "already handled; skipped"
+                );
                 return Next::Settled;
             }
             Ok(Claim::Busy(wait)) => {
@@ -107,7 +110,7 @@ impl Dispatcher {
                         self.count(Outcome::Succeeded);
                         self.metrics.emitted.inc_by(emitted as u64);
                         tracing::info!(
-                            outcome = "succeeded",
+                            outcome = Outcome::Succeeded.as_str(),
                             attempt,
                             emitted,
                             duration_us,
@@ -134,7 +137,7 @@ impl Dispatcher {
                     tracing::warn!(error = format!("{err:#}"), "could not record the failure");
                 }
                 self.count(Outcome::Retried);
-                tracing::warn!(outcome = "retried", kind, error = %failure.message, attempt,
+                tracing::warn!(outcome = Outcome::Retried.as_str(), kind, error = %failure.message, attempt,
                     retry_in_ms = delay.as_millis() as u64, duration_us, "attempt failed; will retry");
                 Next::Again {
                     delay,

@@ -18,7 +18,7 @@ pub use pull::{Pull, PullError, PullShape};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use async_nats::jetstream::{self, consumer::PullConsumer, consumer::pull as pull_consumer};
+use async_nats::jetstream::{self, consumer::pull as pull_consumer};
 
 use crate::manifest::{HandlerManifest, Limits};
 use crate::subject;
@@ -108,7 +108,7 @@ impl ConsumerBinding {
 
     /// Creates the consumer, or updates it to this shape. Idempotent, and
     /// shared by every runtime process that runs the handler.
-    pub async fn create(&self, js: &jetstream::Context) -> Result<PullConsumer> {
+    async fn create(&self, js: &jetstream::Context) -> Result<()> {
         let stream = js
             .get_stream(&self.stream)
             .await
@@ -121,7 +121,8 @@ impl ConsumerBinding {
                     "creating consumer {} on stream {} for {:?}",
                     self.durable, self.stream, self.filter_subject
                 )
-            })
+            })?;
+        Ok(())
     }
 
     /// Creates the consumer and opens a continuous pull on it.

@@ -53,6 +53,7 @@ pub struct PullShape {
 /// An open pull on one consumer.
 pub struct Pull {
     js: jetstream::Context,
+    client: async_nats::Client,
     /// `$JS.API.CONSUMER.MSG.NEXT.<stream>.<consumer>`.
     request_subject: String,
     inbox: String,
@@ -75,6 +76,7 @@ impl Pull {
         let replies = client.subscribe(inbox.clone()).await?;
         Ok(Pull {
             js: js.clone(),
+            client,
             request_subject: format!("$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"),
             inbox,
             replies,
@@ -129,8 +131,7 @@ impl Pull {
             expires.as_nanos(),
             heartbeat.as_nanos()
         );
-        self.js
-            .client()
+        self.client
             .publish_with_reply(
                 self.request_subject.clone(),
                 self.inbox.clone(),
