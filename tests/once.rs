@@ -191,12 +191,15 @@ async fn writing_a_dead_letter_twice_stores_it_once() {
     let letter = eventhost::outcome::DeadLetter {
         handler: "h",
         version: "v1",
-        error_kind: "permanent",
+        reason: eventhost::failure::DeadLetterReason::Failed(
+            eventhost::failure::FailureKind::Permanent,
+        ),
         error: "no",
         attempts: 1,
         first_failure: now,
         last_failure: now,
         mode: Some(eventhost::decode::ContentMode::Binary),
+        record: None,
     };
     letter.publish(&js, &message).await.unwrap();
     letter.publish(&js, &message).await.unwrap();

@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use cloudevents::{EventBuilder, EventBuilderV10};
 use criterion::{Criterion, criterion_group, criterion_main};
 use eventhost::manifest::HandlerManifest;
-use eventhost::sandbox::{HandlerComponent, HandlerIdentity, Sandbox};
+use eventhost::sandbox::{Capabilities, HandlerComponent, HandlerSpec, Sandbox};
 use native::Workload;
 
 fn repo() -> PathBuf {
@@ -32,11 +32,18 @@ fn load(sandbox: &Sandbox, workload: Workload) -> HandlerComponent {
     let manifest =
         HandlerManifest::load(&repo().join(format!("examples/{name}/handler.toml")), name)
             .expect("the example's manifest");
-    let identity = HandlerIdentity::new(name, "bench", manifest);
-    sandbox
-        .load(&wasm, identity)
-        .expect("loading the component")
-        .0
+    let spec = HandlerSpec {
+        name: name.to_string(),
+        version: "bench".into(),
+        bounds: manifest.bounds(),
+        capabilities: Capabilities {
+            emit: std::sync::Arc::new(manifest.emit_grant(name)),
+            config: manifest.config_values(),
+            keyvalue: None,
+            eventstore: None,
+        },
+    };
+    sandbox.load(&wasm, spec).expect("loading the component").0
 }
 
 fn event() -> cloudevents::Event {
@@ -60,7 +67,7 @@ fn sandbox_cost(c: &mut Criterion) {
         let component = load(&sandbox, workload);
         // Fail loudly rather than time an error path.
         let first = rt.block_on(component.invoke(&event, 1));
-        assert_eq!(first.result.expect("the handler succeeds").len(), 1);
+        assert_eq!(first.result.expect("the handler succeeds").emitted.len(), 1);
         assert_eq!(workload.handle(&event).unwrap().len(), 1);
 
         let mut group = c.benchmark_group(workload.name());

@@ -1,9 +1,9 @@
 //! The runtime's own configuration file (`eventhost run --config FILE`).
 //!
-//! It says where NATS is and which streams the runtime declares at start.
-//! Declaring streams here makes a deployment self-contained: the demo and
-//! the tests need no separate stream set-up, and re-running is harmless
-//! because declaration is create-or-update.
+//! It says where NATS is and which streams and key-value buckets the runtime
+//! declares at start. Declaring them here makes a deployment
+//! self-contained: the demo and the tests need no separate set-up, and
+//! re-running is harmless because declaration is create-or-update.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -22,6 +22,30 @@ pub struct RuntimeConfig {
     pub tls_ca: Option<PathBuf>,
     #[serde(default)]
     pub streams: Vec<StreamDeclaration>,
+    #[serde(default)]
+    pub buckets: Vec<BucketDeclaration>,
+}
+
+/// A JetStream key-value bucket the runtime creates, or updates to this
+/// shape, for handlers to be granted.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BucketDeclaration {
+    pub name: String,
+    /// Values kept per key, the current one included (1..=64).
+    #[serde(default = "one")]
+    pub history: i64,
+    #[serde(default)]
+    pub storage: Storage,
+    /// How long a value is kept after it was written; forever when absent.
+    #[serde(default, with = "humantime_serde")]
+    pub max_age: Option<Duration>,
+    /// Largest value the bucket accepts; the server's limit when absent.
+    pub max_value_size: Option<bytesize::ByteSize>,
+}
+
+fn one() -> i64 {
+    1
 }
 
 /// A JetStream stream the runtime creates, or updates to this shape.
@@ -71,6 +95,15 @@ impl RuntimeConfig {
                     .with_context(|| format!("stream {:?} subject {subject:?}", stream.name))?;
             }
         }
+        for bucket in &config.buckets {
+            crate::store::kv::validate_bucket(&bucket.name).map_err(anyhow::Error::msg)?;
+            ensure!(
+                (1..=64).contains(&bucket.history),
+                "bucket {:?}: `history` must be between 1 and 64, got {}",
+                bucket.name,
+                bucket.history
+            );
+        }
         Ok(config)
     }
 }
@@ -89,9 +122,19 @@ mod tests {
             subjects = ["orders.>", "payments.>"]
             max_age = "7d"
             storage = "memory"
+            [[buckets]]
+            name = "accounts"
+            history = 5
+            max_age = "30d"
+            max_value_size = "64 KiB"
             "#,
         )
         .unwrap();
+        assert_eq!(config.buckets[0].history, 5);
+        assert_eq!(
+            config.buckets[0].max_value_size,
+            Some(bytesize::ByteSize::kib(64))
+        );
         assert_eq!(config.streams[0].subjects.len(), 2);
         assert_eq!(
             config.streams[0].max_age,
@@ -114,6 +157,9 @@ mod tests {
                 "[[streams]]\nname = \"A\"\nsubjects = [\"a\"]\nreplicas = 3",
                 "unknown field",
             ),
+            ("[[buckets]]\nname = \"a.b\"", "not a valid bucket name"),
+            ("[[buckets]]\nname = \"a\"\nhistory = 0", "history"),
+            ("[[buckets]]\nname = \"a\"\nttl = \"1d\"", "unknown field"),
         ] {
             let err = format!("{:#}", RuntimeConfig::parse(text).unwrap_err());
             assert!(err.contains(expect), "{text}: {err}");

@@ -2,11 +2,13 @@
 //!
 //! Dead letters are read with direct gets (`next message on dlq.<handler>
 //! after sequence N`), which need no consumer and work on NATS 2.9. A replay
-//! republishes the original message to its original subject, without the
-//! headers the queue added, and deletes the dead letter only once JetStream
-//! has stored the replay. Its `Nats-Msg-Id` comes from the dead letter's
-//! sequence, so replaying twice (a crash between publish and delete) stores
-//! the event once.
+//! first clears the event's idempotency record (which says it was
+//! dead-lettered, so that later copies are skipped), then republishes the
+//! original message to its original subject, without the headers the queue
+//! added, and deletes the dead letter only once JetStream has stored the
+//! replay. Its `Nats-Msg-Id` comes from the dead letter's sequence, so
+//! replaying twice (a crash between publish and delete) stores the event
+//! once.
 
 use anyhow::{Context, Result, anyhow, bail};
 use async_nats::HeaderMap;
@@ -16,6 +18,8 @@ use cloudevents::AttributesReader;
 
 use crate::decode;
 use crate::outcome::dead_letter::{self, header};
+use crate::store::record::{Record, read_record};
+use crate::store::{NatsStore, kv};
 
 /// The dead-letter queue, as an operator sees it.
 pub struct DeadLetterQueue {
@@ -133,6 +137,9 @@ impl DeadLetterQueue {
             .fact(header::ORIGINAL_SUBJECT)
             .context("the dead letter does not say its original subject")?
             .to_string();
+        if let Some(record) = letter.fact(header::RECORD) {
+            self.clear_record(record).await?;
+        }
         let mut headers = letter.original_headers();
         let id = format!("replay-{}-{}", dead_letter::STREAM, letter.sequence);
         headers.insert("Nats-Msg-Id", id.as_str());
@@ -147,6 +154,31 @@ impl DeadLetterQueue {
             .await
             .with_context(|| format!("deleting replayed dead letter {}", letter.sequence))?;
         Ok(subject)
+    }
+
+    /// Deletes the record that marks the event dead-lettered, so that the
+    /// replayed copy is handled afresh. Any other state of the record (the
+    /// event was handled meanwhile, or is being handled) is left alone.
+    async fn clear_record(&self, record_ref: &str) -> Result<()> {
+        let store = NatsStore::new(self.js.clone());
+        let record = read_record(&store, record_ref)
+            .await
+            .with_context(|| format!("reading the idempotency record {record_ref}"))?;
+        if !matches!(record, Some(Record::DeadLettered { .. })) {
+            return Ok(());
+        }
+        let (bucket, key) = record_ref
+            .split_once('/')
+            .context("malformed record reference")?;
+        let entry = kv::entry(&store, bucket, key).await?;
+        let delete = kv::write(bucket, key, None).expect_last(entry.revision);
+        use crate::store::Store as _;
+        match store.publish(delete).await {
+            Ok(_) | Err(crate::store::StoreError::WrongLastSequence) => Ok(()),
+            Err(err) => {
+                Err(err).with_context(|| format!("clearing the idempotency record {record_ref}"))
+            }
+        }
     }
 
     /// Deletes every dead letter of `handler`; returns how many.

@@ -1,8 +1,11 @@
 //! The handler manifest: `<name>.toml` beside `<name>.wasm` in `plugins/`.
 //!
-//! It declares what the handler may touch (the subjects it consumes and the
-//! subjects it may publish to), how the host runs it (limits) and free-form
-//! configuration the guest reads through `config.get`. Everything is checked
+//! It declares what the handler may touch (the subjects it consumes, the
+//! subjects it may publish to, the buckets and event-store subjects it may
+//! use), how the host runs it (retry, idempotency, ordering, limits) and
+//! free-form configuration the guest reads through `config.get`. Each
+//! capability's section is defined by the capability itself
+//! ([`crate::sandbox`]); this module composes them. Everything is checked
 //! when the handler loads, so a bad manifest fails loudly at start instead of
 //! misbehaving on the first event.
 
@@ -15,6 +18,11 @@ use bytesize::ByteSize;
 use serde::Deserialize;
 
 use crate::policy::RetryPolicy;
+use crate::sandbox::Bounds;
+use crate::sandbox::config::ConfigValues;
+use crate::sandbox::emit::{EmitGrant, EmitMode};
+use crate::sandbox::eventstore::EventStoreSection;
+use crate::sandbox::keyvalue::KeyValueSection;
 use crate::subject;
 
 /// A handler's manifest, parsed and validated.
@@ -48,17 +56,10 @@ pub struct HandlerManifest {
     /// Values the guest reads with `config.get(key)`.
     #[serde(default)]
     pub config: BTreeMap<String, toml::Value>,
-}
-
-/// How emitted events are encoded on the wire.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum EmitMode {
-    /// The content mode of the event that caused them.
-    #[default]
-    Same,
-    Structured,
-    Binary,
+    /// Key-value buckets the handler may use (`wasi:keyvalue`).
+    pub keyvalue: Option<KeyValueSection>,
+    /// Event-store subjects the handler may read and append to.
+    pub eventstore: Option<EventStoreSection>,
 }
 
 /// Event ordering guarantees.
@@ -185,10 +186,12 @@ impl HandlerManifest {
         if window < Duration::from_secs(60) || window > Duration::from_secs(365 * 24 * 60 * 60) {
             bail!("`idempotency.window` must be between 1m and 365d, got {window:?}");
         }
-        for (key, value) in &self.config {
-            if matches!(value, toml::Value::Table(_)) {
-                bail!("`config.{key}` is a table; config values must be scalars or arrays");
-            }
+        ConfigValues::from_table(&self.config)?;
+        if let Some(keyvalue) = &self.keyvalue {
+            keyvalue.validate()?;
+        }
+        if let Some(eventstore) = &self.eventstore {
+            eventstore.validate()?;
         }
         Ok(())
     }
@@ -205,26 +208,27 @@ impl HandlerManifest {
             .unwrap_or_else(|| format!("/eventhost/{handler_name}"))
     }
 
-    /// The `[config]` table as the strings `config.get` returns: strings as
-    /// they are, anything else in its TOML form (`5000`, `true`, `[1, 2]`).
-    pub fn config_strings(&self) -> BTreeMap<String, String> {
-        self.config
-            .iter()
-            .map(|(k, v)| {
-                let s = match v {
-                    toml::Value::String(s) => s.clone(),
-                    other => other.to_string(),
-                };
-                (k.clone(), s)
-            })
-            .collect()
+    /// The `[config]` table as `config.get` returns it.
+    pub fn config_values(&self) -> ConfigValues {
+        ConfigValues::from_table(&self.config).expect("validated at parse")
     }
 
-    /// Whether `emit` may publish to `subject`.
-    pub fn may_publish(&self, subject: &str) -> bool {
-        self.publish
-            .iter()
-            .any(|pattern| subject::matches(pattern, subject))
+    /// What the emit capability grants this handler.
+    pub fn emit_grant(&self, handler_name: &str) -> EmitGrant {
+        EmitGrant {
+            publish: self.publish.clone(),
+            source: self.default_source(handler_name),
+            mode: self.emit_mode,
+        }
+    }
+
+    /// The sandbox's bounds for one invocation.
+    pub fn bounds(&self) -> Bounds {
+        Bounds {
+            timeout: self.limits.timeout,
+            memory: self.limits.memory.as_u64(),
+            fuel: self.limits.fuel,
+        }
     }
 }
 
@@ -256,12 +260,14 @@ mod tests {
         assert_eq!(m.ordering, Ordering::None);
         assert_eq!(m.retry, RetryPolicy::default());
         assert_eq!(m.idempotency.window, Duration::from_secs(86400));
-        let config = m.config_strings();
-        assert_eq!(config["max_charge"], "5000");
-        assert_eq!(config["currency"], "EUR");
-        assert!(m.may_publish("payments.failed"));
-        assert!(!m.may_publish("orders.created"));
-        assert!(!m.may_publish("payments.failed.extra"));
+        let config = m.config_values();
+        assert_eq!(config.get("max_charge").as_deref(), Some("5000"));
+        assert_eq!(config.get("currency").as_deref(), Some("EUR"));
+        let emit = m.emit_grant("payment");
+        assert!(emit.may_publish("payments.failed"));
+        assert!(!emit.may_publish("orders.created"));
+        assert!(!emit.may_publish("payments.failed.extra"));
+        assert!(m.keyvalue.is_none() && m.eventstore.is_none());
     }
 
     fn error_of(text: &str) -> String {

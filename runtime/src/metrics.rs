@@ -15,6 +15,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 
+use crate::failure::FailureKind;
+use crate::sandbox::keyvalue::BucketUsage;
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HandlerLabels {
     pub handler: String,
@@ -33,7 +36,7 @@ pub struct OutcomeLabels {
 pub struct FailureLabels {
     pub handler: String,
     pub version: String,
-    /// A `FailureKind`: trap, timeout, memory_limit, fuel, …
+    /// A [`FailureKind`]: trap, timeout, memory_limit, fuel, …
     pub kind: String,
 }
 
@@ -46,6 +49,14 @@ pub struct NameLabels {
 pub struct ConsumerLabels {
     pub handler: String,
     pub consumer: String,
+}
+
+/// A handler's use of one bucket or event-store stream.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StoreLabels {
+    pub handler: String,
+    /// A granted bucket's name, or an event-store stream.
+    pub store: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -71,6 +82,15 @@ pub struct Metrics {
     pub consumer_pending: Family<ConsumerLabels, Gauge>,
     pub consumer_ack_pending: Family<ConsumerLabels, Gauge>,
     pub dead_letters: Family<NameLabels, Gauge>,
+    pub commit_duration: HistogramFamily<HandlerLabels>,
+    pub conflicts: Family<StoreLabels, Counter>,
+    pub kv_reads: Family<StoreLabels, Counter>,
+    pub kv_writes: Family<StoreLabels, Counter>,
+    pub kv_bytes_written: Family<StoreLabels, Counter>,
+    pub kv_denied: Family<StoreLabels, Counter>,
+    pub events_read: Family<NameLabels, Counter>,
+    pub events_appended: Family<NameLabels, Counter>,
+    pub events_denied: Family<NameLabels, Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -101,6 +121,15 @@ impl Metrics {
             consumer_pending: Family::default(),
             consumer_ack_pending: Family::default(),
             dead_letters: Family::default(),
+            commit_duration: Family::new_with_constructor(latency_histogram),
+            conflicts: Family::default(),
+            kv_reads: Family::default(),
+            kv_writes: Family::default(),
+            kv_bytes_written: Family::default(),
+            kv_denied: Family::default(),
+            events_read: Family::default(),
+            events_appended: Family::default(),
+            events_denied: Family::default(),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -134,7 +163,7 @@ impl Metrics {
         );
         r.register(
             "guest_failures",
-            "Failed invocations by kind (trap, timeout, memory_limit, fuel, retryable, permanent, emit_refused, output)",
+            "Failed invocations by kind (trap, timeout, memory_limit, fuel, retryable, permanent, emit_refused, limit_exceeded, conflict, output)",
             m.guest_failures.clone(),
         );
         r.register(
@@ -171,6 +200,53 @@ impl Metrics {
             "dead_letters",
             "Dead letters of the handler waiting in the dead-letter queue",
             m.dead_letters.clone(),
+        );
+        r.register_with_unit(
+            "commit_duration",
+            "Time to commit a successful invocation's state changes and events",
+            Unit::Seconds,
+            m.commit_duration.clone(),
+        );
+        r.register(
+            "state_conflicts",
+            "Optimistic-concurrency races lost (the invocation ran again with fresh state)",
+            m.conflicts.clone(),
+        );
+        r.register(
+            "kv_reads",
+            "Key-value reads from JetStream (a key's first read per invocation, key listings)",
+            m.kv_reads.clone(),
+        );
+        r.register(
+            "kv_writes",
+            "Key-value writes committed",
+            m.kv_writes.clone(),
+        );
+        r.register_with_unit(
+            "kv_written",
+            "Value bytes of committed key-value writes",
+            Unit::Bytes,
+            m.kv_bytes_written.clone(),
+        );
+        r.register(
+            "kv_denied",
+            "Key-value calls refused: a bucket not granted, or a write to a read-only one",
+            m.kv_denied.clone(),
+        );
+        r.register(
+            "eventstore_events_read",
+            "Events read from the event store",
+            m.events_read.clone(),
+        );
+        r.register(
+            "eventstore_events_appended",
+            "Events appended to the event store by committed invocations",
+            m.events_appended.clone(),
+        );
+        r.register(
+            "eventstore_denied",
+            "Event-store calls refused for want of a grant",
+            m.events_denied.clone(),
         );
         let build: Family<BuildLabels, Gauge> = Family::default();
         build
@@ -234,8 +310,18 @@ pub struct HandlerMetrics {
     pub in_flight: Gauge,
     /// Indexed by `Outcome as usize`.
     outcomes: [Counter; Outcome::ALL.len()],
+    pub commit_duration: Histogram,
+    pub events_read: Counter,
+    pub events_appended: Counter,
+    pub events_denied: Counter,
     /// Failures are rare and their kinds many: looked up as they happen.
     failures: Family<FailureLabels, Counter>,
+    /// Per-bucket series: looked up when a bucket was used.
+    conflicts: Family<StoreLabels, Counter>,
+    kv_reads: Family<StoreLabels, Counter>,
+    kv_writes: Family<StoreLabels, Counter>,
+    kv_bytes_written: Family<StoreLabels, Counter>,
+    kv_denied: Family<StoreLabels, Counter>,
     labels: HandlerLabels,
 }
 
@@ -244,10 +330,42 @@ impl HandlerMetrics {
         &self.outcomes[outcome as usize]
     }
 
-    pub fn failure(&self, kind: &str) -> Counter {
+    pub fn failure(&self, kind: FailureKind) -> Counter {
         self.failures
-            .get_or_create(&self.labels.failure(kind))
+            .get_or_create(&self.labels.failure(kind.as_str()))
             .clone()
+    }
+
+    pub fn conflict(&self, store: &str) -> Counter {
+        self.conflicts.get_or_create(&self.store(store)).clone()
+    }
+
+    /// An invocation's reads and refusals on `bucket`.
+    pub fn kv_used(&self, bucket: &str, usage: &BucketUsage) {
+        if usage.reads > 0 {
+            self.kv_reads
+                .get_or_create(&self.store(bucket))
+                .inc_by(usage.reads);
+        }
+        if usage.denied > 0 {
+            self.kv_denied
+                .get_or_create(&self.store(bucket))
+                .inc_by(usage.denied);
+        }
+    }
+
+    /// One committed write of `bytes` to `bucket`.
+    pub fn kv_written(&self, bucket: &str, bytes: u64) {
+        let labels = self.store(bucket);
+        self.kv_writes.get_or_create(&labels).inc();
+        self.kv_bytes_written.get_or_create(&labels).inc_by(bytes);
+    }
+
+    fn store(&self, store: &str) -> StoreLabels {
+        StoreLabels {
+            handler: self.labels.handler.clone(),
+            store: store.to_string(),
+        }
     }
 }
 
@@ -256,19 +374,29 @@ impl Metrics {
     /// exists from here on, at zero until it happens.
     pub fn for_handler(&self, name: &str, version: &str) -> HandlerMetrics {
         let labels = HandlerLabels::new(name, version);
+        let name = NameLabels::new(name);
         HandlerMetrics {
             received: self.received.get_or_create(&labels).clone(),
             emitted: self.emitted.get_or_create(&labels).clone(),
             duration: self.duration.get_or_create(&labels).clone(),
             instantiation: self.instantiation.get_or_create(&labels).clone(),
             peak_memory: self.peak_memory.get_or_create(&labels).clone(),
-            in_flight: self.in_flight.get_or_create(&NameLabels::new(name)).clone(),
+            in_flight: self.in_flight.get_or_create(&name).clone(),
             outcomes: Outcome::ALL.map(|outcome| {
                 self.outcomes
                     .get_or_create(&labels.outcome(outcome.as_str()))
                     .clone()
             }),
+            commit_duration: self.commit_duration.get_or_create(&labels).clone(),
+            events_read: self.events_read.get_or_create(&name).clone(),
+            events_appended: self.events_appended.get_or_create(&name).clone(),
+            events_denied: self.events_denied.get_or_create(&name).clone(),
             failures: self.guest_failures.clone(),
+            conflicts: self.conflicts.clone(),
+            kv_reads: self.kv_reads.clone(),
+            kv_writes: self.kv_writes.clone(),
+            kv_bytes_written: self.kv_bytes_written.clone(),
+            kv_denied: self.kv_denied.clone(),
             labels,
         }
     }
@@ -316,7 +444,7 @@ mod tests {
         let m = Metrics::new();
         let h = m.for_handler("payment", "abc");
         h.outcome(Outcome::Duplicate).inc();
-        h.failure("trap").inc();
+        h.failure(FailureKind::Trap).inc();
         assert_encodes(
             &m,
             &[

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use async_nats::jetstream::{self, stream};
 
-use crate::config::{Storage, StreamDeclaration};
+use crate::config::{BucketDeclaration, Storage, StreamDeclaration};
 
 /// Where NATS is and how to authenticate to it.
 #[derive(Debug, Clone)]
@@ -106,10 +106,10 @@ pub async fn ensure_streams(js: &jetstream::Context, streams: &[StreamDeclaratio
         let mut config = stream::Config {
             name: declared.name.clone(),
             subjects: declared.subjects.clone(),
-            storage: match declared.storage {
-                Storage::File => stream::StorageType::File,
-                Storage::Memory => stream::StorageType::Memory,
-            },
+            storage: storage(declared.storage),
+            // Reads by subject (the event store, `eventhost dlq`) use
+            // direct gets: any replica answers, no consumer is made.
+            allow_direct: true,
             ..Default::default()
         };
         if let Some(max_age) = declared.max_age {
@@ -122,6 +122,50 @@ pub async fn ensure_streams(js: &jetstream::Context, streams: &[StreamDeclaratio
             .await
             .with_context(|| format!("declaring stream {}", declared.name))?;
         tracing::info!(stream = %declared.name, subjects = ?declared.subjects, "stream ready");
+    }
+    Ok(())
+}
+
+fn storage(storage: Storage) -> stream::StorageType {
+    match storage {
+        Storage::File => stream::StorageType::File,
+        Storage::Memory => stream::StorageType::Memory,
+    }
+}
+
+/// Creates each key-value bucket, or updates it to the declared shape. The
+/// stream is declared by hand, as NATS clients lay buckets out, because
+/// async-nats' own bucket creation first queries account info in a shape
+/// NATS 2.9 does not answer with.
+pub async fn ensure_buckets(js: &jetstream::Context, buckets: &[BucketDeclaration]) -> Result<()> {
+    for declared in buckets {
+        let name = &declared.name;
+        let max_age = declared.max_age.unwrap_or_default();
+        let mut config = stream::Config {
+            name: crate::store::kv::stream(name),
+            description: Some(format!("eventhost: key-value bucket {name}")),
+            subjects: vec![format!("$KV.{name}.>")],
+            max_messages_per_subject: declared.history,
+            max_age,
+            storage: storage(declared.storage),
+            allow_rollup: true,
+            deny_delete: true,
+            allow_direct: true,
+            discard: stream::DiscardPolicy::New,
+            ..Default::default()
+        };
+        if let Some(size) = declared.max_value_size {
+            config.max_message_size = i32::try_from(size.as_u64()).unwrap_or(i32::MAX);
+        }
+        // The window in which a re-applied commit write is recognised as a
+        // duplicate; past it, by its id in the stored message.
+        if !max_age.is_zero() {
+            config.duplicate_window = max_age.min(std::time::Duration::from_secs(120));
+        }
+        js.create_or_update_stream(config)
+            .await
+            .with_context(|| format!("declaring key-value bucket {name}"))?;
+        tracing::info!(bucket = %name, history = declared.history, "bucket ready");
     }
     Ok(())
 }

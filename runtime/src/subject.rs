@@ -44,6 +44,27 @@ pub fn matches(pattern: &str, subject: &str) -> bool {
     }
 }
 
+/// Whether every subject `pattern` matches is also matched by `wider`:
+/// a stream capturing `wider` holds all of `pattern`'s messages.
+pub fn covers(wider: &str, pattern: &str) -> bool {
+    let mut wider = wider.split('.');
+    let mut pattern = pattern.split('.');
+    loop {
+        match (wider.next(), pattern.next()) {
+            (Some(">"), Some(_)) => return true,
+            (Some("*"), Some(p)) if p != ">" => {}
+            (Some(w), Some(p)) if w == p && w != "*" && w != ">" => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
+/// Whether `subject` is concrete: valid, and without wildcards.
+pub fn is_concrete(subject: &str) -> bool {
+    validate(subject).is_ok() && !subject.split('.').any(|t| t == "*" || t == ">")
+}
+
 /// Durable consumer names end up in subjects, so they cannot hold subject
 /// syntax or whitespace.
 pub fn validate_consumer_name(name: &str) -> Result<()> {
@@ -95,6 +116,18 @@ mod tests {
         for good in ["a", "a.b", "a.*", "a.>", ">", "orders.created"] {
             validate(good).unwrap();
         }
+    }
+
+    #[test]
+    fn wider_patterns_cover_narrower_ones() {
+        assert!(covers("accounts.>", "accounts.events.*"));
+        assert!(covers("accounts.events.*", "accounts.events.*"));
+        assert!(covers("accounts.*.*", "accounts.events.a1"));
+        assert!(!covers("accounts.events.*", "accounts.>"));
+        assert!(!covers("accounts.*", "accounts.events.*"));
+        assert!(!covers("orders.>", "accounts.events.a1"));
+        assert!(is_concrete("accounts.events.a1"));
+        assert!(!is_concrete("accounts.events.*"));
     }
 
     #[test]

@@ -25,8 +25,14 @@
 //! ```
 //!
 //! Events passed to [`emit`] are published by the host only after the handler
-//! returns `Ok`, so a handler that fails half-way publishes nothing. The
-//! contract itself is the WIT package in the repository's `wit/` folder.
+//! returns `Ok`, so a handler that fails half-way publishes nothing. The same
+//! holds for state: writes to a key-value [`kv::Bucket`] and appends to the
+//! [`events`] store are buffered by the host and committed together with the
+//! emitted events, all or nothing, exactly once. The contract itself is the
+//! WIT package in the repository's `wit/` folder (`eventhost:handler@0.2.0`).
+
+pub mod events;
+pub mod kv;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -39,6 +45,7 @@ pub mod __bindings {
         pub_export_macro: true,
         export_macro_name: "__export",
         default_bindings_module: "eventhost_sdk::__bindings",
+        generate_all,
     });
     pub use eventhost::handler::types::Event as WitEvent;
 }
@@ -228,6 +235,10 @@ impl Emit {
     /// `Ok`, and never if it fails.
     pub fn send(self) -> Result<(), HandlerError> {
         emitter::emit(&self.event).map_err(HandlerError::from)
+    }
+
+    pub(crate) fn into_outgoing(self) -> types::OutgoingEvent {
+        self.event
     }
 }
 

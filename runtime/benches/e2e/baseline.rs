@@ -15,10 +15,11 @@ use anyhow::{Context, Result};
 use async_nats::jetstream::{self, AckKind, Message};
 use eventhost::decode;
 use eventhost::manifest::HandlerManifest;
-use eventhost::outcome::publish_emitted;
-use eventhost::policy::dedup::{Claim, ProcessedEvents};
-use eventhost::sandbox::HandlerIdentity;
+use eventhost::outcome::outputs::{Completion, encode_emitted, publish_all};
+use eventhost::policy::dedup::{self, Claim, ProcessedEvents};
+use eventhost::sandbox::emit::EmitGrant;
 use eventhost::source::{self, ConsumerBinding};
+use eventhost::store::NatsStore;
 use eventhost::trace::TraceContext;
 use tokio::sync::Semaphore;
 
@@ -30,21 +31,19 @@ pub async fn serve(nats_url: &str, workload: Workload, manifest: &str) -> Result
     let manifest = HandlerManifest::parse(manifest, name)?;
     let concurrency = manifest.limits.concurrency;
     let js = jetstream::new(async_nats::connect(nats_url).await?);
-    let processed = ProcessedEvents::open(
-        &js,
-        &manifest.consumer_name(name),
-        manifest.idempotency.window,
-        source::claim_lease(&manifest.limits),
-    )
-    .await?;
+    let consumer = manifest.consumer_name(name);
+    dedup::declare(&js, &consumer, manifest.idempotency.window).await?;
+    let store = Arc::new(NatsStore::new(js.clone()));
+    let lease = source::claim_lease(&manifest.limits);
+    let processed = ProcessedEvents::new(store.clone(), &consumer, lease);
     let bindings = ConsumerBinding::resolve(&js, name, &manifest).await?;
     let binding = bindings
         .first()
         .context("the manifest subscribes to nothing")?;
     let shared = Arc::new(Shared {
-        js: js.clone(),
+        store,
         processed,
-        identity: HandlerIdentity::new(name, "native", manifest),
+        emit: manifest.emit_grant(name),
         workload,
     });
     let permits = Arc::new(Semaphore::new(concurrency));
@@ -78,9 +77,9 @@ pub async fn serve(nats_url: &str, workload: Workload, manifest: &str) -> Result
 }
 
 struct Shared {
-    js: jetstream::Context,
+    store: Arc<NatsStore>,
     processed: ProcessedEvents,
-    identity: HandlerIdentity,
+    emit: EmitGrant,
     workload: Workload,
 }
 
@@ -90,15 +89,21 @@ impl Shared {
         let lease = match self.processed.claim(&input.event).await? {
             Claim::Acquired(lease) => lease,
             Claim::AlreadyHandled => return ack(message).await,
-            Claim::Busy(_) => anyhow::bail!("claimed elsewhere"),
+            _ => anyhow::bail!("claimed elsewhere"),
         };
         let emitted = self
             .workload
             .handle(&input.event)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         let trace = TraceContext::for_event(&input.event);
-        publish_emitted(&self.js, &self.identity, &input, &trace, emitted).await?;
-        self.processed.done(lease, &self.identity.version).await?;
+        let with = Completion {
+            handler: self.workload.name(),
+            emit: &self.emit,
+            input: &input,
+            trace: &trace,
+        };
+        publish_all(&*self.store, &encode_emitted(&with, emitted)?).await?;
+        self.processed.done(lease, "native").await?;
         ack(message).await
     }
 }

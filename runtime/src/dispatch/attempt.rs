@@ -1,18 +1,31 @@
-//! One attempt at one event: claim it, run it, act on the verdict.
+//! One attempt at one event: claim → run → commit → settle.
+//!
+//! - **claim** the event's record: a copy already handled or dead-lettered
+//!   is acked and counted as a duplicate; a commit found half done is
+//!   finished (or undone) before anything else;
+//! - **run** the handler in a fresh instance;
+//! - **commit** its effects ([`crate::outcome::commit`]); a lost race runs
+//!   the handler again with fresh state, without using up an attempt;
+//! - **settle**: ack, or hand the failure to the retry policy (a delayed
+//!   NAK, or the dead-letter queue).
 
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream::Message;
 use chrono::{DateTime, Utc};
 
 use super::Dispatcher;
 use crate::decode::{ContentMode, Decoded};
+use crate::failure::{Conflict, DeadLetterReason, Failure, FailureKind};
 use crate::metrics::Outcome;
-use crate::outcome::{self, DeadLetter, Settle};
-use crate::policy::dedup::{Claim, Lease};
-use crate::policy::{self, HOST_RETRY_DELAY, Verdict};
-use crate::sandbox::{Failure, FailureKind, Invocation};
+use crate::outcome::commit::new_commit_id;
+use crate::outcome::outputs::Completion;
+use crate::outcome::{self, CommitError, DeadLetter, Settle, plan};
+use crate::policy::dedup::{Claim, Interrupted, Lease};
+use crate::policy::{self, HOST_RETRY_DELAY, MAX_CONFLICT_RERUNS, Verdict};
+use crate::sandbox::{Effects, Interruption, Invocation, Stop};
+use crate::store::record::PlannedWrite;
 use crate::trace::TraceContext;
 
 /// Where an event stands after an attempt.
@@ -26,6 +39,27 @@ pub(super) enum Next {
     Again { delay: Duration, failed: bool },
 }
 
+impl Next {
+    /// The host's own trouble: try again soon, without counting an attempt.
+    fn host_trouble() -> Next {
+        Next::Again {
+            delay: HOST_RETRY_DELAY,
+            failed: false,
+        }
+    }
+}
+
+/// What the commit step came to.
+enum Committed {
+    Done {
+        emitted: usize,
+    },
+    /// A race was lost; the lease is held again for a re-run.
+    Lost(Lease, Conflict),
+    Failed(Lease, Failure),
+    Unavailable(anyhow::Error),
+}
+
 impl Dispatcher {
     /// Makes one attempt. `failed_in_place` counts the failed attempts this
     /// process already made on this delivery (ordered handlers retry in
@@ -37,124 +71,297 @@ impl Dispatcher {
         trace: &TraceContext,
         failed_in_place: u32,
     ) -> Next {
-        let identity = self.component.identity();
-        let lease = match self.processed.claim(&input.event).await {
-            Ok(Claim::Acquired(lease)) => lease,
+        let lease = match self.claim(message, input).await {
+            Ok(lease) => lease,
+            Err(next) => return next,
+        };
+        let delivered = message.info().map(|i| i.delivered).unwrap_or(1);
+        let attempt =
+            policy::attempt_number(delivered, lease.history.failures).max(failed_in_place + 1);
+        tracing::Span::current().record("attempt", attempt);
+        if attempt > self.manifest.retry.max_attempts {
+            // Earlier deliveries ended without an outcome we could record (a
+            // crash, a kill) or the dead letter could not be written then.
+            let history = &lease.history;
+            let (reason, error) = match (history.last_kind, &history.last_error) {
+                (Some(kind), Some(error)) => (DeadLetterReason::Failed(kind), error.clone()),
+                _ => (
+                    DeadLetterReason::NoOutcome,
+                    format!(
+                        "delivered {attempt} times; earlier attempts ended without an outcome (runtime crash or kill?)"
+                    ),
+                ),
+            };
+            let attempts = attempt - 1;
+            return self
+                .dead_letter_claimed(message, input, lease, reason, &error, attempts)
+                .await;
+        }
+        self.run_and_commit(message, input, trace, lease, attempt)
+            .await
+    }
+
+    /// Claims the event, finishing or undoing a commit found half done.
+    /// `Err` is a settled copy or a claim to try again later.
+    async fn claim(&self, message: &Message, input: &Decoded) -> Result<Lease, Next> {
+        let duplicate = |why: &str| {
+            self.count(Outcome::Duplicate);
+            tracing::info!(outcome = Outcome::Duplicate.as_str(), "{why}; skipped");
+            Next::Settled
+        };
+        match self.processed.claim(&input.event).await {
+            Ok(Claim::Acquired(lease)) => Ok(lease),
+            Ok(Claim::Resume(lease, interrupted)) => self.resume(message, lease, interrupted).await,
             Ok(Claim::AlreadyHandled) => {
                 outcome::settle(message, Settle::Ack).await;
-                self.count(Outcome::Duplicate);
-                tracing::info!(
-                    outcome = Outcome::Duplicate.as_str(),
-                    "already handled; skipped"
-                );
-                return Next::Settled;
+                Err(duplicate("already handled"))
+            }
+            Ok(Claim::AlreadyDeadLettered) => {
+                outcome::settle(message, Settle::Ack).await;
+                Err(duplicate(
+                    "already dead-lettered (`eventhost dlq replay` gives it a fresh start)",
+                ))
             }
             Ok(Claim::Busy(wait)) => {
                 tracing::debug!(?wait, "another run holds this event; waiting for it");
                 let delay = wait.clamp(Duration::from_millis(100), HOST_RETRY_DELAY * 5);
-                return Next::Again {
+                Err(Next::Again {
                     delay,
                     failed: false,
-                };
+                })
             }
             Err(err) => {
                 tracing::warn!(
                     error = format!("{err:#}"),
                     "cannot claim the event; retrying"
                 );
-                return Next::Again {
-                    delay: HOST_RETRY_DELAY,
-                    failed: false,
-                };
+                Err(Next::host_trouble())
+            }
+        }
+    }
+
+    /// A commit of this event was cut off (its runtime died): finish it
+    /// without running the handler, or undo it and run the handler anew.
+    async fn resume(
+        &self,
+        message: &Message,
+        lease: Lease,
+        interrupted: Interrupted,
+    ) -> Result<Lease, Next> {
+        let committer = self.committer();
+        let resumed = match interrupted {
+            Interrupted::Committing(plan) => {
+                tracing::info!(commit = %plan.id, "finishing a commit its runtime did not finish");
+                match committer.finish(lease, &plan, self.version()).await {
+                    Ok(()) => {
+                        outcome::settle(message, Settle::Ack).await;
+                        self.count_commit(&plan);
+                        self.count(Outcome::Succeeded);
+                        tracing::info!(
+                            outcome = Outcome::Succeeded.as_str(),
+                            emitted = plan.outputs.len(),
+                            resumed = true,
+                            "handled"
+                        );
+                        return Err(Next::Settled);
+                    }
+                    Err(err) => err,
+                }
+            }
+            Interrupted::Aborting(plan) => {
+                tracing::info!(commit = %plan.id, "undoing a commit its runtime did not finish undoing");
+                match committer.undo_and_renew(lease, &plan).await {
+                    Ok(lease) => return Ok(lease),
+                    Err(err) => err,
+                }
             }
         };
-
-        let delivered = message.info().map(|i| i.delivered).unwrap_or(1);
-        let attempt =
-            policy::attempt_number(delivered, lease.history.failures).max(failed_in_place + 1);
-        tracing::Span::current().record("attempt", attempt);
-        let retry = &identity.manifest.retry;
-        if attempt > retry.max_attempts {
-            // Earlier deliveries ended without an outcome we could record (a
-            // crash, a kill) or the dead letter could not be written then.
-            let kind = lease.history.last_kind.clone();
-            let error = lease.history.last_error.clone();
-            let (kind, error) = match (kind, error) {
-                (Some(kind), Some(error)) => (kind, error),
-                _ => (
-                    "no_outcome".to_string(),
-                    format!(
-                        "delivered {attempt} times; earlier attempts ended without an outcome (runtime crash or kill?)"
-                    ),
-                ),
-            };
-            return self
-                .dead_letter_claimed(message, input, lease, &kind, &error, attempt - 1)
-                .await;
+        match resumed {
+            CommitError::Conflict { lease, lost } => {
+                self.metrics.conflict(&lost.store).inc();
+                tracing::info!(conflict = %lost.what, "the interrupted commit lost a race; running the handler again");
+                Ok(lease)
+            }
+            CommitError::Refused { lease, failure } => {
+                // Only a fresh commit is refused; a recorded plan never is.
+                tracing::warn!(error = %failure, "cannot resume the interrupted commit");
+                self.release(lease).await;
+                Err(Next::host_trouble())
+            }
+            CommitError::Unavailable(err) => {
+                tracing::warn!(
+                    error = format!("{err:#}"),
+                    "cannot resume the interrupted commit; retrying"
+                );
+                Err(Next::host_trouble())
+            }
         }
+    }
 
-        let invocation = self.component.invoke(&input.event, attempt).await;
-        let duration_us = invocation.elapsed.as_micros() as u64;
-        self.record_invocation(&invocation);
-        let failure = match invocation.result {
-            Ok(emitted) => {
-                match outcome::publish_emitted(&self.js, identity, input, trace, emitted).await {
-                    Ok(emitted) => {
-                        if let Err(err) = self.processed.done(lease, &identity.version).await {
-                            tracing::warn!(
-                                error = format!("{err:#}"),
-                                "could not record the success"
-                            );
-                        }
+    /// Runs the handler and commits what it did, again with fresh state
+    /// after each lost race, up to [`MAX_CONFLICT_RERUNS`] times.
+    async fn run_and_commit(
+        &self,
+        message: &Message,
+        input: &Decoded,
+        trace: &TraceContext,
+        mut lease: Lease,
+        attempt: u32,
+    ) -> Next {
+        let mut conflicts = 0;
+        loop {
+            let invocation = self.component.invoke(&input.event, attempt).await;
+            self.record_invocation(&invocation);
+            let duration_us = invocation.elapsed.as_micros() as u64;
+            let lost = match invocation.result {
+                Ok(effects) => match self.commit(lease, input, trace, effects).await {
+                    Committed::Done { emitted } => {
                         outcome::settle(message, Settle::Ack).await;
                         self.count(Outcome::Succeeded);
-                        self.metrics.emitted.inc_by(emitted as u64);
                         tracing::info!(
                             outcome = Outcome::Succeeded.as_str(),
                             attempt,
                             emitted,
                             duration_us,
                             peak_memory = invocation.peak_memory,
+                            conflicts,
                             "handled"
                         );
                         return Next::Settled;
                     }
-                    Err(err) => Failure {
-                        kind: FailureKind::Output,
-                        message: format!("the outputs were not stored: {err:#}"),
-                    },
+                    Committed::Lost(again, lost) => {
+                        lease = again;
+                        lost
+                    }
+                    Committed::Failed(lease, failure) => {
+                        return self.failed(message, input, lease, failure, attempt).await;
+                    }
+                    Committed::Unavailable(err) => {
+                        tracing::warn!(
+                            error = format!("{err:#}"),
+                            "the commit could not finish; whoever holds the event next finishes it"
+                        );
+                        return Next::host_trouble();
+                    }
+                },
+                Err(Stop::Failed(failure)) => {
+                    return self.failed(message, input, lease, failure, attempt).await;
+                }
+                Err(Stop::Interrupted(Interruption::Conflict(lost))) => lost,
+                Err(Stop::Interrupted(Interruption::StoreUnavailable(why))) => {
+                    tracing::warn!(error = %why, "state unavailable; retrying");
+                    self.release(lease).await;
+                    return Next::host_trouble();
+                }
+            };
+            conflicts += 1;
+            self.metrics.conflict(&lost.store).inc();
+            if conflicts > MAX_CONFLICT_RERUNS {
+                let why = format!("lost {conflicts} races in a row; last: {}", lost.what);
+                let failure = Failure::new(FailureKind::Conflict, why);
+                return self.failed(message, input, lease, failure, attempt).await;
+            }
+            tracing::debug!(conflict = %lost.what, conflicts, "lost a race; running again with fresh state");
+            tokio::time::sleep(policy::conflict_delay(conflicts)).await;
+            outcome::keep_alive(message).await;
+        }
+    }
+
+    /// Commits a successful invocation's effects.
+    async fn commit(
+        &self,
+        lease: Lease,
+        input: &Decoded,
+        trace: &TraceContext,
+        effects: Effects,
+    ) -> Committed {
+        let started = Instant::now();
+        let spec = self.component.spec();
+        let with = Completion {
+            handler: &spec.name,
+            emit: &spec.capabilities.emit,
+            input,
+            trace,
+        };
+        let plan = match plan::plan(new_commit_id(lease.key()), &with, effects) {
+            Ok(plan) => plan,
+            Err(err) => {
+                let failure = Failure::new(FailureKind::EmitRefused, format!("{err:#}"));
+                return Committed::Failed(lease, failure);
+            }
+        };
+        let committed = self
+            .committer()
+            .commit(lease, plan.clone(), self.version())
+            .await;
+        self.metrics
+            .commit_duration
+            .observe(started.elapsed().as_secs_f64());
+        match committed {
+            Ok(()) => {
+                self.count_commit(&plan);
+                Committed::Done {
+                    emitted: plan.outputs.len(),
                 }
             }
-            Err(failure) => failure,
-        };
-        self.metrics.failure(failure.kind.as_str()).inc();
-        self.set_last_error(failure.to_string());
+            Err(CommitError::Conflict { lease, lost }) => Committed::Lost(lease, lost),
+            Err(CommitError::Refused { lease, failure }) => Committed::Failed(lease, failure),
+            Err(CommitError::Unavailable(err)) => Committed::Unavailable(err),
+        }
+    }
 
-        match policy::after_failure(retry, &failure, attempt) {
+    /// Counts a finished commit's writes per bucket and its appends.
+    fn count_commit(&self, plan: &crate::store::record::CommitPlan) {
+        for write in &plan.writes {
+            match write {
+                PlannedWrite::Key { bucket, value, .. } => {
+                    let bytes = value.as_ref().map_or(0, |v| v.len() as u64);
+                    self.metrics.kv_written(bucket, bytes);
+                }
+                PlannedWrite::Event { .. } => {
+                    self.metrics.events_appended.inc();
+                }
+            }
+        }
+        self.metrics.emitted.inc_by(plan.outputs.len() as u64);
+    }
+
+    /// The attempt failed: retry after the backoff, or dead-letter.
+    async fn failed(
+        &self,
+        message: &Message,
+        input: &Decoded,
+        lease: Lease,
+        failure: Failure,
+        attempt: u32,
+    ) -> Next {
+        self.metrics.failure(failure.kind).inc();
+        self.set_last_error(failure.to_string());
+        match policy::after_failure(&self.manifest.retry, &failure, attempt) {
             Verdict::Retry(delay) => {
-                let kind = failure.kind.as_str();
+                let kind = failure.kind;
                 if let Err(err) = self.processed.failed(lease, kind, &failure.message).await {
                     tracing::warn!(error = format!("{err:#}"), "could not record the failure");
                 }
                 self.count(Outcome::Retried);
-                tracing::warn!(outcome = Outcome::Retried.as_str(), kind, error = %failure.message, attempt,
-                    retry_in_ms = delay.as_millis() as u64, duration_us, "attempt failed; will retry");
+                tracing::warn!(outcome = Outcome::Retried.as_str(), kind = kind.as_str(), error = %failure.message,
+                    attempt, retry_in_ms = delay.as_millis() as u64, "attempt failed; will retry");
                 Next::Again {
                     delay,
                     failed: true,
                 }
             }
             Verdict::DeadLetter => {
-                self.dead_letter_claimed(
-                    message,
-                    input,
-                    lease,
-                    failure.kind.as_str(),
-                    &failure.message,
-                    attempt,
-                )
-                .await
+                let reason = DeadLetterReason::Failed(failure.kind);
+                self.dead_letter_claimed(message, input, lease, reason, &failure.message, attempt)
+                    .await
             }
+        }
+    }
+
+    async fn release(&self, lease: Lease) {
+        if let Err(err) = self.processed.release(lease).await {
+            tracing::warn!(error = format!("{err:#}"), "could not release the claim");
         }
     }
 
@@ -166,102 +373,126 @@ impl Dispatcher {
         // A maximum across concurrent invocations: one atomic step.
         let peak = i64::try_from(invocation.peak_memory).unwrap_or(i64::MAX);
         m.peak_memory.inner().fetch_max(peak, Relaxed);
+        for (bucket, usage) in &invocation.keyvalue {
+            m.kv_used(bucket, usage);
+        }
+        m.events_read.inc_by(invocation.events_read as u64);
+        m.events_denied.inc_by(invocation.events_denied);
     }
 
-    /// Dead-letters a claimed event, then acks it and drops its record.
+    /// Dead-letters a claimed event, then records its one outcome and acks.
     async fn dead_letter_claimed(
         &self,
         message: &Message,
         input: &Decoded,
         lease: Lease,
-        kind: &str,
+        reason: DeadLetterReason,
         error: &str,
         attempts: u32,
     ) -> Next {
         let first_failure = lease.history.first_failure;
-        match self
-            .dead_letter(
-                message,
-                Some(input.mode),
-                kind,
-                error,
-                attempts,
-                first_failure,
-            )
-            .await
-        {
+        let record = lease.record_ref(&self.processed);
+        let letter = self.letter(
+            Some(input.mode),
+            reason,
+            error,
+            attempts,
+            first_failure,
+            Some(&record),
+        );
+        match self.store_dead_letter(message, letter).await {
             Next::Settled => {
-                if let Err(err) = self.processed.forget(lease).await {
-                    tracing::warn!(error = format!("{err:#}"), "could not clear the record");
+                let version = self.version();
+                if let Err(err) = self.processed.dead_lettered(lease, version, reason).await {
+                    tracing::warn!(
+                        error = format!("{err:#}"),
+                        "could not record the dead letter"
+                    );
                 }
-                Next::Settled
+                self.ack_dead_letter(message, reason, error, attempts).await
             }
             again => {
-                if let Err(err) = self.processed.release(lease).await {
-                    tracing::warn!(error = format!("{err:#}"), "could not release the claim");
-                }
+                self.release(lease).await;
                 again
             }
         }
     }
 
-    /// Parks `message` in the dead-letter queue, then acks it. If the dead
-    /// letter cannot be stored the message is kept for another try.
-    pub(super) async fn dead_letter(
+    /// Parks a message that never reached the handler (not a CloudEvent, too
+    /// large) in the dead-letter queue, then acks it.
+    pub(super) async fn dead_letter_unread(
         &self,
         message: &Message,
-        mode: Option<ContentMode>,
-        kind: &str,
+        reason: DeadLetterReason,
         error: &str,
         attempts: u32,
-        first_failure: Option<DateTime<Utc>>,
     ) -> Next {
-        let identity = self.component.identity();
+        let letter = self.letter(None, reason, error, attempts, None, None);
+        match self.store_dead_letter(message, letter).await {
+            Next::Settled => self.ack_dead_letter(message, reason, error, attempts).await,
+            again => again,
+        }
+    }
+
+    fn letter<'a>(
+        &'a self,
+        mode: Option<ContentMode>,
+        reason: DeadLetterReason,
+        error: &'a str,
+        attempts: u32,
+        first_failure: Option<DateTime<Utc>>,
+        record: Option<&'a str>,
+    ) -> DeadLetter<'a> {
         let now = Utc::now();
-        let letter = DeadLetter {
-            handler: &identity.name,
-            version: &identity.version,
-            error_kind: kind,
+        DeadLetter {
+            handler: self.name(),
+            version: self.version(),
+            reason,
             error,
             attempts,
             first_failure: first_failure.unwrap_or(now),
             last_failure: now,
             mode,
-        };
+            record,
+        }
+    }
+
+    /// Stores a dead letter; if it cannot be stored the message is kept for
+    /// another try.
+    async fn store_dead_letter(&self, message: &Message, letter: DeadLetter<'_>) -> Next {
         match letter.publish(&self.js, message).await {
-            Ok(()) => {
-                outcome::settle(message, Settle::Ack).await;
-                let outcome = if kind == INVALID_EVENT || kind == TOO_LARGE {
-                    Outcome::Invalid
-                } else {
-                    Outcome::DeadLettered
-                };
-                self.count(outcome);
-                tracing::warn!(
-                    outcome = outcome.as_str(),
-                    kind,
-                    error,
-                    attempts,
-                    "moved to the dead-letter queue"
-                );
-                Next::Settled
-            }
+            Ok(()) => Next::Settled,
             Err(err) => {
                 tracing::error!(
                     error = format!("{err:#}"),
-                    kind,
+                    kind = letter.reason.as_str(),
                     "could not store the dead letter; the event stays in its stream for now"
                 );
-                Next::Again {
-                    delay: HOST_RETRY_DELAY,
-                    failed: false,
-                }
+                Next::host_trouble()
             }
         }
     }
-}
 
-/// Dead-letter kind of a message that is not a CloudEvent.
-pub(super) const INVALID_EVENT: &str = "invalid_event";
-/// Dead-letter kind of an event over `limits.max_event_size`.
-pub(super) const TOO_LARGE: &str = "too_large";
+    async fn ack_dead_letter(
+        &self,
+        message: &Message,
+        reason: DeadLetterReason,
+        error: &str,
+        attempts: u32,
+    ) -> Next {
+        outcome::settle(message, Settle::Ack).await;
+        let outcome = match reason.is_invalid_input() {
+            true => Outcome::Invalid,
+            false => Outcome::DeadLettered,
+        };
+        self.count(outcome);
+        tracing::warn!(
+            outcome = outcome.as_str(),
+            kind = reason.as_str(),
+            error,
+            attempts,
+            "moved to the dead-letter queue"
+        );
+        Next::Settled
+    }
+}

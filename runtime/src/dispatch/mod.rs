@@ -31,15 +31,17 @@ use tokio_util::task::TaskTracker;
 use tracing::{Instrument, Span};
 
 use crate::decode::{self, Decoded};
-use crate::manifest::Ordering;
+use crate::failure::DeadLetterReason;
+use crate::manifest::{HandlerManifest, Ordering};
 use crate::metrics::{HandlerMetrics, Metrics, Outcome};
-use crate::outcome::{self, Settle};
-use crate::policy::dedup::ProcessedEvents;
+use crate::outcome::{self, Committer, Settle};
+use crate::policy::dedup::{self, ProcessedEvents};
 use crate::policy::ordering::{KeyedQueue, partition_key};
 use crate::sandbox::HandlerComponent;
 use crate::source::{self, ConsumerBinding, PULL_EXPIRES, Pull};
+use crate::store::Store;
 use crate::trace::TraceContext;
-use attempt::{INVALID_EVENT, Next, TOO_LARGE};
+use attempt::Next;
 
 /// Longest pause between attempts to (re)open a consumer.
 const MAX_REOPEN_BACKOFF: Duration = Duration::from_secs(5);
@@ -50,9 +52,13 @@ const KEEP_ALIVE: Duration = Duration::from_secs(10);
 /// A loaded handler and what it consumes.
 pub struct Dispatcher {
     component: HandlerComponent,
+    manifest: HandlerManifest,
     bindings: Vec<ConsumerBinding>,
     js: jetstream::Context,
+    store: Arc<dyn Store>,
     processed: ProcessedEvents,
+    /// The largest message the server takes: a commit plan must fit.
+    max_record: usize,
     /// Events waiting behind an earlier one with their key (`ordering = "key"`).
     waiting: KeyedQueue<Held>,
     metrics: HandlerMetrics,
@@ -73,26 +79,28 @@ struct Held {
 impl Dispatcher {
     pub async fn new(
         component: HandlerComponent,
+        manifest: HandlerManifest,
         bindings: Vec<ConsumerBinding>,
         js: jetstream::Context,
+        store: Arc<dyn Store>,
         metrics: Arc<Metrics>,
     ) -> Result<Arc<Self>> {
-        let identity = component.identity();
-        let manifest = &identity.manifest;
-        let processed = ProcessedEvents::open(
-            &js,
-            &manifest.consumer_name(&identity.name),
-            manifest.idempotency.window,
-            source::claim_lease(&manifest.limits),
-        )
-        .await?;
-        let metrics = metrics.for_handler(&identity.name, &identity.version);
+        let spec = component.spec();
+        let consumer = manifest.consumer_name(&spec.name);
+        dedup::declare(&js, &consumer, manifest.idempotency.window).await?;
+        let lease = source::claim_lease(&manifest.limits);
+        let processed = ProcessedEvents::new(store.clone(), &consumer, lease);
+        let metrics = metrics.for_handler(&spec.name, &spec.version);
+        let max_record = js.client().server_info().max_payload;
         Ok(Arc::new(Dispatcher {
             consuming: bindings.iter().map(|_| AtomicBool::new(false)).collect(),
             component,
+            manifest,
             bindings,
             js,
+            store,
             processed,
+            max_record,
             waiting: KeyedQueue::default(),
             metrics,
             last_error: Mutex::new(None),
@@ -100,12 +108,24 @@ impl Dispatcher {
     }
 
     pub fn name(&self) -> &str {
-        &self.component.identity().name
+        &self.component.spec().name
     }
 
     /// The content hash of the component and manifest this dispatcher runs.
     pub fn version(&self) -> &str {
-        &self.component.identity().version
+        &self.component.spec().version
+    }
+
+    pub fn manifest(&self) -> &HandlerManifest {
+        &self.manifest
+    }
+
+    fn committer(&self) -> Committer<'_> {
+        Committer {
+            store: &*self.store,
+            records: &self.processed,
+            max_record: self.max_record,
+        }
     }
 
     /// The consumers this handler pulls from.
@@ -134,14 +154,12 @@ impl Dispatcher {
     }
 
     fn ordered(&self) -> bool {
-        self.component.identity().manifest.ordering == Ordering::Key
+        self.manifest.ordering == Ordering::Key
     }
 
     /// Consumes until `shutdown`, then drains in-flight events.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
-        let permits = Arc::new(Semaphore::new(
-            self.component.identity().limits().concurrency,
-        ));
+        let permits = Arc::new(Semaphore::new(self.manifest.limits.concurrency));
         let in_flight = TaskTracker::new();
         let drained = CancellationToken::new();
         let keep_alive = self
@@ -252,34 +270,36 @@ impl Dispatcher {
         permit: OwnedSemaphorePermit,
         shutdown: CancellationToken,
     ) {
-        let identity = self.component.identity();
+        let spec = self.component.spec();
         self.metrics.received.inc();
         let in_flight = self.metrics.in_flight.clone();
         in_flight.inc();
         let _done = scopeguard(move || {
             in_flight.dec();
         });
-        let limit = identity.limits().max_event_size;
+        let limit = self.manifest.limits.max_event_size;
         let unreadable = if message.payload.len() as u64 > limit.as_u64() {
             Err((
-                TOO_LARGE,
+                DeadLetterReason::TooLarge,
                 format!(
                     "the payload is {} bytes, over the handler's limit of {limit}",
                     message.payload.len()
                 ),
             ))
         } else {
-            decode::decode(message.headers.as_ref(), &message.payload)
-                .map_err(|reason| (INVALID_EVENT, format!("not a valid CloudEvent: {reason}")))
+            decode::decode(message.headers.as_ref(), &message.payload).map_err(|reason| {
+                let why = format!("not a valid CloudEvent: {reason}");
+                (DeadLetterReason::InvalidEvent, why)
+            })
         };
         let input = match unreadable {
             Ok(input) => input,
             Err((kind, reason)) => {
-                let span = tracing::info_span!("event", handler = %identity.name,
-                    version = %identity.version, nats_subject = %message.subject);
+                let span = tracing::info_span!("event", handler = %spec.name,
+                    version = %spec.version, nats_subject = %message.subject);
                 let attempts = delivery_count(&message);
                 let next = self
-                    .dead_letter(&message, None, kind, &reason, attempts, None)
+                    .dead_letter_unread(&message, kind, &reason, attempts)
                     .instrument(span)
                     .await;
                 if let Next::Again { delay, .. } = next {
@@ -290,8 +310,8 @@ impl Dispatcher {
         };
         let mut trace = TraceContext::for_event(&input.event);
         let span = tracing::info_span!("event",
-            handler = %identity.name,
-            version = %identity.version,
+            handler = %spec.name,
+            version = %spec.version,
             event_id = %input.event.id(),
             event_type = %input.event.ty(),
             nats_subject = %message.subject,

@@ -23,6 +23,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 
 use crate::decode::ContentMode;
 use crate::encode::header_value;
+use crate::failure::DeadLetterReason;
 
 /// The stream holding every handler's dead letters.
 pub const STREAM: &str = "EVENTHOST_DLQ";
@@ -46,6 +47,9 @@ pub mod header {
     pub const ORIGINAL_SUBJECT: &str = "Eventhost-Original-Subject";
     pub const ORIGINAL_STREAM: &str = "Eventhost-Original-Stream";
     pub const ORIGINAL_SEQUENCE: &str = "Eventhost-Original-Sequence";
+    /// Where the event's idempotency record is (`<bucket>/<key>`): a replay
+    /// clears it, so that the replayed event is handled afresh.
+    pub const RECORD: &str = "Eventhost-Record";
     /// Prefix of the extension attributes added to binary-mode events.
     pub const EXTENSION_PREFIX: &str = "ce-dlq";
 }
@@ -80,14 +84,16 @@ pub async fn ensure_stream(js: &jetstream::Context) -> Result<()> {
 pub struct DeadLetter<'a> {
     pub handler: &'a str,
     pub version: &'a str,
-    /// A short machine-readable kind: `permanent`, `timeout`, `invalid_event`…
-    pub error_kind: &'a str,
+    /// Why: `permanent`, `timeout`, `invalid_event`…
+    pub reason: DeadLetterReason,
     pub error: &'a str,
     pub attempts: u32,
     pub first_failure: DateTime<Utc>,
     pub last_failure: DateTime<Utc>,
     /// The input's content mode, when it was a CloudEvent at all.
     pub mode: Option<ContentMode>,
+    /// The event's idempotency record, when it has one.
+    pub record: Option<&'a str>,
 }
 
 impl DeadLetter<'_> {
@@ -125,7 +131,11 @@ impl DeadLetter<'_> {
         let facts = [
             (header::HANDLER, "handler", self.handler.to_string()),
             (header::VERSION, "version", self.version.to_string()),
-            (header::ERROR_KIND, "errorkind", self.error_kind.to_string()),
+            (
+                header::ERROR_KIND,
+                "errorkind",
+                self.reason.as_str().to_string(),
+            ),
             (header::ERROR, "error", error),
             (header::ATTEMPTS, "attempts", self.attempts.to_string()),
             (
@@ -148,6 +158,9 @@ impl DeadLetter<'_> {
                 headers.insert(ce_name.as_str(), header_value(&value).as_str());
             }
             headers.insert(name, value.as_str());
+        }
+        if let Some(record) = self.record {
+            headers.insert(header::RECORD, record);
         }
         let id = format!("dlq-{stream}-{sequence}-{}", self.handler);
         headers.insert("Nats-Msg-Id", id.as_str());

@@ -1,21 +1,25 @@
 //! The last stage: what becomes of an input message once the policy has
 //! decided.
 //!
-//! - [`outputs`]: a successful invocation's emitted events are completed and
-//!   published, and their storage awaited, before the input is acked;
+//! - [`outputs`]: a successful invocation's emitted (and appended) events
+//!   are completed and encoded;
+//! - [`commit`]: its state changes and emitted events are applied all or
+//!   nothing, exactly once, before the input is acked;
 //! - [`dead_letter`]: an event that cannot be handled is parked, byte for
 //!   byte and with its story, before the input is acked;
 //! - [`settle`]: the ack or delayed NAK that tells JetStream.
 
+pub mod commit;
 pub mod dead_letter;
 pub mod outputs;
+pub mod plan;
 
 use std::time::Duration;
 
 use async_nats::jetstream::{AckKind, Message};
 
+pub use commit::{CommitError, Committer};
 pub use dead_letter::DeadLetter;
-pub use outputs::publish_emitted;
 
 /// How the input message is settled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,13 +1,18 @@
-//! Publishing what a successful invocation emitted.
+//! Completing and publishing what a successful invocation produced.
 //!
 //! Order matters for at-least-once delivery: outputs are published and their
 //! publish acks awaited *before* the input is acked, so a crash in between
-//! leads to a redelivery, never to a lost output. The re-run then publishes
-//! outputs with the same ids and the same `Nats-Msg-Id`, which the output
-//! stream drops as duplicates inside its duplicate window.
+//! leads to a redelivery, never to a lost output. The re-run (or, for a
+//! handler that changes state, the commit's resumption) publishes outputs
+//! with the same ids and the same `Nats-Msg-Id`, which the output stream
+//! drops as duplicates inside its duplicate window.
+//!
+//! Events a handler appends to the event store are completed the same way
+//! (ids, source, lineage) and encoded in the handler's emit mode; only their
+//! ids come from a separate name space, so an append and an emit at the same
+//! position never share an id.
 
 use anyhow::{Context, Result};
-use async_nats::jetstream;
 use chrono::{DateTime, Utc};
 use cloudevents::event::Data;
 use cloudevents::{AttributesReader, AttributesWriter, Event, EventBuilder, EventBuilderV10};
@@ -16,8 +21,10 @@ use uuid::Uuid;
 
 use crate::decode::{ContentMode, Decoded};
 use crate::encode::encode;
-use crate::manifest::EmitMode;
-use crate::sandbox::{EmittedEvent, HandlerIdentity};
+use crate::sandbox::EmittedEvent;
+use crate::sandbox::emit::{EmitGrant, EmitMode};
+use crate::store::record::{PlannedMessage, headers_to_pairs};
+use crate::store::{Publish, Store};
 use crate::trace::TraceContext;
 
 /// Namespace for emitted-event ids (UUIDv5): fixed forever, so ids stay
@@ -30,6 +37,25 @@ const EMITTED_ID_NAMESPACE: Uuid = Uuid::from_u128(0x6576_656e_7468_6f73_742d_69
 pub fn emitted_event_id(handler: &str, input: &Event, index: usize) -> String {
     let name = format!("{handler}\n{}\n{}\n{index}", input.source(), input.id());
     Uuid::new_v5(&EMITTED_ID_NAMESPACE, name.as_bytes()).to_string()
+}
+
+/// The id of the `index`-th event a handler appends to the event store for
+/// an input event: the emit rule with `append` in the name.
+pub fn appended_event_id(handler: &str, input: &Event, index: usize) -> String {
+    let name = format!(
+        "{handler}\nappend\n{}\n{}\n{index}",
+        input.source(),
+        input.id()
+    );
+    Uuid::new_v5(&EMITTED_ID_NAMESPACE, name.as_bytes()).to_string()
+}
+
+/// Who completes events, and for which input.
+pub struct Completion<'a> {
+    pub handler: &'a str,
+    pub emit: &'a EmitGrant,
+    pub input: &'a Decoded,
+    pub trace: &'a TraceContext,
 }
 
 /// A complete emitted event, ready to publish.
@@ -46,17 +72,13 @@ pub struct Output {
 /// `causationid` is the input's id, `correlationid` the input's (or its id
 /// when it has none), and `traceparent`/`tracestate` continue the trace
 /// with this handling's span as the parent.
-pub fn complete(
-    handler: &HandlerIdentity,
-    input: &Decoded,
-    trace: &TraceContext,
-    index: usize,
-    emitted: EmittedEvent,
-) -> Result<Output> {
-    let derived_id = emitted_event_id(&handler.name, &input.event, index);
-    let source = emitted
-        .source
-        .unwrap_or_else(|| handler.manifest.default_source(&handler.name));
+///
+/// `derived_id` is the id the host gives the event when the guest set none;
+/// it is also the event's `Nats-Msg-Id`.
+pub fn complete(with: &Completion, derived_id: String, emitted: EmittedEvent) -> Result<Output> {
+    let input = with.input;
+    let trace = with.trace;
+    let source = emitted.source.unwrap_or_else(|| with.emit.source.clone());
     let time = match &emitted.time {
         Some(t) => DateTime::parse_from_rfc3339(t)?.with_timezone(&Utc),
         None => Utc::now(),
@@ -98,7 +120,7 @@ pub fn complete(
         }
     }
 
-    let mode = match handler.manifest.emit_mode {
+    let mode = match with.emit.mode {
         EmitMode::Same => input.mode,
         EmitMode::Structured => ContentMode::Structured,
         EmitMode::Binary => ContentMode::Binary,
@@ -115,50 +137,80 @@ fn input_extension(event: &Event, name: &str) -> Option<String> {
     event.extension(name).map(|v| v.to_string())
 }
 
-/// Completes what a successful invocation emitted ([`complete`]), publishes
-/// it and waits until JetStream has stored every event. Returns how many
-/// were stored. Publishes are pipelined: all are sent, then all acks awaited.
-pub async fn publish_emitted(
-    js: &jetstream::Context,
-    handler: &HandlerIdentity,
-    input: &Decoded,
-    trace: &TraceContext,
-    emitted: Vec<EmittedEvent>,
-) -> Result<usize> {
-    let mut pending = Vec::with_capacity(emitted.len());
-    for (index, emitted) in emitted.into_iter().enumerate() {
-        let Output {
-            destination,
-            event,
-            msg_id,
-            mode,
-        } = complete(handler, input, trace, index, emitted)?;
-        let (mut headers, payload) = encode(event, mode)?;
-        headers.insert("Nats-Msg-Id", msg_id.as_str());
-        let ack = js
-            .publish_with_headers(destination.clone(), headers, payload)
-            .await
-            .with_context(|| format!("publishing to {destination}"))?;
-        pending.push(async move {
-            ack.await
-                .with_context(|| format!("JetStream did not store the event for {destination}"))
-        });
+impl Output {
+    /// The event on the wire, with its `Nats-Msg-Id`: what gets published,
+    /// byte for byte, on every try.
+    pub fn encode(self) -> Result<PlannedMessage> {
+        let (mut headers, payload) = encode(self.event, self.mode)?;
+        headers.insert("Nats-Msg-Id", self.msg_id.as_str());
+        Ok(PlannedMessage {
+            subject: self.destination,
+            headers: headers_to_pairs(&headers),
+            payload,
+        })
     }
-    Ok(try_join_all(pending).await?.len())
+}
+
+/// Completes and encodes every emitted event, in order.
+pub fn encode_emitted(
+    with: &Completion,
+    emitted: Vec<EmittedEvent>,
+) -> Result<Vec<PlannedMessage>> {
+    let derive = |index| emitted_event_id(with.handler, &with.input.event, index);
+    (emitted.into_iter().enumerate())
+        .map(|(index, event)| complete(with, derive(index), event)?.encode())
+        .collect()
+}
+
+/// A planned message as a publish, deduplicated by its `Nats-Msg-Id`.
+pub fn to_publish(message: &PlannedMessage) -> Publish {
+    let (ids, others): (Vec<_>, Vec<_>) = (message.headers.iter().cloned())
+        .partition(|(name, _)| name.eq_ignore_ascii_case("Nats-Msg-Id"));
+    let headers = crate::store::record::pairs_to_headers(&others);
+    let msg_id = ids.into_iter().next().map(|(_, id)| id);
+    Publish {
+        subject: message.subject.clone(),
+        headers,
+        payload: message.payload.clone(),
+        msg_id,
+        expected_last_subject_sequence: None,
+    }
+}
+
+/// Publishes `messages` and waits until JetStream has stored every one.
+/// Publishes are pipelined: all are sent, then all acks awaited.
+pub async fn publish_all(store: &dyn Store, messages: &[PlannedMessage]) -> Result<()> {
+    let stored = messages.iter().map(|message| async move {
+        store
+            .publish(to_publish(message))
+            .await
+            .with_context(|| format!("JetStream did not store the event for {}", message.subject))
+    });
+    try_join_all(stored).await?;
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::manifest::HandlerManifest;
 
-    fn identity(emit_mode: &str) -> HandlerIdentity {
-        let manifest = HandlerManifest::parse(
-            &format!("subscribe = [\"in\"]\npublish = [\"out\"]\nemit_mode = \"{emit_mode}\""),
-            "h",
-        )
-        .unwrap();
-        HandlerIdentity::new("h", "v1", manifest)
+    fn grant(mode: EmitMode) -> EmitGrant {
+        EmitGrant {
+            publish: vec!["out".into()],
+            source: "/eventhost/h".into(),
+            mode,
+        }
+    }
+
+    fn complete_at(mode: EmitMode, input: &Decoded, trace: &TraceContext, index: usize) -> Output {
+        let emit = grant(mode);
+        let with = Completion {
+            handler: "h",
+            emit: &emit,
+            input,
+            trace,
+        };
+        complete(&with, emitted_event_id("h", &input.event, index), emitted()).unwrap()
     }
 
     fn input(correlation: Option<&str>) -> Decoded {
@@ -196,9 +248,8 @@ mod tests {
 
     #[test]
     fn fills_ids_source_and_lineage() {
-        let h = identity("same");
         let trace = TraceContext::for_event(&input(None).event);
-        let a = complete(&h, &input(Some("corr-9")), &trace, 0, emitted()).unwrap();
+        let a = complete_at(EmitMode::Same, &input(Some("corr-9")), &trace, 0);
         assert_eq!(a.event.source(), "/eventhost/h");
         assert_eq!(a.event.id(), a.msg_id);
         assert_eq!(a.mode, ContentMode::Binary);
@@ -220,21 +271,23 @@ mod tests {
             "this span is the parent"
         );
 
-        let b = complete(&h, &input(None), &trace, 0, emitted()).unwrap();
+        let b = complete_at(EmitMode::Same, &input(None), &trace, 0);
         assert_eq!(
             input_extension(&b.event, "correlationid").as_deref(),
             Some("in-1")
         );
         // Same handler, input and position: same id. Another position: another id.
         assert_eq!(a.event.id(), b.event.id());
-        let c = complete(&h, &input(None), &trace, 1, emitted()).unwrap();
+        let c = complete_at(EmitMode::Same, &input(None), &trace, 1);
         assert_ne!(b.event.id(), c.event.id());
+        let appended = appended_event_id("h", &input(None).event, 0);
+        assert_ne!(appended, b.event.id(), "appends have ids of their own");
     }
 
     #[test]
     fn emit_mode_overrides_the_input_mode() {
         let trace = TraceContext::for_event(&input(None).event);
-        let out = complete(&identity("structured"), &input(None), &trace, 0, emitted()).unwrap();
+        let out = complete_at(EmitMode::Structured, &input(None), &trace, 0);
         assert_eq!(out.mode, ContentMode::Structured);
     }
 }

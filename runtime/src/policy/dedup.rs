@@ -1,70 +1,44 @@
-//! Idempotency: a handler runs successfully at most once per event.
+//! Idempotency: each event gets one outcome, and its effects are applied
+//! once.
 //!
 //! An event's identity is its CloudEvents `source` + `id` (the spec's own
 //! rule), so a producer publishing the same event twice, a redelivery, and a
-//! replay all map to one key. The record lives in a JetStream KV bucket per
-//! consumer (`processed-<consumer>`): it survives restarts, every replica
-//! shares it, and the bucket's `max_age` is the retention window.
+//! replay all map to one record. Records live in a JetStream KV bucket per
+//! consumer (`processed-<consumer>`): they survive restarts, every replica
+//! shares them, and the bucket's `max_age` is the retention window.
 //!
-//! Before invoking, a runtime *claims* the key with a compare-and-set write
-//! (KV `create`, or `update` at the revision it read). Only the claim holder
-//! runs the handler, so two copies of one event in flight at once, in one
-//! process or in two, cannot both run. A claim is a lease: it expires just
-//! before the consumer's ack wait does, which is when JetStream redelivers
-//! the message of a runtime that died holding it, so the successor can take
-//! over at once.
-//! The record then moves to `done` (later copies are acked unhandled) or
-//! `failed` (the failure count and first failure time, which feed the retry
-//! policy and the dead letter across restarts).
+//! Before invoking, a runtime *claims* the record with a compare-and-set
+//! write. Only the claim holder runs the handler, so two copies of one event
+//! in flight at once, in one process or in two, cannot both run. A claim is
+//! a lease: it expires just before the consumer's ack wait does, which is
+//! when JetStream redelivers the message of a runtime that died holding it,
+//! so the successor can take over at once. Every later step (the commit
+//! plan, done, failed, dead-lettered) is a compare-and-set on the revision
+//! the holder last wrote: a holder whose lease was taken over cannot write.
+//! See [`crate::store::record`] for the states.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use async_nats::jetstream::{self, kv, stream};
+use async_nats::jetstream::{self, stream};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use cloudevents::{AttributesReader, Event};
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+
+use crate::failure::{DeadLetterReason, FailureKind};
+pub use crate::store::record::{CommitPlan, FailureHistory, Record};
+use crate::store::{Store, StoreError, kv};
 
 /// A consumer's record of processed events.
 pub struct ProcessedEvents {
-    kv: kv::Store,
+    store: Arc<dyn Store>,
+    bucket: String,
     /// How long a claim holds before another runtime may take it over.
     lease: Duration,
     /// This process, as named in its claims.
     owner: String,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(tag = "state", rename_all = "snake_case")]
-enum Record {
-    Claimed {
-        owner: String,
-        until: DateTime<Utc>,
-        #[serde(flatten)]
-        history: FailureHistory,
-    },
-    Failed {
-        #[serde(flatten)]
-        history: FailureHistory,
-    },
-    Done {
-        version: String,
-        at: DateTime<Utc>,
-    },
-}
-
-/// What earlier attempts at an event left behind.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct FailureHistory {
-    /// Failed attempts so far.
-    pub failures: u32,
-    pub first_failure: Option<DateTime<Utc>>,
-    /// The last failure's kind and message, for a dead letter written by a
-    /// later delivery than the one that failed.
-    pub last_kind: Option<String>,
-    pub last_error: Option<String>,
 }
 
 /// The result of trying to claim an event.
@@ -72,14 +46,25 @@ pub struct FailureHistory {
 pub enum Claim {
     /// This process may run the handler.
     Acquired(Lease),
+    /// A commit of this event was cut off: finish it (a `committing` record)
+    /// or undo it (`aborting`), without running the handler.
+    Resume(Lease, Interrupted),
     /// A run already succeeded: the event must not be handled again.
     AlreadyHandled,
+    /// The event was dead-lettered; it stays so until replayed.
+    AlreadyDeadLettered,
     /// Another run holds the claim; try again after this long.
     Busy(Duration),
 }
 
-/// A held claim. Settle it with [`ProcessedEvents::done`],
-/// [`ProcessedEvents::failed`] or [`ProcessedEvents::forget`].
+/// A commit found half done.
+#[derive(Debug)]
+pub enum Interrupted {
+    Committing(CommitPlan),
+    Aborting(CommitPlan),
+}
+
+/// A held claim: the record's key and the revision this holder wrote.
 #[derive(Debug)]
 pub struct Lease {
     key: String,
@@ -87,47 +72,60 @@ pub struct Lease {
     pub history: FailureHistory,
 }
 
+impl Lease {
+    /// The record's key in its bucket.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// Where this event's record lives: `<bucket>/<key>`.
+    pub fn record_ref(&self, records: &ProcessedEvents) -> String {
+        format!("{}/{}", records.bucket, self.key)
+    }
+}
+
 /// Compare-and-set races are retried this often before giving up.
 const CLAIM_TRIES: usize = 5;
 
+/// The name of consumer `consumer`'s record bucket.
+pub fn bucket_name(consumer: &str) -> String {
+    format!("processed-{consumer}")
+}
+
+/// Declares (creates or reconfigures) the consumer's bucket. The stream is
+/// declared by hand: async-nats' own bucket creation first queries account
+/// info in a shape NATS 2.9 does not answer with.
+pub async fn declare(js: &jetstream::Context, consumer: &str, window: Duration) -> Result<()> {
+    let bucket = bucket_name(consumer);
+    js.create_or_update_stream(stream::Config {
+        name: kv::stream(&bucket),
+        description: Some(format!(
+            "eventhost: events consumer {consumer} has processed"
+        )),
+        subjects: vec![format!("$KV.{bucket}.>")],
+        max_messages_per_subject: 1,
+        max_age: window,
+        storage: stream::StorageType::File,
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        discard: stream::DiscardPolicy::New,
+        ..Default::default()
+    })
+    .await
+    .with_context(|| format!("declaring the idempotency bucket {bucket}"))?;
+    Ok(())
+}
+
 impl ProcessedEvents {
-    /// Opens (creating or reconfiguring) the consumer's bucket.
-    pub async fn open(
-        js: &jetstream::Context,
-        consumer: &str,
-        window: Duration,
-        lease: Duration,
-    ) -> Result<Self> {
-        let bucket = format!("processed-{consumer}");
-        // The stream a KV bucket is made of, declared by hand: async-nats'
-        // own bucket creation first queries account info in a shape NATS
-        // 2.9 does not answer with.
-        js.create_or_update_stream(stream::Config {
-            name: format!("KV_{bucket}"),
-            description: Some(format!(
-                "eventhost: events consumer {consumer} has processed"
-            )),
-            subjects: vec![format!("$KV.{bucket}.>")],
-            max_messages_per_subject: 1,
-            max_age: window,
-            storage: stream::StorageType::File,
-            allow_rollup: true,
-            deny_delete: true,
-            allow_direct: true,
-            discard: stream::DiscardPolicy::New,
-            ..Default::default()
-        })
-        .await
-        .with_context(|| format!("declaring the idempotency bucket {bucket}"))?;
-        let kv = js
-            .get_key_value(&bucket)
-            .await
-            .with_context(|| format!("opening the idempotency bucket {bucket}"))?;
-        Ok(ProcessedEvents {
-            kv,
+    /// The records of `consumer`, in a bucket that must exist ([`declare`]).
+    pub fn new(store: Arc<dyn Store>, consumer: &str, lease: Duration) -> Self {
+        ProcessedEvents {
+            store,
+            bucket: bucket_name(consumer),
             lease,
             owner: format!("{}/{}", hostname(), std::process::id()),
-        })
+        }
     }
 
     /// The record key for an event: a hash, because `source` and `id` may
@@ -141,114 +139,212 @@ impl ProcessedEvents {
         digest[..16].iter().map(|b| format!("{b:02x}")).collect()
     }
 
+    pub fn bucket(&self) -> &str {
+        &self.bucket
+    }
+
     pub async fn claim(&self, event: &Event) -> Result<Claim> {
         let key = Self::key(event);
         for _ in 0..CLAIM_TRIES {
-            let fresh = self.claimed(FailureHistory::default())?;
-            match self.kv.create(&key, fresh).await {
+            let fresh = self.encode(&self.claimed(FailureHistory::default()))?;
+            match self.write(&key, fresh, 0).await {
                 Ok(revision) => {
-                    return Ok(Claim::Acquired(Lease {
-                        key,
-                        revision,
-                        history: FailureHistory::default(),
-                    }));
-                }
-                Err(err) if err.kind() == kv::CreateErrorKind::AlreadyExists => {}
-                Err(err) => {
-                    return Err(err).context("claiming the event in the idempotency bucket");
-                }
-            }
-            let Some(entry) = self
-                .kv
-                .entry(&key)
-                .await
-                .context("reading the idempotency record")?
-            else {
-                continue; // Expired between the two calls: create again.
-            };
-            let history = match serde_json::from_slice::<Record>(&entry.value) {
-                Ok(Record::Done { .. }) => return Ok(Claim::AlreadyHandled),
-                Ok(Record::Claimed { until, history, .. }) => {
-                    let left = (until - Utc::now()).to_std().unwrap_or_default();
-                    if !left.is_zero() {
-                        return Ok(Claim::Busy(left));
-                    }
-                    history // Its holder died: take over.
-                }
-                Ok(Record::Failed { history, .. }) => history,
-                // Not ours, or deleted: start afresh rather than wedge.
-                Err(_) => FailureHistory::default(),
-            };
-            let value = self.claimed(history.clone())?;
-            match self.kv.update(&key, value, entry.revision).await {
-                Ok(revision) => {
+                    let history = FailureHistory::default();
                     return Ok(Claim::Acquired(Lease {
                         key,
                         revision,
                         history,
                     }));
                 }
-                Err(err) if err.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
+                Err(StoreError::WrongLastSequence) => {}
+                Err(err) => {
+                    return Err(err).context("claiming the event in the idempotency bucket");
+                }
+            }
+            let entry = kv::entry(&*self.store, &self.bucket, &key)
+                .await
+                .context("reading the idempotency record")?;
+            let decoded = entry.value.as_ref().map(|v| serde_json::from_slice(v));
+            let (history, interrupted) = match decoded {
+                Some(Ok(Record::Done { .. })) => return Ok(Claim::AlreadyHandled),
+                Some(Ok(Record::DeadLettered { .. })) => return Ok(Claim::AlreadyDeadLettered),
+                Some(Ok(Record::Claimed { until, history, .. })) => match lease_left(until) {
+                    Some(left) => return Ok(Claim::Busy(left)),
+                    None => (history, None), // Its holder died: take over.
+                },
+                Some(Ok(Record::Committing {
+                    until,
+                    history,
+                    plan,
+                    ..
+                })) => match lease_left(until) {
+                    Some(left) => return Ok(Claim::Busy(left)),
+                    None => (history, Some(Interrupted::Committing(plan))),
+                },
+                Some(Ok(Record::Aborting {
+                    until,
+                    history,
+                    plan,
+                    ..
+                })) => match lease_left(until) {
+                    Some(left) => return Ok(Claim::Busy(left)),
+                    None => (history, Some(Interrupted::Aborting(plan))),
+                },
+                Some(Ok(Record::Failed { history })) => (history, None),
+                // Deleted (a replay), or not ours: start afresh rather than wedge.
+                None | Some(Err(_)) => (FailureHistory::default(), None),
+            };
+            let record = match &interrupted {
+                None => self.claimed(history.clone()),
+                Some(Interrupted::Committing(plan)) => self.committing(history.clone(), plan),
+                Some(Interrupted::Aborting(plan)) => self.aborting(history.clone(), plan),
+            };
+            match self
+                .write(&key, self.encode(&record)?, entry.revision)
+                .await
+            {
+                Ok(revision) => {
+                    let lease = Lease {
+                        key,
+                        revision,
+                        history,
+                    };
+                    return Ok(match interrupted {
+                        None => Claim::Acquired(lease),
+                        Some(interrupted) => Claim::Resume(lease, interrupted),
+                    });
+                }
+                Err(StoreError::WrongLastSequence) => continue,
                 Err(err) => return Err(err).context("taking over an expired claim"),
             }
         }
         bail!("the idempotency record kept changing under {CLAIM_TRIES} claim attempts")
     }
 
-    /// The handler succeeded and its outputs are stored.
+    /// Writes the commit plan: from here on the commit is finished or undone
+    /// by whoever holds the event, never forgotten.
+    pub async fn begin_commit(&self, lease: Lease, plan: &CommitPlan) -> Result<Lease> {
+        let record = self.committing(lease.history.clone(), plan);
+        self.advance(lease, &record).await
+    }
+
+    /// The commit lost a race after some of its writes were applied: they
+    /// must be undone before anything else happens to the event.
+    pub async fn begin_abort(&self, lease: Lease, plan: &CommitPlan) -> Result<Lease> {
+        let record = self.aborting(lease.history.clone(), plan);
+        self.advance(lease, &record).await
+    }
+
+    /// Holds the event again, with a fresh lease, to run the handler anew
+    /// (after an undone commit, or to wait out a conflict).
+    pub async fn renew(&self, lease: Lease) -> Result<Lease> {
+        let record = self.claimed(lease.history.clone());
+        self.advance(lease, &record).await
+    }
+
+    /// The handler succeeded and everything it produced is stored.
     pub async fn done(&self, lease: Lease, version: &str) -> Result<()> {
         let record = Record::Done {
             version: version.to_string(),
             at: Utc::now(),
         };
-        self.settle(lease, &record).await
+        self.advance(lease, &record).await.map(drop)
     }
 
     /// The attempt failed with `kind`/`error` and the event will be retried.
-    pub async fn failed(&self, lease: Lease, kind: &str, error: &str) -> Result<()> {
+    pub async fn failed(&self, lease: Lease, kind: FailureKind, error: &str) -> Result<()> {
         let history = FailureHistory {
             failures: lease.history.failures + 1,
             first_failure: lease.history.first_failure.or(Some(Utc::now())),
-            last_kind: Some(kind.to_string()),
+            last_kind: Some(kind),
             last_error: Some(error.to_string()),
         };
-        self.settle(lease, &Record::Failed { history }).await
+        self.advance(lease, &Record::Failed { history })
+            .await
+            .map(drop)
     }
 
     /// Gives the claim up without counting an attempt (the host, not the
-    /// handler, could not finish: the dead-letter stream was unreachable).
+    /// handler, could not finish).
     pub async fn release(&self, lease: Lease) -> Result<()> {
         let history = lease.history.clone();
-        self.settle(lease, &Record::Failed { history }).await
-    }
-
-    /// The event was dead-lettered: drop the record, so that a replay of it
-    /// is handled afresh.
-    pub async fn forget(&self, lease: Lease) -> Result<()> {
-        self.kv
-            .delete_expect_revision(&lease.key, Some(lease.revision))
+        self.advance(lease, &Record::Failed { history })
             .await
-            .context("clearing the idempotency record")
+            .map(drop)
     }
 
-    async fn settle(&self, lease: Lease, record: &Record) -> Result<()> {
-        let value = Bytes::from(serde_json::to_vec(record)?);
-        self.kv
-            .update(&lease.key, value, lease.revision)
+    /// The event was dead-lettered: later copies are skipped until a replay
+    /// deletes this record.
+    pub async fn dead_lettered(
+        &self,
+        lease: Lease,
+        version: &str,
+        reason: DeadLetterReason,
+    ) -> Result<()> {
+        let record = Record::DeadLettered {
+            version: version.to_string(),
+            at: Utc::now(),
+            reason: reason.as_str().to_string(),
+        };
+        self.advance(lease, &record).await.map(drop)
+    }
+
+    async fn advance(&self, lease: Lease, record: &Record) -> Result<Lease> {
+        let value = self.encode(record)?;
+        let revision = self
+            .write(&lease.key, value, lease.revision)
             .await
             .context("recording the outcome in the idempotency bucket (the claim expired?)")?;
-        Ok(())
+        Ok(Lease { revision, ..lease })
     }
 
-    fn claimed(&self, history: FailureHistory) -> Result<Bytes> {
-        let until = Utc::now() + self.lease;
-        let record = Record::Claimed {
-            owner: self.owner.clone(),
-            until,
-            history,
-        };
-        Ok(Bytes::from(serde_json::to_vec(&record)?))
+    async fn write(&self, key: &str, value: Bytes, expected: u64) -> Result<u64, StoreError> {
+        let publish = kv::write(&self.bucket, key, Some(value)).expect_last(expected);
+        Ok(self.store.publish(publish).await?.sequence)
     }
+
+    fn encode(&self, record: &Record) -> Result<Bytes> {
+        Ok(serde_json::to_vec(record)?.into())
+    }
+
+    fn until(&self) -> DateTime<Utc> {
+        Utc::now() + self.lease
+    }
+
+    fn claimed(&self, history: FailureHistory) -> Record {
+        let owner = self.owner.clone();
+        Record::Claimed {
+            owner,
+            until: self.until(),
+            history,
+        }
+    }
+
+    fn committing(&self, history: FailureHistory, plan: &CommitPlan) -> Record {
+        let (owner, plan) = (self.owner.clone(), plan.clone());
+        Record::Committing {
+            owner,
+            until: self.until(),
+            history,
+            plan,
+        }
+    }
+
+    fn aborting(&self, history: FailureHistory, plan: &CommitPlan) -> Record {
+        let (owner, plan) = (self.owner.clone(), plan.clone());
+        Record::Aborting {
+            owner,
+            until: self.until(),
+            history,
+            plan,
+        }
+    }
+}
+
+/// How long a lease that ends at `until` still holds, if it does.
+fn lease_left(until: DateTime<Utc>) -> Option<Duration> {
+    let left = (until - Utc::now()).to_std().unwrap_or_default();
+    (!left.is_zero()).then_some(left)
 }
 
 fn hostname() -> String {
@@ -260,6 +356,7 @@ fn hostname() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::MemoryStore;
     use cloudevents::{EventBuilder, EventBuilderV10};
 
     fn event(source: &str, id: &str) -> Event {
@@ -269,6 +366,13 @@ mod tests {
             .ty("t")
             .build()
             .unwrap()
+    }
+
+    fn records(lease: Duration) -> (Arc<MemoryStore>, ProcessedEvents) {
+        let store = Arc::new(MemoryStore::new());
+        store.add_bucket(&bucket_name("c"));
+        let records = ProcessedEvents::new(store.clone(), "c", lease);
+        (store, records)
     }
 
     #[test]
@@ -281,21 +385,68 @@ mod tests {
         assert_ne!(key, ProcessedEvents::key(&event("/a1", "")));
     }
 
-    #[test]
-    fn records_round_trip() {
-        let record = Record::Failed {
-            history: FailureHistory {
-                failures: 2,
-                first_failure: Some(Utc::now()),
-                last_kind: Some("trap".into()),
-                last_error: Some("boom".into()),
-            },
+    #[tokio::test]
+    async fn one_holder_at_a_time_and_one_outcome() {
+        let (_, records) = records(Duration::from_secs(30));
+        let e = event("/a", "1");
+        let Claim::Acquired(lease) = records.claim(&e).await.unwrap() else {
+            panic!("first claim")
         };
-        let json = serde_json::to_string(&record).unwrap();
-        assert!(json.contains("\"state\":\"failed\""), "{json}");
-        let Record::Failed { history, .. } = serde_json::from_str(&json).unwrap() else {
-            panic!("{json}")
+        assert!(matches!(records.claim(&e).await.unwrap(), Claim::Busy(_)));
+        records.done(lease, "v1").await.unwrap();
+        assert!(matches!(
+            records.claim(&e).await.unwrap(),
+            Claim::AlreadyHandled
+        ));
+
+        let other = event("/a", "2");
+        let Claim::Acquired(lease) = records.claim(&other).await.unwrap() else {
+            panic!("claim")
         };
-        assert_eq!(history.failures, 2);
+        let reason = DeadLetterReason::Failed(FailureKind::Permanent);
+        records.dead_lettered(lease, "v1", reason).await.unwrap();
+        assert!(matches!(
+            records.claim(&other).await.unwrap(),
+            Claim::AlreadyDeadLettered
+        ));
+    }
+
+    #[tokio::test]
+    async fn an_expired_commit_is_resumed_not_rerun() {
+        let (_, records) = records(Duration::from_millis(1));
+        let e = event("/a", "1");
+        let Claim::Acquired(lease) = records.claim(&e).await.unwrap() else {
+            panic!("claim")
+        };
+        let plan = CommitPlan {
+            id: "c1".into(),
+            writes: vec![],
+            outputs: vec![],
+        };
+        let stale = records.begin_commit(lease, &plan).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let Claim::Resume(_, Interrupted::Committing(found)) = records.claim(&e).await.unwrap()
+        else {
+            panic!("not resumed")
+        };
+        assert_eq!(found, plan);
+        // The holder whose lease was taken over can no longer write.
+        assert!(records.done(stale, "v1").await.is_err());
+    }
+
+    #[tokio::test]
+    async fn failures_accumulate_across_claims() {
+        let (_, records) = records(Duration::from_secs(30));
+        let e = event("/a", "1");
+        for expected in 0..3 {
+            let Claim::Acquired(lease) = records.claim(&e).await.unwrap() else {
+                panic!("claim")
+            };
+            assert_eq!(lease.history.failures, expected);
+            records
+                .failed(lease, FailureKind::Trap, "boom")
+                .await
+                .unwrap();
+        }
     }
 }

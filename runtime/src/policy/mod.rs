@@ -16,12 +16,25 @@ use std::time::Duration;
 
 pub use retry::RetryPolicy;
 
-use crate::sandbox::{Failure, FailureKind};
+use crate::failure::Failure;
 
 /// How long to wait before trying again after the host's own trouble (the
 /// idempotency bucket or the dead-letter stream unreachable). Not a failed
 /// attempt: the handler was never at fault.
 pub const HOST_RETRY_DELAY: Duration = Duration::from_secs(1);
+
+/// How often an invocation is run again after losing an optimistic
+/// concurrency race, before the losses count as a failed attempt (kind
+/// `conflict`). Lost races are not the handler's fault, so they do not use
+/// up attempts; a key fought over that hard is worth backing off from.
+pub const MAX_CONFLICT_RERUNS: u32 = 10;
+
+/// The pause before re-running after the `n`-th lost race (1-based): short
+/// and jittered, so that racing replicas fall out of step.
+pub fn conflict_delay(n: u32) -> Duration {
+    let base = 5u64 << n.min(6);
+    Duration::from_millis(base / 2 + fastrand::u64(0..=base))
+}
 
 /// What happens to an event after a failed attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,18 +47,11 @@ pub enum Verdict {
 
 /// The verdict on attempt number `attempt` failing with `failure`.
 pub fn after_failure(retry: &RetryPolicy, failure: &Failure, attempt: u32) -> Verdict {
-    if is_permanent(failure.kind) || !retry.allows_another(attempt) {
+    if failure.kind.is_permanent() || !retry.allows_another(attempt) {
         Verdict::DeadLetter
     } else {
         Verdict::Retry(retry.delay_after(attempt))
     }
-}
-
-/// Failures that would recur on every attempt. Traps, timeouts and limits
-/// are retried: they may come from a transient condition (a slow dependency
-/// behind a host call, a burst of load), and the attempt limit bounds them.
-fn is_permanent(kind: FailureKind) -> bool {
-    matches!(kind, FailureKind::Permanent | FailureKind::EmitRefused)
 }
 
 /// The attempt number of a delivery: JetStream's delivery count, which
@@ -61,18 +67,20 @@ pub fn attempt_number(delivered: i64, recorded_failures: u32) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::failure::FailureKind;
 
     fn failure(kind: FailureKind) -> Failure {
-        Failure {
-            kind,
-            message: "x".into(),
-        }
+        Failure::new(kind, "x")
     }
 
     #[test]
     fn permanent_failures_skip_the_remaining_attempts() {
         let retry = RetryPolicy::default();
-        for kind in [FailureKind::Permanent, FailureKind::EmitRefused] {
+        for kind in [
+            FailureKind::Permanent,
+            FailureKind::EmitRefused,
+            FailureKind::LimitExceeded,
+        ] {
             assert_eq!(
                 after_failure(&retry, &failure(kind), 1),
                 Verdict::DeadLetter
@@ -84,6 +92,7 @@ mod tests {
             FailureKind::Timeout,
             FailureKind::MemoryLimit,
             FailureKind::Fuel,
+            FailureKind::Conflict,
             FailureKind::Output,
         ] {
             assert!(matches!(

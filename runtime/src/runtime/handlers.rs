@@ -20,10 +20,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::dispatch::Dispatcher;
+use crate::manifest::HandlerManifest;
 use crate::metrics::{Metrics, NameLabels};
 use crate::plugins::{self, Discovered, PluginSource};
-use crate::sandbox::{HandlerIdentity, Sandbox};
+use crate::sandbox::{Capabilities, HandlerSpec, Sandbox, eventstore, keyvalue};
 use crate::source::ConsumerBinding;
+use crate::store::Store;
 
 /// Every handler this process knows of, by name, shared with the admin
 /// server. Locked only for moments, never across an await.
@@ -43,6 +45,7 @@ pub struct Slot {
 pub struct HandlerSet {
     sandbox: Arc<Sandbox>,
     js: jetstream::Context,
+    store: Arc<dyn Store>,
     metrics: Arc<Metrics>,
     /// Cancelled at shutdown; every handler's stop token is a child of it.
     shutdown: CancellationToken,
@@ -55,12 +58,14 @@ impl HandlerSet {
     pub fn new(
         sandbox: Arc<Sandbox>,
         js: jetstream::Context,
+        store: Arc<dyn Store>,
         metrics: Arc<Metrics>,
         shutdown: CancellationToken,
     ) -> Self {
         HandlerSet {
             sandbox,
             js,
+            store,
             metrics,
             shutdown,
             board: Board::default(),
@@ -103,9 +108,7 @@ impl HandlerSet {
             let current = self.current_version(&name);
             let loaded = match source {
                 Ok(source) if current.as_deref() == Some(&source.version) => continue,
-                Ok(source) => {
-                    load(self.sandbox.clone(), &self.js, self.metrics.clone(), source).await
-                }
+                Ok(source) => self.load(source).await,
                 Err(err) => Err(err),
             };
             let err = match loaded {
@@ -163,6 +166,48 @@ impl HandlerSet {
         }
     }
 
+    /// Compiles and checks a handler, resolves its grants and consumers.
+    async fn load(&self, source: PluginSource) -> Result<Arc<Dispatcher>> {
+        let PluginSource {
+            name,
+            version,
+            manifest,
+            wasm,
+            wasm_path,
+        } = source;
+        let context = || format!("handler {name} ({})", wasm_path.display());
+        let started = std::time::Instant::now();
+        let js = &self.js;
+        let bindings = ConsumerBinding::resolve(js, &name, &manifest)
+            .await
+            .with_context(context)?;
+        check_publish_targets(js, &manifest.publish)
+            .await
+            .with_context(context)?;
+        let capabilities = resolve_capabilities(js, self.store.clone(), &name, &manifest)
+            .await
+            .with_context(context)?;
+        let spec = HandlerSpec {
+            name: name.clone(),
+            version: version.clone(),
+            bounds: manifest.bounds(),
+            capabilities,
+        };
+        // Compiling takes milliseconds to seconds of CPU: keep it off the
+        // executor that is running the other handlers.
+        let sandbox = self.sandbox.clone();
+        let (component, cache) = tokio::task::spawn_blocking(move || sandbox.load(&wasm, spec))
+            .await
+            .context("the compiler task panicked")?
+            .with_context(context)?;
+        tracing::info!(handler = %name, %version, compile_ms = started.elapsed().as_millis() as u64,
+            compiled_cache = cache.as_str(), "handler loaded");
+        let (store, metrics) = (self.store.clone(), self.metrics.clone());
+        Dispatcher::new(component, manifest, bindings, js.clone(), store, metrics)
+            .await
+            .with_context(context)
+    }
+
     /// Waits for every handler, replaced versions included, to drain. Call
     /// after cancelling the shutdown token.
     pub async fn wait(self) {
@@ -188,38 +233,28 @@ async fn check_publish_targets(js: &jetstream::Context, publish: &[String]) -> R
     Ok(())
 }
 
-/// Compiles and checks a handler, then resolves its consumers.
-async fn load(
-    sandbox: Arc<Sandbox>,
+/// What the manifest grants, resolved against the server: buckets and
+/// streams must exist.
+async fn resolve_capabilities(
     js: &jetstream::Context,
-    metrics: Arc<Metrics>,
-    source: PluginSource,
-) -> Result<Arc<Dispatcher>> {
-    let PluginSource {
-        name,
-        version,
-        manifest,
-        wasm,
-        wasm_path,
-    } = source;
-    let context = || format!("handler {name} ({})", wasm_path.display());
-    let started = std::time::Instant::now();
-    let bindings = ConsumerBinding::resolve(js, &name, &manifest)
-        .await
-        .with_context(context)?;
-    check_publish_targets(js, &manifest.publish)
-        .await
-        .with_context(context)?;
-    let identity = HandlerIdentity::new(&name, &version, manifest);
-    // Compiling takes milliseconds to seconds of CPU: keep it off the
-    // executor that is running the other handlers.
-    let (component, cache) = tokio::task::spawn_blocking(move || sandbox.load(&wasm, identity))
-        .await
-        .context("the compiler task panicked")?
-        .with_context(context)?;
-    tracing::info!(handler = %name, %version, compile_ms = started.elapsed().as_millis() as u64,
-        compiled_cache = cache.as_str(), "handler loaded");
-    Dispatcher::new(component, bindings, js.clone(), metrics)
-        .await
-        .with_context(context)
+    store: Arc<dyn Store>,
+    name: &str,
+    manifest: &HandlerManifest,
+) -> Result<Capabilities> {
+    let keyvalue = match &manifest.keyvalue {
+        Some(section) => {
+            Some(keyvalue::resolve(section, js, store.clone(), |b| b.to_string()).await?)
+        }
+        None => None,
+    };
+    let eventstore = match &manifest.eventstore {
+        Some(section) => Some(eventstore::resolve(section, js, store).await?),
+        None => None,
+    };
+    Ok(Capabilities {
+        emit: Arc::new(manifest.emit_grant(name)),
+        config: manifest.config_values(),
+        keyvalue,
+        eventstore,
+    })
 }

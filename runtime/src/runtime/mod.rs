@@ -23,6 +23,7 @@ use crate::config::RuntimeConfig;
 use crate::metrics::Metrics;
 use crate::nats::NatsEndpoint;
 use crate::sandbox::{CompiledCache, Sandbox};
+use crate::store::NatsStore;
 use handlers::HandlerSet;
 pub use reload::RELOAD_SUBJECT;
 
@@ -49,9 +50,18 @@ pub async fn run(options: RuntimeOptions, shutdown: CancellationToken) -> Result
     crate::nats::ensure_streams(&js, &options.config.streams).await?;
     crate::outcome::dead_letter::ensure_stream(&js).await?;
 
+    crate::nats::ensure_buckets(&js, &options.config.buckets).await?;
+
     let sandbox = Arc::new(Sandbox::new(options.cache_dir.map(CompiledCache::new))?);
     let metrics = Arc::new(Metrics::new());
-    let mut handlers = HandlerSet::new(sandbox, js.clone(), metrics.clone(), shutdown.clone());
+    let store = Arc::new(NatsStore::new(js.clone()));
+    let mut handlers = HandlerSet::new(
+        sandbox,
+        js.clone(),
+        store,
+        metrics.clone(),
+        shutdown.clone(),
+    );
     // Up before the handlers load, so probes see "not ready" rather than
     // nothing while components compile.
     let admin_stop = CancellationToken::new();

@@ -1,137 +1,97 @@
 //! The sandbox: compiles handler components once and runs each event in a
-//! fresh instance with a memory cap and a wall-clock timeout.
+//! fresh instance with a memory cap and a wall-clock timeout, linked with
+//! exactly the capabilities its manifest grants.
 //!
 //! Instances are never reused: a handler cannot carry state (or corruption)
-//! from one event to the next, and a trap costs only that event. The price of
-//! a fresh instance is kept low by compiling once and pre-resolving imports
-//! ([`HandlerPre`]), so per event only the store and the instance are made.
+//! from one event to the next in memory, and a trap costs only that event.
+//! State that must outlive an event goes through the key-value and event-store
+//! capabilities, whose changes are buffered and handed back as [`Effects`]
+//! for the outcome stage to commit. The price of a fresh instance is kept low
+//! by compiling once and pre-resolving imports ([`bindings::HandlerPre`]),
+//! so per event only the store and the instance are made.
+//!
+//! Each host capability is one module with one face: its manifest section,
+//! what it resolves at load, its per-invocation state, and its effects
+//! ([`emit`], [`logging`], [`config`], [`keyvalue`], [`eventstore`]). A
+//! capability is linked only for handlers whose manifest grants it, so a
+//! component importing one it was not granted fails to load, naming the
+//! import and the manifest section that would grant it.
 //!
 //! Runaway guests are stopped by epoch interruption: a ticker thread bumps the
 //! engine's epoch every [`EPOCH_TICK`], and at each tick the guest yields to
 //! the async executor (so one busy guest cannot starve the others) and is
 //! interrupted once past its deadline. Time a guest spends blocked in the host
-//! (a WASI sleep) is bounded by an outer `tokio::time::timeout` as well.
+//! (a WASI sleep, a state read) is bounded by an outer `tokio::time::timeout`.
 
+mod bindings;
 mod cache;
-mod host;
+pub mod config;
+pub mod emit;
+mod engine;
+pub mod eventstore;
+pub mod keyvalue;
+mod limiter;
+pub mod logging;
+mod state;
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use cloudevents::event::Data;
 use cloudevents::{AttributesReader, Event};
 use tokio::sync::Semaphore;
-use wasmtime::component::{Component, HasSelf, Linker};
-use wasmtime::{
-    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, UpdateDeadline,
-};
+use wasmtime::component::{Component, Linker};
+use wasmtime::{Engine, Store, UpdateDeadline};
 
-use crate::manifest::{HandlerManifest, Limits};
-pub use cache::{CacheUse, CompiledCache};
-use host::InvocationState;
-
-mod bindings {
-    wasmtime::component::bindgen!({
-        path: "../wit",
-        world: "handler",
-        exports: { default: async },
-    });
-}
-
-use bindings::eventhost::handler::types;
+use crate::failure::{Conflict, Failure, FailureKind};
+use crate::store::record::PlannedWrite;
+use bindings::types;
 use bindings::{Handler, HandlerPre};
+pub use cache::{CacheUse, CompiledCache};
+use engine::EngineSet;
+use state::InvocationState;
 
-/// An event the guest asked to publish, as it gave it.
+/// An event the guest asked to publish (or append), as it gave it.
 pub use types::OutgoingEvent as EmittedEvent;
 
 /// How often the epoch advances: the granularity of timeouts and of the
 /// cooperative yield of CPU-bound guests.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
-/// The shared engines and linkers. One per runtime process.
-///
-/// Fuel metering is a property of the whole engine and costs every call a
-/// little, so handlers that set `limits.fuel` get their own engine and the
-/// others do not pay for it.
+/// The shared engines. One per runtime process.
 pub struct Sandbox {
     unmetered: EngineSet,
     metered: EngineSet,
     cache: Option<CompiledCache>,
 }
 
-struct EngineSet {
-    engine: Engine,
-    linker: Linker<InvocationState>,
-    /// One permit per pool slot: invocations wait for a free slot rather
-    /// than fail when every slot is busy.
-    slots: Arc<Semaphore>,
+/// Who a handler is, what bounds it runs in and what it may do.
+pub struct HandlerSpec {
+    pub name: String,
+    /// Content hash of the component and manifest.
+    pub version: String,
+    pub bounds: Bounds,
+    pub capabilities: Capabilities,
 }
 
-/// Instances that can exist at once per engine, across all handlers.
-const POOL_SLOTS: u32 = 512;
-/// Linear memory each idle slot keeps mapped: the pages a guest dirtied
-/// there are reset with `memset` instead of `madvise`, so the next instance
-/// in the slot takes no page faults on them. 256 KiB holds the whole memory
-/// of a small handler built with a 64 KiB stack (see `examples/.cargo`);
-/// larger values measured slower, because more has to be reset.
-const KEEP_RESIDENT: usize = 256 << 10;
-
-/// The pooling allocator: instances reuse pre-reserved slots (memory, tables,
-/// fiber stack) instead of mapping and unmapping their own, which is most of
-/// what a fresh instance costs.
-fn pooling() -> PoolingAllocationConfig {
-    let mut pool = PoolingAllocationConfig::new();
-    pool.total_component_instances(POOL_SLOTS)
-        // A wasm32-wasip2 component holds a few core instances (the guest,
-        // wit-component's shims) and tables but one memory; leave headroom.
-        .total_core_instances(POOL_SLOTS * 8)
-        .total_tables(POOL_SLOTS * 8)
-        .total_memories(POOL_SLOTS * 2)
-        .total_stacks(POOL_SLOTS)
-        .linear_memory_keep_resident(KEEP_RESIDENT)
-        .table_keep_resident(64 << 10);
-    pool
+/// The resource bounds of one invocation.
+#[derive(Debug, Clone, Copy)]
+pub struct Bounds {
+    pub timeout: Duration,
+    /// Linear memory cap in bytes, summed over the guest's memories.
+    pub memory: u64,
+    /// Fuel per invocation; `None`: unmetered.
+    pub fuel: Option<u64>,
 }
 
-impl EngineSet {
-    fn new(fuel: bool) -> Result<Self> {
-        let mut config = Config::new();
-        config.epoch_interruption(true);
-        config.consume_fuel(fuel);
-        // Component-model async is unused; without it a call is cheaper.
-        config.concurrency_support(false);
-        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling()));
-        // The pool reserves terabytes of address space up front (a 4 GiB
-        // reservation per memory slot, never touched). Where that is not
-        // allowed (`ulimit -v`, valgrind) run without it, only slower.
-        let engine = Engine::new(&config).or_else(|err| {
-            tracing::warn!(
-                error = format!("{err:#}"),
-                "cannot reserve the instance pool; allocating each instance on demand"
-            );
-            config.allocation_strategy(InstanceAllocationStrategy::OnDemand);
-            Engine::new(&config)
-        });
-        let engine = engine
-            .map_err(anyhow::Error::from)
-            .context("creating the wasm engine")?;
-        spawn_epoch_ticker(&engine);
-
-        let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
-            .map_err(anyhow::Error::from)
-            .context("linking WASI")?;
-        Handler::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)
-            .map_err(anyhow::Error::from)
-            .context("linking the eventhost imports")?;
-        Ok(EngineSet {
-            engine,
-            linker,
-            slots: Arc::new(Semaphore::new(POOL_SLOTS as usize)),
-        })
-    }
+/// The capabilities a handler is granted, resolved at load.
+#[derive(Clone)]
+pub struct Capabilities {
+    pub emit: Arc<emit::EmitGrant>,
+    pub config: config::ConfigValues,
+    pub keyvalue: Option<Arc<keyvalue::KeyValueGrants>>,
+    pub eventstore: Option<Arc<eventstore::EventStoreGrants>>,
 }
 
 impl Sandbox {
@@ -144,22 +104,17 @@ impl Sandbox {
         })
     }
 
-    /// Compiles a handler (or loads it compiled from the cache) and checks it
-    /// against the `handler` world: it must export `handle` and import
-    /// nothing the host does not provide. CPU-heavy: call it off the async
-    /// executor.
-    pub fn load(
-        &self,
-        wasm: &[u8],
-        identity: HandlerIdentity,
-    ) -> Result<(HandlerComponent, CacheUse)> {
+    /// Compiles a handler (or loads it compiled from the cache) and links it
+    /// with its granted capabilities: it must export `handle` and import
+    /// nothing it was not granted. CPU-heavy: call it off the async executor.
+    pub fn load(&self, wasm: &[u8], spec: HandlerSpec) -> Result<(HandlerComponent, CacheUse)> {
         // Checked here because wasmtime would otherwise try the bytes as WAT
         // text and report a confusing parse error.
         anyhow::ensure!(
             wasm.starts_with(b"\0asm"),
             "not a WebAssembly binary (no \\0asm header)"
         );
-        let set = match identity.limits().fuel {
+        let set = match spec.bounds.fuel {
             Some(_) => &self.metered,
             None => &self.unmetered,
         };
@@ -172,8 +127,9 @@ impl Sandbox {
                 (component, CacheUse::Disabled)
             }
         };
-        let pre = set
-            .linker
+        check_granted_imports(&set.engine, &component, &spec.capabilities)?;
+        let linker = link(&set.engine, &spec.capabilities)?;
+        let pre = linker
             .instantiate_pre(&component)
             .map_err(anyhow::Error::from)
             .context("the component needs imports eventhost does not provide")?;
@@ -184,139 +140,139 @@ impl Sandbox {
             engine: set.engine.clone(),
             slots: set.slots.clone(),
             pre,
-            identity: Arc::new(identity),
+            spec: Arc::new(spec),
         };
         Ok((component, cache_use))
     }
 }
 
-/// Advances the epoch until the engine is dropped.
-fn spawn_epoch_ticker(engine: &Engine) {
-    let weak = engine.weak();
-    std::thread::Builder::new()
-        .name("eventhost-epoch".into())
-        .spawn(move || {
-            while let Some(engine) = weak.upgrade() {
-                engine.increment_epoch();
-                drop(engine);
-                std::thread::sleep(EPOCH_TICK);
-            }
-        })
-        .expect("spawning the epoch thread");
-}
-
-/// Who a handler is and what it may do: what the host imports consult.
-#[derive(Debug)]
-pub struct HandlerIdentity {
-    pub name: String,
-    /// Content hash of the component and manifest.
-    pub version: String,
-    pub manifest: HandlerManifest,
-    /// `manifest.config` rendered once as the strings `config.get` returns.
-    config: BTreeMap<String, String>,
-}
-
-impl HandlerIdentity {
-    pub fn new(name: &str, version: &str, manifest: HandlerManifest) -> Self {
-        HandlerIdentity {
-            name: name.to_string(),
-            version: version.to_string(),
-            config: manifest.config_strings(),
-            manifest,
+/// WASI with nothing granted, the capabilities every handler has (under
+/// both contract versions), and the state capabilities it was granted.
+fn link(engine: &Engine, capabilities: &Capabilities) -> Result<Linker<InvocationState>> {
+    let mut linker = Linker::new(engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+        .map_err(anyhow::Error::from)
+        .context("linking WASI")?;
+    let mut link = || -> wasmtime::Result<()> {
+        linker.instance("eventhost:handler/types@0.2.0")?;
+        emit::add_to_linker(&mut linker)?;
+        logging::add_to_linker(&mut linker)?;
+        config::add_to_linker(&mut linker)?;
+        bindings::link_v0_1(&mut linker)?;
+        if capabilities.keyvalue.is_some() {
+            keyvalue::add_to_linker(&mut linker)?;
         }
-    }
-
-    pub fn limits(&self) -> &Limits {
-        &self.manifest.limits
-    }
+        if capabilities.eventstore.is_some() {
+            eventstore::add_to_linker(&mut linker)?;
+        }
+        Ok(())
+    };
+    link()
+        .map_err(anyhow::Error::from)
+        .context("linking the eventhost imports")?;
+    Ok(linker)
 }
 
-/// A compiled, import-checked handler, ready to instantiate per event.
+/// A component importing a state capability its manifest does not grant is
+/// refused with the section that would grant it, rather than with the
+/// linker's "no matching implementation".
+fn check_granted_imports(
+    engine: &Engine,
+    component: &Component,
+    capabilities: &Capabilities,
+) -> Result<()> {
+    let component_type = component.component_type();
+    for (name, _) in component_type.imports(engine) {
+        let section = if name.starts_with("wasi:keyvalue/") && capabilities.keyvalue.is_none() {
+            "[keyvalue] (the buckets it may open)"
+        } else if name.starts_with("eventhost:handler/event-store@")
+            && capabilities.eventstore.is_none()
+        {
+            "[eventstore] (the subjects it may read and append to)"
+        } else {
+            continue;
+        };
+        bail!(
+            "the component imports {name}, which its manifest does not grant: add a {section} section"
+        );
+    }
+    Ok(())
+}
+
+/// A compiled, linked handler, ready to instantiate per event.
 pub struct HandlerComponent {
     engine: Engine,
     slots: Arc<Semaphore>,
     pre: HandlerPre<InvocationState>,
-    identity: Arc<HandlerIdentity>,
+    spec: Arc<HandlerSpec>,
 }
 
 /// What one invocation produced.
 #[derive(Debug)]
 pub struct Invocation {
-    /// The emitted events, in order, or why the invocation failed (in which
-    /// case nothing it emitted may be published).
-    pub result: Result<Vec<EmittedEvent>, Failure>,
+    /// What the handler asked for, or why it produced nothing: in that case
+    /// nothing it emitted or wrote may take effect.
+    pub result: Result<Effects, Stop>,
     pub elapsed: Duration,
     /// The part of `elapsed` spent creating the instance.
     pub instantiation: Duration,
     /// Peak linear memory of the instance, in bytes.
     pub peak_memory: usize,
+    /// Key-value use per bucket (name, usage).
+    pub keyvalue: Vec<(String, keyvalue::BucketUsage)>,
+    /// Event-store events read, and calls refused for want of a grant.
+    pub events_read: usize,
+    pub events_denied: u64,
 }
 
-/// Why an invocation failed.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("{kind}: {message}")]
-pub struct Failure {
-    pub kind: FailureKind,
-    pub message: String,
+/// A successful invocation's effects, still buffered.
+#[derive(Debug, Default)]
+pub struct Effects {
+    pub emitted: Vec<EmittedEvent>,
+    /// Key-value writes, each conditional on the revision first read.
+    pub writes: Vec<PlannedWrite>,
+    pub appends: Vec<eventstore::Append>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FailureKind {
-    /// The handler returned `handler-error::retryable`.
-    Retryable,
-    /// The handler returned `handler-error::permanent`.
-    Permanent,
-    /// The guest trapped (a panic, an unreachable, an out-of-bounds access).
-    Trap,
-    /// The guest ran past `limits.timeout`.
-    Timeout,
-    /// The guest tried to grow its memory past `limits.memory`.
-    MemoryLimit,
-    /// The guest used up `limits.fuel`.
-    Fuel,
-    /// The guest emitted to a subject outside its manifest, or an invalid event.
-    EmitRefused,
-    /// The guest succeeded, but the host could not store what it emitted.
-    /// Set by the host after the sandbox, never by it.
-    Output,
-}
-
-impl FailureKind {
-    /// The snake_case name used in logs (and, later, metric labels).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FailureKind::Retryable => "retryable",
-            FailureKind::Permanent => "permanent",
-            FailureKind::Trap => "trap",
-            FailureKind::Timeout => "timeout",
-            FailureKind::MemoryLimit => "memory_limit",
-            FailureKind::Fuel => "fuel",
-            FailureKind::EmitRefused => "emit_refused",
-            FailureKind::Output => "output",
-        }
+impl Effects {
+    /// Whether committing needs more than publishing the emitted events.
+    pub fn changes_state(&self) -> bool {
+        !self.writes.is_empty() || !self.appends.is_empty()
     }
 }
 
-impl std::fmt::Display for FailureKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
+/// Why an invocation produced no effects.
+#[derive(Debug)]
+pub enum Stop {
+    /// The attempt failed (the guest's doing): the retry policy decides.
+    Failed(Failure),
+    /// The host stopped it: run it again, without counting an attempt.
+    Interrupted(Interruption),
+}
+
+/// Why the host stopped an invocation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Interruption {
+    /// It read state that another commit is changing right now.
+    Conflict(Conflict),
+    /// JetStream did not answer a state read.
+    StoreUnavailable(String),
 }
 
 impl HandlerComponent {
-    pub fn identity(&self) -> &HandlerIdentity {
-        &self.identity
+    pub fn spec(&self) -> &HandlerSpec {
+        &self.spec
     }
 
     /// Runs `event` (attempt number `attempt`) through a fresh instance.
     /// Never panics and never returns an error of its own: every way a guest
-    /// can fail becomes a [`Failure`].
+    /// can fail becomes a [`Stop`].
     pub async fn invoke(&self, event: &Event, attempt: u32) -> Invocation {
         // Waiting for a slot is not the guest's time: it starts the clock
         // only once it has one. The semaphore is never closed.
         let _slot = self.slots.acquire().await.expect("never closed");
         let started = Instant::now();
-        let timeout = self.identity.limits().timeout;
+        let timeout = self.spec.bounds.timeout;
         let mut store = self.new_store(started + timeout);
 
         let input = to_wit(event, attempt);
@@ -331,57 +287,78 @@ impl HandlerComponent {
         let outcome = tokio::time::timeout(timeout + EPOCH_TICK * 2, call).await;
 
         let mut state = store.into_data();
-        let fail = |kind, message: String| Err(Failure { kind, message });
-        let result = match outcome {
-            // A refused emit fails the invocation whatever the guest returned.
-            _ if let Some(refused) = state.refused_emit.take() => {
-                fail(FailureKind::EmitRefused, refused)
-            }
-            Err(_) => fail(
-                FailureKind::Timeout,
-                format!("still running after {timeout:?}"),
-            ),
-            Ok(Ok(Ok(()))) => Ok(state.take_emitted()),
-            Ok(Ok(Err(types::HandlerError::Retryable(m)))) => fail(FailureKind::Retryable, m),
-            Ok(Ok(Err(types::HandlerError::Permanent(m)))) => fail(FailureKind::Permanent, m),
-            Ok(Err(_)) if state.timed_out => fail(
-                FailureKind::Timeout,
-                format!("interrupted after {timeout:?}"),
-            ),
-            Ok(Err(_)) if state.memory.exceeded => fail(
-                FailureKind::MemoryLimit,
-                format!(
-                    "tried to grow memory past {}",
-                    self.identity.limits().memory
-                ),
-            ),
-            Ok(Err(trap)) if trap.downcast_ref() == Some(&wasmtime::Trap::OutOfFuel) => fail(
-                FailureKind::Fuel,
-                format!(
-                    "used up its fuel ({})",
-                    self.identity.limits().fuel.unwrap_or_default()
-                ),
-            ),
-            Ok(Err(trap)) => fail(FailureKind::Trap, describe_trap(&trap, &state)),
-        };
+        let keyvalue = state.keyvalue.usage();
+        let (events_read, events_denied) = state.events.usage();
+        let result = self.verdict(outcome, &mut state);
         Invocation {
             result,
             elapsed: started.elapsed(),
             instantiation,
             peak_memory: state.memory.peak,
+            keyvalue,
+            events_read,
+            events_denied,
         }
     }
-}
 
-impl HandlerComponent {
+    fn verdict(
+        &self,
+        outcome: Result<
+            wasmtime::Result<Result<(), types::HandlerError>>,
+            tokio::time::error::Elapsed,
+        >,
+        state: &mut InvocationState,
+    ) -> Result<Effects, Stop> {
+        let failed = |kind, message: String| Err(Stop::Failed(Failure::new(kind, message)));
+        let bounds = &self.spec.bounds;
+        // A refusal fails the invocation whatever the guest returned.
+        if let Some(refused) = state.refusal() {
+            return Err(Stop::Failed(refused));
+        }
+        if let Some(interruption) = state.interruption() {
+            return Err(Stop::Interrupted(interruption));
+        }
+        match outcome {
+            Err(_) => failed(
+                FailureKind::Timeout,
+                format!("still running after {:?}", bounds.timeout),
+            ),
+            Ok(Ok(Ok(()))) => Ok(Effects {
+                emitted: state.emit.take(),
+                writes: std::mem::take(&mut state.keyvalue).into_writes(),
+                appends: std::mem::take(&mut state.events).into_appends(),
+            }),
+            Ok(Ok(Err(types::HandlerError::Retryable(m)))) => failed(FailureKind::Retryable, m),
+            Ok(Ok(Err(types::HandlerError::Permanent(m)))) => failed(FailureKind::Permanent, m),
+            Ok(Err(_)) if state.timed_out => failed(
+                FailureKind::Timeout,
+                format!("interrupted after {:?}", bounds.timeout),
+            ),
+            Ok(Err(_)) if state.memory.exceeded => failed(
+                FailureKind::MemoryLimit,
+                format!(
+                    "tried to grow memory past {}",
+                    bytesize::ByteSize::b(bounds.memory)
+                ),
+            ),
+            Ok(Err(trap)) if trap.downcast_ref() == Some(&wasmtime::Trap::OutOfFuel) => failed(
+                FailureKind::Fuel,
+                format!("used up its fuel ({})", bounds.fuel.unwrap_or_default()),
+            ),
+            Ok(Err(trap)) => failed(FailureKind::Trap, describe_trap(&trap, state)),
+        }
+    }
+
     /// A store for one invocation: fresh state, the memory cap, fuel if
     /// metered, and an epoch callback that yields every tick and interrupts
     /// the guest after `deadline`.
     fn new_store(&self, deadline: Instant) -> Store<InvocationState> {
-        let state = InvocationState::new(self.identity.clone(), deadline);
+        let bounds = &self.spec.bounds;
+        let memory = usize::try_from(bounds.memory).unwrap_or(usize::MAX);
+        let state = InvocationState::new(&self.spec.capabilities, memory, deadline);
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.memory);
-        if let Some(fuel) = self.identity.limits().fuel {
+        if let Some(fuel) = bounds.fuel {
             store
                 .set_fuel(fuel)
                 .expect("handlers with fuel limits load into the metered engine");
@@ -429,7 +406,7 @@ impl ReusedInstance {
             .await
             .map_err(anyhow::Error::from)
             .context("the guest trapped")?;
-        let emitted = self.store.data_mut().take_emitted();
+        let emitted = self.store.data_mut().emit.take();
         result.map_err(|e| anyhow::anyhow!("the handler failed: {e:?}"))?;
         Ok(emitted)
     }

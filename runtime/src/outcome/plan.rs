@@ -1,0 +1,43 @@
+//! Turning a successful invocation's effects into a [`CommitPlan`].
+//!
+//! The plan is the commit written down in full before any of it is applied:
+//! the key-value writes as the capability buffered them, the appended events
+//! and the emitted events completed (ids, source, lineage) and encoded. A
+//! resumed commit publishes exactly these bytes, so ids and `Nats-Msg-Id`s
+//! never change between tries.
+
+use anyhow::Result;
+
+use super::outputs::{Completion, appended_event_id, complete, encode_emitted};
+use crate::sandbox::Effects;
+use crate::store::record::{CommitPlan, PlannedWrite};
+
+/// The plan for `effects`, under commit id `id`.
+pub fn plan(id: String, with: &Completion, effects: Effects) -> Result<CommitPlan> {
+    let Effects {
+        emitted,
+        mut writes,
+        appends,
+    } = effects;
+    let mut index = 0;
+    for append in appends {
+        for (position, event) in append.events.into_iter().enumerate() {
+            let derived = appended_event_id(with.handler, &with.input.event, index);
+            index += 1;
+            let message = complete(with, derived, event)?.encode()?;
+            // The first event of a batch carries the batch's expectation;
+            // the next ones follow the event before them.
+            let expected = (position == 0).then_some(append.expected);
+            writes.push(PlannedWrite::Event {
+                stream: append.stream.clone(),
+                expected,
+                message,
+            });
+        }
+    }
+    Ok(CommitPlan {
+        id,
+        writes,
+        outputs: encode_emitted(with, emitted)?,
+    })
+}

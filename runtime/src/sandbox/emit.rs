@@ -1,0 +1,257 @@
+//! The emit capability: `eventhost:handler/emitter`.
+//!
+//! - Manifest: the top-level `publish` (subject patterns the handler may
+//!   emit to), `source` and `emit_mode` keys.
+//! - Resolved at load: [`EmitGrant`] (the loader also checks that a stream
+//!   captures every `publish` subject).
+//! - Per invocation: [`EmitState`] buffers the emitted events and refuses
+//!   what the grant or the limits forbid. A refusal fails the invocation even
+//!   if the guest ignores it: a handler cannot half-succeed.
+//! - Effects: the buffered events, published by the outcome stage only
+//!   after `handle` returned `ok` (see [`crate::outcome`]).
+
+use serde::Deserialize;
+use wasmtime::component::{HasSelf, Linker};
+
+use super::bindings::eventhost::handler::emitter;
+use super::bindings::types::{self, EmitError};
+use super::state::InvocationState;
+use crate::decode::validate_attribute_name;
+use crate::failure::{Failure, FailureKind};
+use crate::subject;
+
+/// Most events one invocation may emit.
+pub const MAX_EMITTED_EVENTS: usize = 1000;
+/// Most data bytes, summed, one invocation may emit.
+pub const MAX_EMITTED_BYTES: usize = 16 << 20;
+
+/// Attributes the host owns or that have their own field in `outgoing-event`;
+/// a guest may not smuggle them in as extensions.
+const RESERVED_EXTENSIONS: &[&str] = &[
+    "specversion",
+    "id",
+    "source",
+    "type",
+    "subject",
+    "time",
+    "datacontenttype",
+    "dataschema",
+    "data",
+    "data_base64",
+    "causationid",
+];
+
+/// How emitted events are encoded on the wire.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EmitMode {
+    /// The content mode of the event that caused them.
+    #[default]
+    Same,
+    Structured,
+    Binary,
+}
+
+/// What a handler may emit, and how its events are completed.
+#[derive(Debug, Clone)]
+pub struct EmitGrant {
+    /// Subject patterns `emit` may target.
+    pub publish: Vec<String>,
+    /// The `source` of emitted events that set none.
+    pub source: String,
+    pub mode: EmitMode,
+}
+
+impl EmitGrant {
+    pub fn may_publish(&self, subject: &str) -> bool {
+        (self.publish.iter()).any(|pattern| subject::matches(pattern, subject))
+    }
+}
+
+/// The emits of one invocation.
+#[derive(Default)]
+pub struct EmitState {
+    grant: Option<std::sync::Arc<EmitGrant>>,
+    emitted: Vec<types::OutgoingEvent>,
+    bytes: usize,
+    /// The first refusal; it fails the invocation.
+    pub(super) refused: Option<Failure>,
+}
+
+impl EmitState {
+    pub fn new(grant: std::sync::Arc<EmitGrant>) -> Self {
+        EmitState {
+            grant: Some(grant),
+            ..Default::default()
+        }
+    }
+
+    /// What was emitted so far, leaving the state as if nothing had been.
+    pub fn take(&mut self) -> Vec<types::OutgoingEvent> {
+        self.bytes = 0;
+        std::mem::take(&mut self.emitted)
+    }
+
+    pub fn emit(&mut self, event: types::OutgoingEvent) -> Result<(), EmitError> {
+        match self.check(&event) {
+            Ok(size) => {
+                self.bytes += size;
+                self.emitted.push(event);
+                Ok(())
+            }
+            Err(err) => {
+                let message = format!("emit refused: {err}");
+                tracing::warn!(destination = %event.destination, "{message}");
+                self.refused
+                    .get_or_insert(Failure::new(FailureKind::EmitRefused, message));
+                Err(err)
+            }
+        }
+    }
+
+    fn check(&self, event: &types::OutgoingEvent) -> Result<usize, EmitError> {
+        let destination = &event.destination;
+        let allowed = self
+            .grant
+            .as_ref()
+            .is_some_and(|g| g.may_publish(destination));
+        if !subject::is_concrete(destination) || !allowed {
+            return Err(EmitError::DestinationNotAllowed(format!(
+                "{destination:?} is not in this handler's `publish` list"
+            )));
+        }
+        validate_event(event).map_err(EmitError::InvalidEvent)?;
+        let size = event.data.as_ref().map_or(0, Vec::len);
+        if self.emitted.len() >= MAX_EMITTED_EVENTS {
+            return Err(EmitError::LimitExceeded(format!(
+                "more than {MAX_EMITTED_EVENTS} events"
+            )));
+        }
+        if self.bytes + size > MAX_EMITTED_BYTES {
+            return Err(EmitError::LimitExceeded(format!(
+                "more than {MAX_EMITTED_BYTES} bytes of data"
+            )));
+        }
+        Ok(size)
+    }
+}
+
+/// The checks every event a guest hands over passes, emitted or appended:
+/// a type, well-formed optional attributes, no reserved extension names.
+pub fn validate_event(event: &types::OutgoingEvent) -> Result<(), String> {
+    if event.type_.is_empty() {
+        return Err("`type` must not be empty".into());
+    }
+    if [&event.id, &event.source]
+        .into_iter()
+        .flatten()
+        .any(String::is_empty)
+    {
+        return Err("`id` and `source` must not be empty when set".into());
+    }
+    if let Some(time) = &event.time {
+        chrono::DateTime::parse_from_rfc3339(time)
+            .map_err(|e| format!("`time` {time:?} is not RFC 3339: {e}"))?;
+    }
+    if let Some(schema) = &event.dataschema {
+        url::Url::parse(schema).map_err(|e| format!("`dataschema` {schema:?}: {e}"))?;
+    }
+    for (name, _) in &event.extensions {
+        validate_attribute_name(name)?;
+        if RESERVED_EXTENSIONS.contains(&name.as_str()) {
+            return Err(format!("extension {name:?} is reserved"));
+        }
+    }
+    Ok(())
+}
+
+impl emitter::Host for EmitState {
+    fn emit(&mut self, event: types::OutgoingEvent) -> Result<(), EmitError> {
+        EmitState::emit(self, event)
+    }
+}
+
+pub fn add_to_linker(linker: &mut Linker<InvocationState>) -> wasmtime::Result<()> {
+    emitter::add_to_linker::<_, HasSelf<EmitState>>(linker, |state| &mut state.emit)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    pub fn event(destination: &str) -> types::OutgoingEvent {
+        types::OutgoingEvent {
+            destination: destination.into(),
+            type_: "t".into(),
+            id: None,
+            source: None,
+            subject: None,
+            time: None,
+            datacontenttype: None,
+            dataschema: None,
+            extensions: vec![],
+            data: Some(vec![0; 10]),
+        }
+    }
+
+    fn state() -> EmitState {
+        EmitState::new(Arc::new(EmitGrant {
+            publish: vec!["out.*".into()],
+            source: "/s".into(),
+            mode: EmitMode::Same,
+        }))
+    }
+
+    #[test]
+    fn only_granted_concrete_destinations() {
+        let mut emit = state();
+        emit.emit(event("out.a")).unwrap();
+        for bad in ["out.*", "other", "out.a.b", "out..a"] {
+            assert!(matches!(
+                emit.emit(event(bad)),
+                Err(EmitError::DestinationNotAllowed(_))
+            ));
+        }
+        assert_eq!(emit.take().len(), 1);
+        assert_eq!(emit.refused.unwrap().kind, FailureKind::EmitRefused);
+    }
+
+    #[test]
+    fn malformed_events_are_refused() {
+        let mut emit = state();
+        let cases: [fn(&mut types::OutgoingEvent); 5] = [
+            |e| e.type_.clear(),
+            |e| e.id = Some(String::new()),
+            |e| e.time = Some("yesterday".into()),
+            |e| e.extensions = vec![("causationid".into(), "x".into())],
+            |e| e.extensions = vec![("Bad-Name".into(), "x".into())],
+        ];
+        for break_it in cases {
+            let mut e = event("out.a");
+            break_it(&mut e);
+            assert!(matches!(emit.emit(e), Err(EmitError::InvalidEvent(_))));
+        }
+    }
+
+    #[test]
+    fn counts_and_bytes_are_capped() {
+        let mut emit = state();
+        for _ in 0..MAX_EMITTED_EVENTS {
+            emit.emit(event("out.a")).unwrap();
+        }
+        assert!(matches!(
+            emit.emit(event("out.a")),
+            Err(EmitError::LimitExceeded(_))
+        ));
+        let mut emit = state();
+        let mut big = event("out.a");
+        big.data = Some(vec![0; MAX_EMITTED_BYTES]);
+        emit.emit(big).unwrap();
+        assert!(matches!(
+            emit.emit(event("out.a")),
+            Err(EmitError::LimitExceeded(_))
+        ));
+    }
+}

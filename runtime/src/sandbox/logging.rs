@@ -1,0 +1,39 @@
+//! The logging capability: `eventhost:handler/logging`, granted to every
+//! handler.
+//!
+//! A guest's lines go to the host's `tracing` log with target `guest`,
+//! inside the invocation's span, so every line carries the handler's name
+//! and version, the event id and the attempt. There is nothing to resolve,
+//! nothing to buffer and nothing to commit.
+
+use wasmtime::component::{HasSelf, Linker};
+
+use super::bindings::eventhost::handler::logging;
+use super::bindings::types::Level;
+use super::state::InvocationState;
+
+/// The logging capability's (empty) per-invocation state.
+#[derive(Default)]
+pub struct Logging;
+
+/// Writes one guest line at `level`.
+pub fn log(level: Level, message: &str) {
+    match level {
+        Level::Trace => tracing::trace!(target: "guest", "{message}"),
+        Level::Debug => tracing::debug!(target: "guest", "{message}"),
+        Level::Info => tracing::info!(target: "guest", "{message}"),
+        Level::Warn => tracing::warn!(target: "guest", "{message}"),
+        Level::Error => tracing::error!(target: "guest", "{message}"),
+    }
+}
+
+impl logging::Host for Logging {
+    fn log(&mut self, level: Level, message: String) {
+        log(level, &message);
+    }
+}
+
+pub fn add_to_linker(linker: &mut Linker<InvocationState>) -> wasmtime::Result<()> {
+    logging::add_to_linker::<_, HasSelf<Logging>>(linker, |state| &mut state.logging)?;
+    Ok(())
+}

@@ -1,0 +1,317 @@
+//! An in-memory [`Store`] with JetStream's semantics, for tests.
+//!
+//! It keeps the two publish checks the state guarantees rest on, in the
+//! server's order: a repeated `Nats-Msg-Id` is acked as a duplicate with the
+//! original's sequence (the window never closes here), then the expected
+//! last subject sequence is checked. [`MemoryStore::cut_after`] lets a test
+//! stop the store after a number of writes, which is what a runtime killed
+//! at that point of a commit leaves behind.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+
+use chrono::Utc;
+use futures::future::{BoxFuture, FutureExt};
+
+use super::{PubAck, Publish, Store, StoreError, StoreResult, StoredMessage, kv};
+use crate::subject;
+
+#[derive(Default)]
+pub struct MemoryStore {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    streams: Vec<MemoryStream>,
+    /// Writes allowed before the store stops answering; `None`: no limit.
+    writes_left: Option<usize>,
+    writes: usize,
+}
+
+struct MemoryStream {
+    name: String,
+    subjects: Vec<String>,
+    /// Messages kept per subject (a bucket's history); `None`: all.
+    per_subject: Option<usize>,
+    messages: BTreeMap<u64, StoredMessage>,
+    last_sequence: u64,
+    ids: HashMap<String, u64>,
+}
+
+impl MemoryStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A stream capturing `subjects` (wildcards allowed).
+    pub fn add_stream(&self, name: &str, subjects: &[&str]) {
+        self.add(name, subjects, None);
+    }
+
+    /// A key-value bucket keeping one value per key.
+    pub fn add_bucket(&self, bucket: &str) {
+        let subjects = format!("$KV.{bucket}.>");
+        self.add(&kv::stream(bucket), &[&subjects], Some(1));
+    }
+
+    fn add(&self, name: &str, subjects: &[&str], per_subject: Option<usize>) {
+        self.lock().streams.push(MemoryStream {
+            name: name.to_string(),
+            subjects: subjects.iter().map(|s| s.to_string()).collect(),
+            per_subject,
+            messages: BTreeMap::new(),
+            last_sequence: 0,
+            ids: HashMap::new(),
+        });
+    }
+
+    /// Lets `writes` more publishes or deletes through, then fails every
+    /// operation as if the connection (or the process) were gone.
+    pub fn cut_after(&self, writes: usize) {
+        self.lock().writes_left = Some(writes);
+    }
+
+    /// Answers again after [`MemoryStore::cut_after`].
+    pub fn reconnect(&self) {
+        self.lock().writes_left = None;
+    }
+
+    /// Forgets every `Nats-Msg-Id`, as a stream does once its duplicate
+    /// window has passed.
+    pub fn forget_ids(&self) {
+        for stream in &mut self.lock().streams {
+            stream.ids.clear();
+        }
+    }
+
+    /// Publishes and deletes done so far.
+    pub fn writes(&self) -> usize {
+        self.lock().writes
+    }
+
+    /// Every message `stream` holds now, oldest first.
+    pub fn messages(&self, stream: &str) -> Vec<StoredMessage> {
+        let inner = self.lock();
+        let stream = inner.streams.iter().find(|s| s.name == stream);
+        stream
+            .map(|s| s.messages.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().expect("never poisoned")
+    }
+}
+
+impl Inner {
+    fn check_connected(&self) -> StoreResult<()> {
+        match self.writes_left {
+            Some(0) => Err(StoreError::Unavailable("connection cut by the test".into())),
+            _ => Ok(()),
+        }
+    }
+
+    fn count_write(&mut self) -> StoreResult<()> {
+        self.check_connected()?;
+        if let Some(left) = &mut self.writes_left {
+            *left -= 1;
+        }
+        self.writes += 1;
+        Ok(())
+    }
+
+    fn stream(&mut self, name: &str) -> StoreResult<&mut MemoryStream> {
+        self.streams
+            .iter_mut()
+            .find(|s| s.name == name)
+            .ok_or_else(|| StoreError::Unavailable(format!("stream {name} not found")))
+    }
+
+    fn publish(&mut self, message: Publish) -> StoreResult<PubAck> {
+        self.count_write()?;
+        let stream = self
+            .streams
+            .iter_mut()
+            .find(|s| {
+                s.subjects
+                    .iter()
+                    .any(|p| subject::matches(p, &message.subject))
+            })
+            .ok_or_else(|| {
+                StoreError::Unavailable(format!("no stream captures {}", message.subject))
+            })?;
+        if let Some(sequence) = message.msg_id.as_ref().and_then(|id| stream.ids.get(id)) {
+            return Ok(PubAck {
+                sequence: *sequence,
+                duplicate: true,
+            });
+        }
+        if let Some(expected) = message.expected_last_subject_sequence
+            && stream.last_on(&message.subject) != expected
+        {
+            return Err(StoreError::WrongLastSequence);
+        }
+        stream.last_sequence += 1;
+        let sequence = stream.last_sequence;
+        let mut headers = message.headers;
+        if let Some(id) = message.msg_id {
+            // The server keeps the id as the message's header.
+            headers.insert("Nats-Msg-Id", id.as_str());
+            stream.ids.insert(id, sequence);
+        }
+        let stored = StoredMessage {
+            subject: message.subject,
+            sequence,
+            headers,
+            payload: message.payload,
+            time: Utc::now(),
+        };
+        stream.trim(&stored.subject);
+        stream.messages.insert(sequence, stored);
+        Ok(PubAck {
+            sequence,
+            duplicate: false,
+        })
+    }
+}
+
+impl MemoryStream {
+    fn last_on(&self, subject: &str) -> u64 {
+        let on_subject = self.messages.values().rev().find(|m| m.subject == subject);
+        on_subject.map_or(0, |m| m.sequence)
+    }
+
+    /// Makes room for one more message on `subject`.
+    fn trim(&mut self, subject: &str) {
+        let Some(keep) = self.per_subject else { return };
+        let on_subject: Vec<u64> = (self.messages.values())
+            .filter(|m| m.subject == subject)
+            .map(|m| m.sequence)
+            .collect();
+        let excess = (on_subject.len() + 1).saturating_sub(keep);
+        for sequence in &on_subject[..excess] {
+            self.messages.remove(sequence);
+        }
+    }
+}
+
+impl Store for MemoryStore {
+    fn publish(&self, message: Publish) -> BoxFuture<'_, StoreResult<PubAck>> {
+        let result = self.lock().publish(message);
+        async move { result }.boxed()
+    }
+
+    fn last<'a>(
+        &'a self,
+        stream: &'a str,
+        subject: &'a str,
+    ) -> BoxFuture<'a, StoreResult<Option<StoredMessage>>> {
+        let result = (|| {
+            let mut inner = self.lock();
+            inner.check_connected()?;
+            let stream = inner.stream(stream)?;
+            let found = stream
+                .messages
+                .values()
+                .rev()
+                .find(|m| m.subject == subject);
+            Ok(found.cloned())
+        })();
+        async move { result }.boxed()
+    }
+
+    fn next<'a>(
+        &'a self,
+        stream: &'a str,
+        subject: &'a str,
+        from: u64,
+    ) -> BoxFuture<'a, StoreResult<Option<StoredMessage>>> {
+        let result = (|| {
+            let mut inner = self.lock();
+            inner.check_connected()?;
+            let stream = inner.stream(stream)?;
+            let found = stream
+                .messages
+                .range(from..)
+                .map(|(_, m)| m)
+                .find(|m| subject::matches(subject, &m.subject));
+            Ok(found.cloned())
+        })();
+        async move { result }.boxed()
+    }
+
+    fn delete<'a>(&'a self, stream: &'a str, sequence: u64) -> BoxFuture<'a, StoreResult<()>> {
+        let result = (|| {
+            let mut inner = self.lock();
+            inner.count_write()?;
+            inner.stream(stream)?.messages.remove(&sequence);
+            Ok(())
+        })();
+        async move { result }.boxed()
+    }
+
+    fn keys<'a>(&'a self, bucket: &'a str) -> BoxFuture<'a, StoreResult<Vec<String>>> {
+        let result = (|| {
+            let mut inner = self.lock();
+            inner.check_connected()?;
+            let prefix = format!("$KV.{bucket}.");
+            let stream = inner.stream(&kv::stream(bucket))?;
+            let mut last: BTreeMap<&str, &StoredMessage> = BTreeMap::new();
+            for message in stream.messages.values() {
+                last.insert(&message.subject, message);
+            }
+            let live = last.into_iter().filter(|(_, m)| {
+                !matches!(m.header(kv::OPERATION_HEADER), Some("DEL") | Some("PURGE"))
+            });
+            Ok(live
+                .filter_map(|(s, _)| s.strip_prefix(&prefix).map(String::from))
+                .collect())
+        })();
+        async move { result }.boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn duplicates_are_recognised_before_expectations() {
+        // What nats-server 2.9.10 does, and what a redo of a commit relies on.
+        let store = MemoryStore::new();
+        store.add_stream("S", &["s.>"]);
+        let first = Publish::new("s.a", "1").msg_id("m1").expect_last(0);
+        let ack = store.publish(first.clone()).await.unwrap();
+        store
+            .publish(
+                Publish::new("s.a", "2")
+                    .msg_id("m2")
+                    .expect_last(ack.sequence),
+            )
+            .await
+            .unwrap();
+        let again = store.publish(first).await.unwrap();
+        assert_eq!(
+            again,
+            PubAck {
+                sequence: ack.sequence,
+                duplicate: true
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn a_cut_store_fails_everything() {
+        let store = MemoryStore::new();
+        store.add_stream("S", &["s.>"]);
+        store.cut_after(1);
+        store.publish(Publish::new("s.a", "1")).await.unwrap();
+        assert!(store.publish(Publish::new("s.a", "2")).await.is_err());
+        assert!(store.last("S", "s.a").await.is_err());
+        store.reconnect();
+        let last = store.last("S", "s.a").await.unwrap().unwrap();
+        assert_eq!(&last.payload[..], b"1");
+        assert_eq!(store.writes(), 1);
+    }
+}

@@ -1,0 +1,203 @@
+//! [`Store`] over a real JetStream, through async-nats.
+//!
+//! Reads use direct gets where the stream allows them (any replica answers,
+//! no consumer is made) and the stream leader's message API otherwise; which
+//! one a stream takes is looked up once and remembered.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use async_nats::jetstream::ErrorCode;
+use async_nats::jetstream::context::PublishErrorKind;
+use async_nats::jetstream::message::PublishMessage;
+use async_nats::jetstream::message::StreamMessage;
+use async_nats::jetstream::stream::{DeleteMessageErrorKind, DirectGetErrorKind, Stream};
+use async_nats::jetstream::stream::{LastRawMessageErrorKind, RawMessageError};
+use async_nats::jetstream::{self, context};
+use futures::StreamExt;
+use futures::future::{BoxFuture, FutureExt};
+
+use super::{PubAck, Publish, Store, StoreError, StoreResult, StoredMessage};
+
+/// JetStream, as handler state uses it.
+pub struct NatsStore {
+    js: jetstream::Context,
+    streams: Mutex<HashMap<String, StreamHandle>>,
+}
+
+#[derive(Clone)]
+struct StreamHandle {
+    stream: Stream,
+    direct: bool,
+}
+
+fn unavailable(err: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(err.to_string())
+}
+
+impl NatsStore {
+    pub fn new(js: jetstream::Context) -> Self {
+        NatsStore {
+            js,
+            streams: Mutex::new(HashMap::new()),
+        }
+    }
+
+    async fn stream(&self, name: &str) -> StoreResult<StreamHandle> {
+        if let Some(handle) = self.streams.lock().expect("never poisoned").get(name) {
+            return Ok(handle.clone());
+        }
+        let stream = self
+            .js
+            .get_stream(name)
+            .await
+            .map_err(|e| unavailable(format!("stream {name}: {e}")))?;
+        let handle = StreamHandle {
+            direct: stream.cached_info().config.allow_direct,
+            stream,
+        };
+        let mut streams = self.streams.lock().expect("never poisoned");
+        streams.insert(name.to_string(), handle.clone());
+        Ok(handle)
+    }
+
+    async fn publish_message(&self, message: Publish) -> StoreResult<PubAck> {
+        let mut publish = PublishMessage::build()
+            .payload(message.payload)
+            .headers(message.headers);
+        if let Some(id) = &message.msg_id {
+            publish = publish.message_id(id);
+        }
+        if let Some(sequence) = message.expected_last_subject_sequence {
+            publish = publish.expected_last_subject_sequence(sequence);
+        }
+        let classify = |err: context::PublishError| match err.kind() {
+            PublishErrorKind::WrongLastSequence => StoreError::WrongLastSequence,
+            _ => unavailable(err),
+        };
+        let ack = self
+            .js
+            .send_publish(message.subject, publish)
+            .await
+            .map_err(classify)?
+            .await
+            .map_err(classify)?;
+        Ok(PubAck {
+            sequence: ack.sequence,
+            duplicate: ack.duplicate,
+        })
+    }
+
+    async fn find(
+        &self,
+        stream: &str,
+        subject: &str,
+        from: Option<u64>,
+    ) -> StoreResult<Option<StoredMessage>> {
+        let handle = self.stream(stream).await?;
+        let found = if handle.direct {
+            let found = match from {
+                Some(from) => {
+                    let next = handle
+                        .stream
+                        .direct_get_next_for_subject(subject, Some(from));
+                    next.await
+                }
+                None => handle.stream.direct_get_last_for_subject(subject).await,
+            };
+            match found {
+                Ok(message) => Some(message),
+                Err(err) if err.kind() == DirectGetErrorKind::NotFound => None,
+                Err(err) => return Err(unavailable(err)),
+            }
+        } else {
+            let builder = handle.stream.raw_message_builder();
+            let found = match from {
+                Some(from) => {
+                    let next = builder.sequence(from).next_by_subject(subject.to_string());
+                    next.send().await
+                }
+                None => builder.last_by_subject(subject.to_string()).send().await,
+            };
+            match found {
+                Ok(message) => Some(message),
+                Err(err) if not_found(&err) => None,
+                Err(err) => return Err(unavailable(err)),
+            }
+        };
+        Ok(found.map(stored))
+    }
+}
+
+fn not_found(err: &RawMessageError) -> bool {
+    match err.kind() {
+        LastRawMessageErrorKind::NoMessageFound => true,
+        LastRawMessageErrorKind::JetStream(e) => e.error_code() == ErrorCode::NO_MESSAGE_FOUND,
+        _ => false,
+    }
+}
+
+fn stored(message: StreamMessage) -> StoredMessage {
+    StoredMessage {
+        subject: message.subject.to_string(),
+        sequence: message.sequence,
+        headers: message.headers,
+        payload: message.payload,
+        time: message.time,
+    }
+}
+
+impl Store for NatsStore {
+    fn publish(&self, message: Publish) -> BoxFuture<'_, StoreResult<PubAck>> {
+        self.publish_message(message).boxed()
+    }
+
+    fn last<'a>(
+        &'a self,
+        stream: &'a str,
+        subject: &'a str,
+    ) -> BoxFuture<'a, StoreResult<Option<StoredMessage>>> {
+        self.find(stream, subject, None).boxed()
+    }
+
+    fn next<'a>(
+        &'a self,
+        stream: &'a str,
+        subject: &'a str,
+        from: u64,
+    ) -> BoxFuture<'a, StoreResult<Option<StoredMessage>>> {
+        self.find(stream, subject, Some(from.max(1))).boxed()
+    }
+
+    fn delete<'a>(&'a self, stream: &'a str, sequence: u64) -> BoxFuture<'a, StoreResult<()>> {
+        async move {
+            let handle = self.stream(stream).await?;
+            match handle.stream.delete_message(sequence).await {
+                Ok(_) => Ok(()),
+                Err(err) => match err.kind() {
+                    DeleteMessageErrorKind::JetStream(e)
+                        if e.error_code() == ErrorCode::NO_MESSAGE_FOUND =>
+                    {
+                        Ok(())
+                    }
+                    _ => Err(unavailable(err)),
+                },
+            }
+        }
+        .boxed()
+    }
+
+    fn keys<'a>(&'a self, bucket: &'a str) -> BoxFuture<'a, StoreResult<Vec<String>>> {
+        async move {
+            let kv = self.js.get_key_value(bucket).await.map_err(unavailable)?;
+            let mut keys = kv.keys().await.map_err(unavailable)?;
+            let mut all = Vec::new();
+            while let Some(key) = keys.next().await {
+                all.push(key.map_err(unavailable)?);
+            }
+            all.sort();
+            Ok(all)
+        }
+        .boxed()
+    }
+}
