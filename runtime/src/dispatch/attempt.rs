@@ -75,9 +75,9 @@ impl Dispatcher {
             Ok(lease) => lease,
             Err(next) => return next,
         };
-        let delivered = message.info().map(|i| i.delivered).unwrap_or(1);
-        let attempt =
-            policy::attempt_number(delivered, lease.history.failures).max(failed_in_place + 1);
+        // The record counts every run started, across restarts and replicas;
+        // ordered handlers retrying in place also count their own.
+        let attempt = lease.history.attempts.max(failed_in_place + 1);
         tracing::Span::current().record("attempt", attempt);
         if attempt > self.manifest.retry.max_attempts {
             // Earlier deliveries ended without an outcome we could record (a

@@ -146,10 +146,10 @@ impl ProcessedEvents {
     pub async fn claim(&self, event: &Event) -> Result<Claim> {
         let key = Self::key(event);
         for _ in 0..CLAIM_TRIES {
-            let fresh = self.encode(&self.claimed(FailureHistory::default()))?;
+            let history = FailureHistory::first_attempt();
+            let fresh = self.encode(&self.claimed(history.clone()))?;
             match self.write(&key, fresh, 0).await {
                 Ok(revision) => {
-                    let history = FailureHistory::default();
                     return Ok(Claim::Acquired(Lease {
                         key,
                         revision,
@@ -194,6 +194,12 @@ impl ProcessedEvents {
                 // Deleted (a replay), or not ours: start afresh rather than wedge.
                 None | Some(Err(_)) => (FailureHistory::default(), None),
             };
+            // A run starts (or started, and ended without an outcome): an
+            // attempt. Resuming a commit is not one.
+            let mut history = history;
+            if interrupted.is_none() {
+                history.attempts += 1;
+            }
             let record = match &interrupted {
                 None => self.claimed(history.clone()),
                 Some(Interrupted::Committing(plan)) => self.committing(history.clone(), plan),
@@ -258,6 +264,7 @@ impl ProcessedEvents {
             first_failure: lease.history.first_failure.or(Some(Utc::now())),
             last_kind: Some(kind),
             last_error: Some(error.to_string()),
+            ..lease.history
         };
         self.advance(lease, &Record::Failed { history })
             .await
@@ -432,17 +439,32 @@ mod tests {
         assert_eq!(found, plan);
         // The holder whose lease was taken over can no longer write.
         assert!(records.done(stale, "v1").await.is_err());
+
+        // A run cut off before its plan was written counts as an attempt.
+        let other = event("/a", "2");
+        let Claim::Acquired(first) = records.claim(&other).await.unwrap() else {
+            panic!("claim")
+        };
+        assert_eq!(first.history.attempts, 1);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let Claim::Acquired(second) = records.claim(&other).await.unwrap() else {
+            panic!("takeover")
+        };
+        assert_eq!(second.history.attempts, 2);
     }
 
     #[tokio::test]
-    async fn failures_accumulate_across_claims() {
+    async fn failures_and_attempts_accumulate_across_claims() {
         let (_, records) = records(Duration::from_secs(30));
         let e = event("/a", "1");
         for expected in 0..3 {
             let Claim::Acquired(lease) = records.claim(&e).await.unwrap() else {
                 panic!("claim")
             };
+            // A copy arriving meanwhile waits; it is not an attempt.
+            assert!(matches!(records.claim(&e).await.unwrap(), Claim::Busy(_)));
             assert_eq!(lease.history.failures, expected);
+            assert_eq!(lease.history.attempts, expected + 1);
             records
                 .failed(lease, FailureKind::Trap, "boom")
                 .await

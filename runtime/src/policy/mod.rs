@@ -54,16 +54,6 @@ pub fn after_failure(retry: &RetryPolicy, failure: &Failure, attempt: u32) -> Ve
     }
 }
 
-/// The attempt number of a delivery: JetStream's delivery count, which
-/// survives restarts, or one more than the failures recorded for the event,
-/// whichever is higher. The record matters where delivery counts do not
-/// move: retries in place (ordered handlers), and a dead letter replayed as a
-/// new message.
-pub fn attempt_number(delivered: i64, recorded_failures: u32) -> u32 {
-    let delivered = u32::try_from(delivered).unwrap_or(u32::MAX).max(1);
-    delivered.max(recorded_failures.saturating_add(1))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -104,13 +94,5 @@ mod tests {
                 Verdict::DeadLetter
             );
         }
-    }
-
-    #[test]
-    fn attempts_count_deliveries_and_recorded_failures() {
-        assert_eq!(attempt_number(1, 0), 1);
-        assert_eq!(attempt_number(3, 0), 3);
-        assert_eq!(attempt_number(1, 2), 3);
-        assert_eq!(attempt_number(0, 0), 1);
     }
 }

@@ -90,6 +90,12 @@ impl Record {
 /// What earlier attempts at an event left behind.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct FailureHistory {
+    /// Runs started so far, this one included: the attempt number. Counted
+    /// here rather than taken from JetStream's delivery count, which also
+    /// counts the deliveries the host put back unrun (a copy waiting for
+    /// another runtime's claim, the host's own trouble).
+    #[serde(default)]
+    pub attempts: u32,
     /// Failed attempts so far.
     pub failures: u32,
     pub first_failure: Option<DateTime<Utc>>,
@@ -97,6 +103,16 @@ pub struct FailureHistory {
     /// later delivery than the one that failed.
     pub last_kind: Option<FailureKind>,
     pub last_error: Option<String>,
+}
+
+impl FailureHistory {
+    /// The history of an event's first run.
+    pub fn first_attempt() -> Self {
+        FailureHistory {
+            attempts: 1,
+            ..Default::default()
+        }
+    }
 }
 
 /// Everything a successful invocation changes, in the order it is applied.
