@@ -171,6 +171,9 @@ pub enum KvError {
     Interrupted,
 }
 
+/// The bucket label under which opens of ungranted buckets are counted.
+pub const NOT_GRANTED: &str = "(not granted)";
+
 /// Reads and writes per bucket in one invocation, for the metrics.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct BucketUsage {
@@ -188,6 +191,8 @@ pub struct KeyValueState {
     writes: BTreeMap<(usize, String), Option<Bytes>>,
     bytes_written: usize,
     usage: Vec<BucketUsage>,
+    /// Opens of buckets the handler was not granted.
+    denied_opens: u64,
     pub(super) refused: Option<Failure>,
     pub(super) interrupted: Option<Interruption>,
 }
@@ -215,6 +220,7 @@ impl KeyValueState {
                     bucket = name,
                     "keyvalue: access denied: the bucket is not granted"
                 );
+                self.denied_opens += 1;
                 Err(KvError::AccessDenied)
             }
         }
@@ -316,13 +322,22 @@ impl KeyValueState {
         planned
     }
 
-    /// What this invocation did per bucket: (bucket name, usage).
+    /// What this invocation did per bucket: (bucket name, usage). Opens of
+    /// ungranted buckets are under [`NOT_GRANTED`]: the names are the guest's
+    /// and must not become metric labels.
     pub fn usage(&self) -> Vec<(String, BucketUsage)> {
-        let Some(grants) = &self.grants else {
-            return Vec::new();
-        };
-        let names = grants.buckets.iter().map(|b| b.name.clone());
-        names.zip(self.usage.iter().cloned()).collect()
+        let granted = self.grants.iter().flat_map(|g| &g.buckets);
+        let mut usage: Vec<_> = (granted.map(|b| b.name.clone()))
+            .zip(self.usage.iter().cloned())
+            .collect();
+        if self.denied_opens > 0 {
+            let denied = BucketUsage {
+                reads: 0,
+                denied: self.denied_opens,
+            };
+            usage.push((NOT_GRANTED.to_string(), denied));
+        }
+        usage
     }
 
     async fn write(

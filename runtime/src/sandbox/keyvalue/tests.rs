@@ -49,6 +49,16 @@ async fn only_granted_buckets_open_and_read_only_ones_refuse_writes() {
     let usage = kv.usage();
     assert_eq!(usage[1].0, "ro");
     assert_eq!(usage[1].1.denied, 2);
+    assert_eq!(
+        usage[2],
+        (
+            NOT_GRANTED.to_string(),
+            BucketUsage {
+                reads: 0,
+                denied: 1
+            }
+        )
+    );
     assert!(kv.refused.is_none(), "a denial is the guest's to handle");
     assert!(kv.into_writes().is_empty());
 
