@@ -1,29 +1,110 @@
-//! Inventory: the saga's compensation step. When a payment fails, the stock
-//! reserved for the order is released.
+//! Inventory: reserves stock for each order and, as the saga's
+//! compensation, releases it when the payment fails.
 //!
-//! `payments.failed` → `inventory.released`.
-use eventhost_sdk::{Emit, Event, HandlerError};
+//! Stock levels are keys of the `inventory` bucket (`stock.<sku>`, units on
+//! hand; a SKU never seen starts at config `initial_stock`), and what an
+//! order holds is `reservation.<order>`. `orders.created` reserves every
+//! item or none (`inventory.reserved` / `inventory.rejected`);
+//! `payments.failed` puts the reservation back (`inventory.released`). The
+//! two run on different consumers, so a failed payment can be seen before
+//! its order: the release then leaves a cancelled reservation, and the late
+//! order reserves nothing.
+use eventhost_sdk::kv::Bucket;
+use eventhost_sdk::{Emit, Event, HandlerError, config_or};
 use serde::{Deserialize, Serialize};
+use serde_json::json;
 
 #[derive(Deserialize)]
-struct PaymentFailed {
+struct Order {
     order_id: String,
+    #[serde(default)]
+    items: Vec<Item>,
 }
 
-#[derive(Serialize)]
-struct InventoryReleased<'a> {
-    order_id: &'a str,
+#[derive(Clone, Deserialize, Serialize)]
+struct Item {
+    product_id: String,
+    quantity: u64,
+}
+
+#[derive(Default, Deserialize, Serialize)]
+struct Reservation {
+    items: Vec<Item>,
+    cancelled: bool,
+}
+
+fn stock_of(bucket: &Bucket, sku: &str) -> Result<u64, HandlerError> {
+    let initial = config_or("initial_stock", 100)?;
+    Ok(bucket.get(&format!("stock.{sku}"))?.unwrap_or(initial))
+}
+
+fn emit(ty: &str, order_id: &str, data: serde_json::Value) -> Result<(), HandlerError> {
+    let subject = format!("inventory.{ty}");
+    let ty = format!("com.example.inventory.{ty}");
+    Emit::new(subject, ty).subject(order_id).json(&data)?.send()
+}
+
+fn reserve(bucket: &Bucket, order: Order) -> Result<(), HandlerError> {
+    let key = format!("reservation.{}", order.order_id);
+    if bucket.exists(&key)? {
+        return Ok(()); // Cancelled before it came: nothing to hold.
+    }
+    for item in &order.items {
+        let available = stock_of(bucket, &item.product_id)?;
+        if available < item.quantity {
+            let data = json!({ "order_id": order.order_id, "product_id": item.product_id,
+                "wanted": item.quantity, "available": available });
+            return emit("rejected", &order.order_id, data);
+        }
+        bucket.put(
+            &format!("stock.{}", item.product_id),
+            &(available - item.quantity),
+        )?;
+    }
+    bucket.put(
+        &key,
+        &Reservation {
+            items: order.items.clone(),
+            cancelled: false,
+        },
+    )?;
+    emit(
+        "reserved",
+        &order.order_id,
+        json!({ "order_id": order.order_id, "items": order.items }),
+    )
+}
+
+fn release(bucket: &Bucket, order_id: &str) -> Result<(), HandlerError> {
+    let key = format!("reservation.{order_id}");
+    let reservation: Reservation = bucket.get(&key)?.unwrap_or_default();
+    if reservation.cancelled {
+        return Ok(());
+    }
+    for item in &reservation.items {
+        let available = stock_of(bucket, &item.product_id)?;
+        bucket.put(
+            &format!("stock.{}", item.product_id),
+            &(available + item.quantity),
+        )?;
+    }
+    bucket.put(
+        &key,
+        &Reservation {
+            items: vec![],
+            cancelled: true,
+        },
+    )?;
+    emit("released", order_id, json!({ "order_id": order_id }))
 }
 
 fn handle(event: Event) -> Result<(), HandlerError> {
-    let failed: PaymentFailed = event.json()?;
-    eventhost_sdk::info!("releasing stock reserved for order {}", failed.order_id);
-    Emit::new("inventory.released", "com.example.inventory.released")
-        .subject(&failed.order_id)
-        .json(&InventoryReleased {
-            order_id: &failed.order_id,
-        })?
-        .send()
+    let bucket = Bucket::open("inventory")?;
+    let order: Order = event.json()?;
+    match event.ty() {
+        "com.example.payment.failed" => release(&bucket, &order.order_id),
+        _ => reserve(&bucket, order),
+    }
 }
 
 eventhost_sdk::export_handler!(handle);
