@@ -1,7 +1,9 @@
 //! The `eventhost` command line: `run` the host, the `publish` / `tail`
-//! helpers that drive a walkthrough by hand, and `dlq` for dead letters.
+//! helpers that drive a walkthrough by hand, `dlq` for dead letters and
+//! `kv` for handler state.
 
 mod dlq;
+mod kv;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -129,6 +131,29 @@ pub enum Command {
     Dlq {
         #[command(subcommand)]
         command: dlq::DlqCommand,
+    },
+    /// Read and write key-value buckets (handler state) by hand.
+    Kv {
+        #[command(subcommand)]
+        command: kv::KvCommand,
+    },
+    /// Read models: rebuild a projection from its source stream.
+    Projection {
+        #[command(subcommand)]
+        command: ProjectionCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ProjectionCommand {
+    /// Replay HANDLER's subjects from the start of the stream into fresh
+    /// buckets, and swap them in once caught up (the current read model keeps
+    /// serving meanwhile; runtimes reload to the new generation).
+    Rebuild {
+        handler: String,
+        /// Directory holding HANDLER.wasm and HANDLER.toml.
+        #[arg(long, default_value = "plugins")]
+        plugins: PathBuf,
     },
 }
 
@@ -277,6 +302,32 @@ impl Cli {
                 Ok(())
             }
             Command::Dlq { command } => dlq::execute(command, &nats).await,
+            Command::Kv { command } => kv::execute(command, &nats).await,
+            Command::Projection {
+                command: ProjectionCommand::Rebuild { handler, plugins },
+            } => {
+                let js = async_nats::jetstream::new(nats.connect().await?);
+                eprintln!("rebuilding {handler} from the start of its subjects…");
+                let mut last = None;
+                let progress = |p: eventhost::projection::Progress| {
+                    let now = (p.pending, p.unsettled);
+                    if last != Some(now) {
+                        eprintln!("  {} events to go, {} in hand", p.pending, p.unsettled);
+                        last = Some(now);
+                    }
+                };
+                let generation =
+                    eventhost::projection::rebuild(&js, &plugins, &handler, progress).await?;
+                println!("{handler}: generation {} swapped in", generation.number);
+                for (name, physical) in &generation.buckets {
+                    println!("  bucket {name} is now stored in {physical}");
+                }
+                println!(
+                    "  consumer {}; runtimes were asked to reload",
+                    generation.consumer
+                );
+                Ok(())
+            }
         }
     }
 }

@@ -162,6 +162,39 @@ struct HandlerView {
     /// consuming | starting | failed
     state: &'static str,
     last_error: Option<String>,
+    grants: Option<Grants>,
+}
+
+/// What a handler's manifest lets it touch.
+#[derive(Serialize)]
+struct Grants {
+    publish: Vec<String>,
+    /// Bucket name → `read-write` | `read-only`.
+    keyvalue: std::collections::BTreeMap<String, &'static str>,
+    /// Subject pattern → `append` | `read`.
+    eventstore: std::collections::BTreeMap<String, &'static str>,
+}
+
+impl Grants {
+    fn of(manifest: &crate::manifest::HandlerManifest) -> Self {
+        let mut keyvalue = std::collections::BTreeMap::new();
+        if let Some(section) = &manifest.keyvalue {
+            keyvalue.extend(section.read_only.iter().map(|b| (b.clone(), "read-only")));
+            keyvalue.extend(section.read_write.iter().map(|b| (b.clone(), "read-write")));
+        }
+        let mut eventstore = std::collections::BTreeMap::new();
+        if let Some(section) = &manifest.eventstore {
+            for (pattern, append) in section.patterns() {
+                let access = if append { "append" } else { "read" };
+                eventstore.entry(pattern.clone()).or_insert(access);
+            }
+        }
+        Grants {
+            publish: manifest.publish.clone(),
+            keyvalue,
+            eventstore,
+        }
+    }
 }
 
 async fn handlers(State(state): State<AdminState>) -> Json<Vec<HandlerView>> {
@@ -190,6 +223,7 @@ async fn handlers(State(state): State<AdminState>) -> Json<Vec<HandlerView>> {
                     .refused
                     .clone()
                     .or_else(|| current.and_then(|d| d.last_error())),
+                grants: current.map(|d| Grants::of(d.manifest())),
             }
         })
         .collect();
