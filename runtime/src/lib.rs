@@ -33,6 +33,7 @@ pub mod nats;
 pub mod outcome;
 pub mod plugins;
 pub mod policy;
+pub mod projection;
 pub mod runtime;
 pub mod sandbox;
 pub mod source;

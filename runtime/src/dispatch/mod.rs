@@ -66,6 +66,8 @@ pub struct Dispatcher {
     consuming: Vec<AtomicBool>,
     /// The last failure, for `GET /handlers`.
     last_error: Mutex<Option<String>>,
+    /// Cancelled once `run` has drained and returned.
+    stopped: CancellationToken,
 }
 
 /// A decoded event held until its key's worker gets to it.
@@ -104,6 +106,7 @@ impl Dispatcher {
             waiting: KeyedQueue::default(),
             metrics,
             last_error: Mutex::new(None),
+            stopped: CancellationToken::new(),
         }))
     }
 
@@ -118,6 +121,16 @@ impl Dispatcher {
 
     pub fn manifest(&self) -> &HandlerManifest {
         &self.manifest
+    }
+
+    /// The durable consumer name (before the per-subject suffix).
+    pub fn consumer(&self) -> String {
+        self.manifest.consumer_name(self.name())
+    }
+
+    /// Resolves once [`Dispatcher::run`] has drained and returned.
+    pub async fn stopped(&self) {
+        self.stopped.cancelled().await
     }
 
     fn committer(&self) -> Committer<'_> {
@@ -199,6 +212,7 @@ impl Dispatcher {
             let _ = task.await;
         }
         tracing::info!(handler = self.name(), version = self.version(), "stopped");
+        self.stopped.cancel();
     }
 
     async fn pull(

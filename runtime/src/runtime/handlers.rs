@@ -23,6 +23,7 @@ use crate::dispatch::Dispatcher;
 use crate::manifest::HandlerManifest;
 use crate::metrics::{Metrics, NameLabels};
 use crate::plugins::{self, Discovered, PluginSource};
+use crate::projection::{self, Generation};
 use crate::sandbox::{Capabilities, HandlerSpec, Sandbox, eventstore, keyvalue};
 use crate::source::ConsumerBinding;
 use crate::store::Store;
@@ -106,9 +107,13 @@ impl HandlerSet {
         let present: BTreeSet<String> = found.iter().map(|d| d.name.clone()).collect();
         for Discovered { name, source } in found {
             let current = self.current_version(&name);
+            let source = match source {
+                Ok(source) => self.with_generation(source).await,
+                Err(err) => Err(err),
+            };
             let loaded = match source {
-                Ok(source) if current.as_deref() == Some(&source.version) => continue,
-                Ok(source) => self.load(source).await,
+                Ok((source, _)) if current.as_deref() == Some(&source.version) => continue,
+                Ok((source, generation)) => self.load(source, generation).await,
                 Err(err) => Err(err),
             };
             let err = match loaded {
@@ -160,14 +165,34 @@ impl HandlerSet {
                 .reloads
                 .get_or_create(&NameLabels::new(&name))
                 .inc();
+            if old.consumer() != dispatcher.consumer() {
+                // A new state generation: the old one's consumers feed
+                // nothing any more once it has drained.
+                self.tasks.spawn(retire_consumers(self.js.clone(), old));
+            }
         }
         if let Some(old_stop) = old_stop {
             old_stop.cancel();
         }
     }
 
+    /// The handler with its state generation applied: a rebuilt read model
+    /// moves its buckets and consumer, and changes the handler's version.
+    async fn with_generation(
+        &self,
+        mut source: PluginSource,
+    ) -> Result<(PluginSource, Generation)> {
+        let writes_state = source.manifest.keyvalue.as_ref();
+        if writes_state.is_none_or(|kv| kv.read_write.is_empty()) {
+            return Ok((source, Generation::default()));
+        }
+        let (generation, _) = projection::current(&*self.store, &source.name).await?;
+        generation.apply(&mut source.manifest, &mut source.version);
+        Ok((source, generation))
+    }
+
     /// Compiles and checks a handler, resolves its grants and consumers.
-    async fn load(&self, source: PluginSource) -> Result<Arc<Dispatcher>> {
+    async fn load(&self, source: PluginSource, generation: Generation) -> Result<Arc<Dispatcher>> {
         let PluginSource {
             name,
             version,
@@ -184,7 +209,8 @@ impl HandlerSet {
         check_publish_targets(js, &manifest.publish)
             .await
             .with_context(context)?;
-        let capabilities = resolve_capabilities(js, self.store.clone(), &name, &manifest)
+        let store = self.store.clone();
+        let capabilities = resolve_capabilities(js, store, &name, &manifest, &generation)
             .await
             .with_context(context)?;
         let spec = HandlerSpec {
@@ -216,6 +242,23 @@ impl HandlerSet {
     }
 }
 
+/// Deletes a replaced generation's durable consumers once its dispatcher
+/// has finished what it held.
+async fn retire_consumers(js: jetstream::Context, old: Arc<Dispatcher>) {
+    old.stopped().await;
+    for binding in old.bindings() {
+        match js
+            .delete_consumer_from_stream(&binding.durable, &binding.stream)
+            .await
+        {
+            Ok(_) => tracing::info!(handler = %old.name(), consumer = %binding.durable,
+                "deleted the consumer of a replaced state generation"),
+            Err(err) => tracing::warn!(consumer = %binding.durable, error = %err,
+                "could not delete the consumer of a replaced state generation"),
+        }
+    }
+}
+
 /// Outputs are published to JetStream and acked by it; a subject no stream
 /// captures would fail every successful invocation at publish time. Refuse
 /// the handler at load instead.
@@ -233,17 +276,19 @@ async fn check_publish_targets(js: &jetstream::Context, publish: &[String]) -> R
     Ok(())
 }
 
-/// What the manifest grants, resolved against the server: buckets and
-/// streams must exist.
-async fn resolve_capabilities(
+/// What the manifest grants, resolved against the server (buckets and
+/// streams must exist), with the buckets of the handler's state generation.
+pub(crate) async fn resolve_capabilities(
     js: &jetstream::Context,
     store: Arc<dyn Store>,
     name: &str,
     manifest: &HandlerManifest,
+    generation: &Generation,
 ) -> Result<Capabilities> {
     let keyvalue = match &manifest.keyvalue {
         Some(section) => {
-            Some(keyvalue::resolve(section, js, store.clone(), |b| b.to_string()).await?)
+            let physical = |b: &str| generation.physical(b);
+            Some(keyvalue::resolve(section, js, store.clone(), physical).await?)
         }
         None => None,
     };

@@ -25,6 +25,7 @@ use crate::nats::NatsEndpoint;
 use crate::sandbox::{CompiledCache, Sandbox};
 use crate::store::NatsStore;
 use handlers::HandlerSet;
+pub(crate) use handlers::resolve_capabilities;
 pub use reload::RELOAD_SUBJECT;
 
 /// Everything `eventhost run` needs.
