@@ -48,7 +48,7 @@ fn order_ids(stored: &[Stored]) -> BTreeSet<String> {
 async fn checkout_flow_in_both_content_modes() {
     let nats = NatsServer::start();
     let plugins = checkout_plugins();
-    let runtime = Runtime::start(&nats, &plugins, 3);
+    let runtime = Runtime::start(&nats, &plugins, 4);
     let js = nats.jetstream().await;
 
     const ORDERS: usize = 40;
@@ -142,7 +142,7 @@ async fn checkout_flow_in_both_content_modes() {
 async fn output_ids_are_deterministic_and_lineage_is_carried() {
     let nats = NatsServer::start();
     let plugins = checkout_plugins();
-    let runtime = Runtime::start(&nats, &plugins, 3);
+    let runtime = Runtime::start(&nats, &plugins, 4);
     let js = nats.jetstream().await;
     let client = async_nats::connect(nats.url()).await.unwrap();
     let mut live = client.subscribe("payments.completed").await.unwrap();

@@ -179,7 +179,8 @@ impl Plugins {
 
 // ---------------------------------------------------------------- runtime
 
-/// Streams every test declares: the checkout flow's and the chaos handler's.
+/// Streams and buckets every test declares: the checkout flow's, the chaos
+/// handler's, and the state examples'.
 pub const TEST_STREAMS: &str = r#"
 [[streams]]
 name = "CHECKOUT"
@@ -188,6 +189,29 @@ subjects = ["orders.>", "payments.>", "notifications.>", "inventory.>"]
 [[streams]]
 name = "CHAOS"
 subjects = ["chaos.>"]
+
+[[streams]]
+name = "COUNTER"
+subjects = ["counter.>"]
+
+[[streams]]
+name = "ACCOUNTS"
+subjects = ["accounts.>"]
+
+[[buckets]]
+name = "counters"
+
+[[buckets]]
+name = "lookup"
+
+[[buckets]]
+name = "inventory"
+
+[[buckets]]
+name = "order-summary"
+
+[[buckets]]
+name = "account-snapshots"
 "#;
 
 /// `eventhost run` as a child process, logging JSON to a file.
@@ -222,6 +246,17 @@ impl Runtime {
 
     /// Like [`Runtime::start_at`], with extra `eventhost run` arguments.
     pub fn start_with(url: &str, plugins: &Plugins, consumers: usize, args: &[&str]) -> Self {
+        Self::start_env(url, plugins, consumers, args, &[])
+    }
+
+    /// Like [`Runtime::start_with`], with extra environment variables.
+    pub fn start_env(
+        url: &str,
+        plugins: &Plugins,
+        consumers: usize,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
         // One compiled-code cache for the whole test run, inside target/,
         // unless the test brings its own.
         let shared_cache = repo_root().join("target/test-compiled-cache");
@@ -243,6 +278,7 @@ impl Runtime {
             .arg(config.path())
             .args(args)
             .env("RUST_LOG", "info,async_nats=warn")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log.reopen().unwrap())
             .spawn()
@@ -323,6 +359,18 @@ impl Runtime {
 
     pub fn is_running(&mut self) -> bool {
         self.child.try_wait().unwrap().is_none()
+    }
+
+    /// Waits for the process to end on its own (a crash), up to `timeout`.
+    pub fn wait_for_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "the runtime did not exit");
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// SIGKILL: no chance to finish, settle or flush anything.
@@ -647,4 +695,45 @@ pub fn parse_metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
             matches.then(|| value.parse::<f64>().ok()).flatten()
         })
         .sum()
+}
+
+// ---------------------------------------------------------------- state
+
+/// Every key of key-value bucket `bucket` with its value as JSON, read with
+/// a plain NATS client (not the runtime's code).
+pub async fn bucket_json(
+    js: &jetstream::Context,
+    bucket: &str,
+) -> std::collections::BTreeMap<String, Value> {
+    let store = js.get_key_value(bucket).await.unwrap();
+    let mut keys = store.keys().await.unwrap();
+    let mut all = std::collections::BTreeMap::new();
+    while let Some(key) = keys.next().await {
+        let key = key.unwrap();
+        if let Some(value) = store.get(&key).await.unwrap() {
+            all.insert(key, serde_json::from_slice(&value).unwrap());
+        }
+    }
+    all
+}
+
+/// Waits until `check` holds for the async value `read` produces.
+pub async fn eventually<T: std::fmt::Debug, F: std::future::Future<Output = T>>(
+    what: &str,
+    timeout: Duration,
+    mut read: impl FnMut() -> F,
+    check: impl Fn(&T) -> bool,
+) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let value = read().await;
+        if check(&value) {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}; last: {value:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
