@@ -246,3 +246,28 @@ async fn output_ids_are_deterministic_and_lineage_is_carried() {
     );
     assert!(!hop.contains(payment_span), "a span of its own: {hop}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_component_built_against_the_0_1_contract_still_runs() {
+    // Built from examples/payment before eventhost:handler@0.2.0 existed
+    // (tests/fixtures/handler-0.1.0/README.md): it imports the 0.1.0
+    // interfaces.
+    let nats = NatsServer::start();
+    let plugins = Plugins::new();
+    let fixture = repo_root().join("tests/fixtures/handler-0.1.0/payment.wasm");
+    std::fs::copy(&fixture, plugins.path().join("payment.wasm")).unwrap();
+    let manifest = std::fs::read(repo_root().join("examples/payment/handler.toml")).unwrap();
+    plugins.write("payment.toml", &manifest);
+    let runtime = Runtime::start(&nats, &plugins, 1);
+    let js = nats.jetstream().await;
+    for i in [0, 3] {
+        let (id, data) = order(i);
+        let event = TestEvent::new(format!("evt-{id}"), "com.example.order.created", data);
+        publish(&js, "orders.created", event.binary()).await;
+    }
+    let completed = collect(&js, "CHECKOUT", "payments.completed", 1, WAIT).await;
+    let failed = collect(&js, "CHECKOUT", "payments.failed", 1, WAIT).await;
+    assert_eq!(completed[0].data()["order_id"], "order-0");
+    assert_eq!(failed[0].data()["order_id"], "order-3");
+    assert_eq!(runtime.outcomes("succeeded").len(), 2);
+}

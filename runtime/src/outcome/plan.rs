@@ -2,13 +2,16 @@
 //!
 //! The plan is the commit written down in full before any of it is applied:
 //! the key-value writes as the capability buffered them, the appended events
-//! and the emitted events completed (ids, source, lineage) and encoded. A
+//! and the emitted events completed (ids, source, lineage) and encoded
+//! (appended events always in structured mode, emitted ones in the
+//! handler's emit mode). A
 //! resumed commit publishes exactly these bytes, so ids and `Nats-Msg-Id`s
 //! never change between tries.
 
 use anyhow::Result;
 
 use super::outputs::{Completion, appended_event_id, complete, encode_emitted};
+use crate::decode::ContentMode;
 use crate::sandbox::Effects;
 use crate::store::record::{CommitPlan, PlannedWrite};
 
@@ -24,7 +27,11 @@ pub fn plan(id: String, with: &Completion, effects: Effects) -> Result<CommitPla
         for (position, event) in append.events.into_iter().enumerate() {
             let derived = appended_event_id(with.handler, &with.input.event, index);
             index += 1;
-            let message = complete(with, derived, event)?.encode()?;
+            let mut output = complete(with, derived, event)?;
+            // The store holds self-describing events whatever mode the
+            // input came in: any client can read them back.
+            output.mode = ContentMode::Structured;
+            let message = output.encode()?;
             // The first event of a batch carries the batch's expectation;
             // the next ones follow the event before them.
             let expected = (position == 0).then_some(append.expected);

@@ -1,0 +1,78 @@
+//! A runtime killed at each step of a commit: after a successor takes the
+//! event over, every write is applied exactly once and none half.
+//!
+//! The crash points exist only in a binary built with `--features
+//! failpoints` (`scripts/test` builds it so); each case first checks that
+//! its runtime really died there, so a build without them fails loudly
+//! instead of passing without crashing anything.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::json;
+use support::*;
+
+const SETTLE: Duration = Duration::from_secs(120);
+
+/// Runs one event whose commit writes `1 + fill` keys and emits one event,
+/// crashing at `point`, then lets a successor finish; returns the counters
+/// bucket and the handler's outputs.
+async fn crash_at(point: &str, fill: usize) {
+    let nats = NatsServer::start();
+    let plugins = Plugins::new();
+    plugins.install_example("counter");
+    let failpoints = [("EVENTHOST_FAILPOINTS", point)];
+    let mut doomed = Runtime::start_env(&nats.url(), &plugins, 1, &[], &failpoints);
+    let js = nats.jetstream().await;
+    let data = json!({ "key": "k", "fill": fill, "size": 3 });
+    let event = TestEvent::new("crashing", "com.example.count", data);
+    publish(&js, "counter.in", event.structured()).await;
+    let status = doomed.wait_for_exit(Duration::from_secs(30));
+    let name = point.split(':').next().unwrap();
+    let crashed = doomed.raw_log().contains(&format!("failpoint {name}"));
+    assert!(
+        status.is_some_and(|s| !s.success()) && crashed,
+        "{point}: the runtime did not crash there ({status:?}); was it built with --features failpoints?"
+    );
+
+    // The successor gets the event after the ack wait and finishes (or
+    // redoes) the same commit.
+    let successor = Runtime::start(&nats, &plugins, 1);
+    eventually(
+        "the event to settle",
+        SETTLE,
+        || consumer_state(&js, "COUNTER", "counter"),
+        |(pending, ack_pending, _)| *pending == 0 && *ack_pending == 0,
+    )
+    .await;
+    let state = bucket_json(&js, "counters").await;
+    assert_eq!(state["k"], 1, "{point}: the count, applied once: {state:?}");
+    for i in 0..fill {
+        assert_eq!(state[&format!("k.{i}")], "xxx", "{point}: {state:?}");
+    }
+    assert_eq!(state.len(), 1 + fill, "{point}: {state:?}");
+    let outputs = stored_messages(&js, "COUNTER", "counter.updated").await;
+    assert_eq!(outputs.len(), 1, "{point}: one output");
+    assert_eq!(outputs[0].cloudevent()["data"]["value"], 1, "{point}");
+    let handled = successor.outcomes("succeeded").len() + successor.outcomes("duplicate").len();
+    assert_eq!(handled, 1, "{point}: the successor settled it once");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crash_at_any_step_of_a_commit_applies_everything_once() {
+    // Several writes (marked pending), at every step; then the single-write
+    // commit, where the write is the decision.
+    let cases = [
+        ("commit.planned:1", 2),
+        ("commit.wrote:1", 2),
+        ("commit.wrote:2", 2),
+        ("commit.applied:1", 2),
+        ("commit.published:1", 2),
+        ("commit.done:1", 2),
+        ("commit.planned:1", 0),
+        ("commit.wrote:1", 0),
+    ];
+    let runs = cases.iter().map(|(point, fill)| crash_at(point, *fill));
+    futures::future::join_all(runs).await;
+}
