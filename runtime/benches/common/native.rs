@@ -17,6 +17,11 @@ pub enum Workload {
     Relay,
     /// `examples/payment`: parses an order, checks it, emits a payment.
     Payment,
+    /// `examples/counter`: one key-value write and one output per event.
+    /// End to end only: it has no native baseline yet, and the sandbox
+    /// bench (which shares this file) does not run it.
+    #[allow(dead_code)]
+    State,
 }
 
 impl Workload {
@@ -24,6 +29,7 @@ impl Workload {
         match self {
             Workload::Relay => "relay",
             Workload::Payment => "payment",
+            Workload::State => "counter",
         }
     }
 
@@ -33,6 +39,7 @@ impl Workload {
         match self {
             Workload::Relay => relay(event, data),
             Workload::Payment => payment(&data),
+            Workload::State => Err("the state workload has no native baseline".into()),
         }
     }
 }

@@ -27,8 +27,13 @@ pub fn input_subject(workload: Workload) -> &'static str {
     match workload {
         Workload::Relay => "relay.in",
         Workload::Payment => "orders.created",
+        Workload::State => "counter.in",
     }
 }
+
+/// Keys the state workload spreads its writes over: few enough that keys
+/// are rewritten, many enough that 16 in flight rarely race.
+const STATE_KEYS: u64 = 1024;
 
 /// Deletes every stream (inputs, outputs, idempotency buckets, dead letters)
 /// and declares the benchmark's two, so each measurement starts from empty.
@@ -42,8 +47,14 @@ pub async fn reset(js: &jetstream::Context) -> Result<()> {
         js.delete_stream(&name).await?;
     }
     for (name, subjects) in [
-        (INPUT_STREAM, vec!["relay.in", "orders.created"]),
-        (OUTPUT_STREAM, vec!["relay.out", "payments.>"]),
+        (
+            INPUT_STREAM,
+            vec!["relay.in", "orders.created", "counter.in"],
+        ),
+        (
+            OUTPUT_STREAM,
+            vec!["relay.out", "payments.>", "counter.updated"],
+        ),
     ] {
         js.create_stream(jetstream::stream::Config {
             name: name.to_string(),
@@ -53,16 +64,32 @@ pub async fn reset(js: &jetstream::Context) -> Result<()> {
         .await
         .with_context(|| format!("creating stream {name}"))?;
     }
+    // The state workload's bucket, laid out as the runtime declares one.
+    let bucket = eventhost::config::BucketDeclaration {
+        name: "counters".into(),
+        history: 1,
+        storage: eventhost::config::Storage::File,
+        max_age: None,
+        max_value_size: None,
+    };
+    eventhost::nats::ensure_buckets(js, &[bucket]).await?;
     Ok(())
 }
 
 /// Event `n` of a run, as binary-mode CloudEvent headers and payload.
-fn event(run: &str, n: u64) -> Result<(HeaderMap, Bytes)> {
+fn event(workload: Workload, run: &str, n: u64) -> Result<(HeaderMap, Bytes)> {
+    let (ty, data) = match workload {
+        Workload::State => {
+            let key = format!("{{\"key\":\"k{}\"}}", n % STATE_KEYS);
+            ("com.example.count", key.into_bytes())
+        }
+        _ => ("com.example.order.created", native::order_json(n)),
+    };
     let event = EventBuilderV10::new()
         .id(format!("{run}-{n}"))
         .source("/bench")
-        .ty("com.example.order.created")
-        .data("application/json", native::order_json(n))
+        .ty(ty)
+        .data("application/json", data)
         .build()?;
     eventhost::encode::encode(event, ContentMode::Binary)
 }
@@ -95,7 +122,7 @@ pub async fn saturation(
     let start = Start::now(js).await?;
     let mut acks = FuturesUnordered::new();
     for n in 0..events as u64 {
-        let (headers, payload) = event(&run, n)?;
+        let (headers, payload) = event(workload, &run, n)?;
         let ack = js
             .publish_with_headers(input_subject(workload), headers, payload)
             .await?;
@@ -127,7 +154,7 @@ pub async fn fixed_rate(
     for n in 0..events as u64 {
         let due = began + Duration::from_secs_f64(n as f64 / rate);
         tokio::time::sleep_until(due).await;
-        let (headers, payload) = event(&run, n)?;
+        let (headers, payload) = event(workload, &run, n)?;
         let ack = js
             .publish_with_headers(input_subject(workload), headers, payload)
             .await?;

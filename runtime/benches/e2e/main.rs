@@ -10,6 +10,8 @@
 //! - scaling with 1, 2 and 4 events in flight per handler, and with two
 //!   runtime processes sharing the consumer;
 //! - resident memory with 1 and with 20 handlers loaded;
+//! - a state-writing workload (`counter`: one key-value write and one output
+//!   per event), against the payment workload of the same run;
 //!
 //! and folds in the sandbox micro-benchmark (`benches/sandbox.rs`) if it
 //! ran first. `scripts/bench` runs both; `--quick` makes a short smoke run.
@@ -33,7 +35,7 @@ use async_nats::jetstream;
 use load::Measurement;
 use native::Workload;
 use processes::{NatsServer, Process};
-use report::{Comparison, Report, Scaling};
+use report::{Comparison, Report, Scaling, StateRun};
 
 /// How much load each measurement offers.
 struct Settings {
@@ -47,7 +49,7 @@ struct Settings {
     sections: Vec<&'static str>,
 }
 
-const SECTIONS: [&str; 3] = ["compare", "scaling", "memory"];
+const SECTIONS: [&str; 4] = ["compare", "state", "scaling", "memory"];
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -169,6 +171,22 @@ async fn run(settings: &Settings) -> Result<Report> {
             saturation_rounds: rounds,
             runtime_peak_rss: peak.peak,
             baseline_peak_rss: native_peak.peak,
+        });
+    }
+
+    if settings.sections.contains(&"state") {
+        let mut rounds = Vec::new();
+        for round in 1..=ROUNDS {
+            eprintln!("== state (counter): saturation, round {round} of {ROUNDS}");
+            load::reset(&js).await?;
+            let runtime = bench.runtime(&[(Workload::State, "counter", 16)], 1)?;
+            let state = warm_then_saturate(&js, Workload::State, settings.events, &runtime, &nats);
+            rounds.push(state.await?);
+        }
+        let throughputs = rounds.iter().map(|m| m.throughput).collect();
+        report.state = Some(StateRun {
+            saturation: median(rounds),
+            rounds: throughputs,
         });
     }
 
@@ -385,8 +403,13 @@ fn manifest(workload: Workload, concurrency: usize) -> String {
             r#""payments.completed", "payments.failed""#,
             "max_charge = 5000",
         ),
+        Workload::State => ("counter.in", r#""counter.updated""#, ""),
+    };
+    let grants = match workload {
+        Workload::State => "[keyvalue]\nread_write = [\"counters\"]\n\n",
+        _ => "",
     };
     format!(
-        "subscribe = [\"{subscribe}\"]\npublish = [{publish}]\n\n[limits]\ntimeout = \"2s\"\nmemory = \"32 MiB\"\nconcurrency = {concurrency}\n\n[config]\n{config}\n"
+        "subscribe = [\"{subscribe}\"]\npublish = [{publish}]\n\n{grants}[limits]\ntimeout = \"2s\"\nmemory = \"32 MiB\"\nconcurrency = {concurrency}\n\n[config]\n{config}\n"
     )
 }

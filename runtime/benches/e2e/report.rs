@@ -22,6 +22,15 @@ pub struct Report {
     pub baseline_idle_rss: Option<Rss>,
     /// Median ns per event from `benches/sandbox.rs`: (workload, case, ns).
     pub sandbox: Vec<(String, String, f64)>,
+    /// The state-writing workload, runtime only.
+    pub state: Option<StateRun>,
+}
+
+/// The `counter` workload at saturation: the median round, and every round.
+#[derive(Debug, Serialize)]
+pub struct StateRun {
+    pub saturation: Measurement,
+    pub rounds: Vec<f64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -90,6 +99,7 @@ impl Report {
             memory: Vec::new(),
             baseline_idle_rss: None,
             sandbox: Vec::new(),
+            state: None,
         })
     }
 
@@ -216,6 +226,9 @@ impl Report {
             });
             let _ = writeln!(t, "  {:<8} runtime {r}   native {b}", c.workload);
         }
+        if let Some(state) = &self.state {
+            self.state_rows(&mut t, state);
+        }
         let _ = writeln!(t, "\nscaling (payment, saturation events/s)");
         for s in &self.scaling {
             let native = s.baseline.map_or("-".into(), |b| format!("{b:.0}"));
@@ -257,6 +270,46 @@ impl Report {
             }
         }
         t
+    }
+}
+
+impl Report {
+    /// The state workload, and its cost against the payment workload's
+    /// runtime run (what a key-value write and its commit add per event).
+    fn state_rows(&self, t: &mut String, state: &StateRun) {
+        let s = &state.saturation;
+        let [own, nats] = s.cpu_us_per_event.unwrap_or([f64::NAN; 2]);
+        let _ = writeln!(
+            t,
+            "\nstate: counter (one key-value write + one output per event), runtime at saturation"
+        );
+        let _ = writeln!(
+            t,
+            "  {:.0} events/s  p50 {:.2} ms  p99 {:.2} ms  cpu/ev {own:.0} µs  nats/ev {nats:.0} µs   rounds {}",
+            s.throughput,
+            s.p50_ms,
+            s.p99_ms,
+            state
+                .rounds
+                .iter()
+                .map(|x| format!("{x:.0}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+        let payment = self.comparisons.iter().find(|c| c.workload == "payment");
+        if let Some(p) = payment.map(|c| &c.runtime[0]) {
+            let cpu = |i: usize| match (s.cpu_us_per_event, p.cpu_us_per_event) {
+                (Some(a), Some(b)) => ratio(a[i], b[i]),
+                _ => "-".into(),
+            };
+            let _ = writeln!(
+                t,
+                "  against payment (runtime, same run): events/s {}  cpu/ev {}  nats/ev {}",
+                ratio(s.throughput, p.throughput),
+                cpu(0),
+                cpu(1)
+            );
+        }
     }
 }
 
