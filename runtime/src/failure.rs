@@ -153,6 +153,35 @@ impl DeadLetterReason {
     }
 }
 
+impl DeadLetterReason {
+    /// The reason named `name` (as [`DeadLetterReason::as_str`] writes it).
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "invalid_event" => Some(DeadLetterReason::InvalidEvent),
+            "too_large" => Some(DeadLetterReason::TooLarge),
+            "no_outcome" => Some(DeadLetterReason::NoOutcome),
+            _ => (FailureKind::ALL.into_iter())
+                .find(|kind| kind.as_str() == name)
+                .map(DeadLetterReason::Failed),
+        }
+    }
+}
+
+/// Stored by name, as in the `Eventhost-Error-Kind` header.
+impl Serialize for DeadLetterReason {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for DeadLetterReason {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(d)?;
+        DeadLetterReason::from_name(&name)
+            .ok_or_else(|| serde::de::Error::custom(format!("unknown dead-letter reason {name:?}")))
+    }
+}
+
 impl std::fmt::Display for DeadLetterReason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
@@ -193,6 +222,19 @@ mod tests {
         assert_eq!(DeadLetterReason::Failed(FailureKind::Trap).as_str(), "trap");
         assert_eq!(DeadLetterReason::NoOutcome.as_str(), "no_outcome");
         assert!(DeadLetterReason::TooLarge.is_invalid_input());
+        let reasons = FailureKind::ALL.map(DeadLetterReason::Failed);
+        let others = [
+            DeadLetterReason::InvalidEvent,
+            DeadLetterReason::TooLarge,
+            DeadLetterReason::NoOutcome,
+        ];
+        for reason in reasons.into_iter().chain(others) {
+            let json = serde_json::to_string(&reason).unwrap();
+            assert_eq!(
+                serde_json::from_str::<DeadLetterReason>(&json).unwrap(),
+                reason
+            );
+        }
         assert!(!DeadLetterReason::Failed(FailureKind::Permanent).is_invalid_input());
     }
 }

@@ -291,7 +291,7 @@ impl ProcessedEvents {
         let record = Record::DeadLettered {
             version: version.to_string(),
             at: Utc::now(),
-            reason: reason.as_str().to_string(),
+            reason,
         };
         self.advance(lease, &record).await.map(drop)
     }

@@ -275,26 +275,26 @@ impl EventStoreState {
             validate_event(event)
                 .map_err(|e| EventStoreError::Refused(event_store::Error::Invalid(e)))?;
         }
-        let limit = self
-            .grants
-            .as_ref()
-            .map_or(0, |g| g.limits.max_events_appended);
+        let batch = self.appends.iter().position(|a| a.subject == subject);
+        if let Some(batch) = batch.map(|i| &self.appends[i])
+            && batch.expected != expected
+        {
+            let why = format!(
+                "appends to {subject:?} in one invocation must expect the same sequence ({} and {expected})",
+                batch.expected
+            );
+            return Err(EventStoreError::Refused(event_store::Error::Invalid(why)));
+        }
+        let limit = (self.grants.as_ref()).map_or(0, |g| g.limits.max_events_appended);
         if self.appended + events.len() > limit {
             let why =
                 format!("more than `eventstore.max_events_appended` ({limit}) events appended");
             return Err(self.refuse(event_store::Error::LimitExceeded(why)));
         }
         self.appended += events.len();
-        match self.appends.iter_mut().find(|a| a.subject == subject) {
-            Some(batch) if batch.expected != expected => {
-                let why = format!(
-                    "appends to {subject:?} in one invocation must expect the same sequence ({} and {expected})",
-                    batch.expected
-                );
-                Err(EventStoreError::Refused(event_store::Error::Invalid(why)))
-            }
+        match batch {
             Some(batch) => {
-                batch.events.extend(events);
+                self.appends[batch].events.extend(events);
                 Ok(())
             }
             None => {
@@ -415,3 +415,6 @@ pub fn add_to_linker(linker: &mut Linker<InvocationState>) -> wasmtime::Result<(
     event_store::add_to_linker::<_, HasSelf<EventStoreState>>(linker, get)?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;

@@ -26,7 +26,7 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::failure::FailureKind;
+use crate::failure::{DeadLetterReason, FailureKind};
 
 use super::{Store, StoreError, StoreResult, kv};
 
@@ -73,7 +73,7 @@ pub enum Record {
     DeadLettered {
         version: String,
         at: DateTime<Utc>,
-        reason: String,
+        reason: DeadLetterReason,
     },
 }
 
