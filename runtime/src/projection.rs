@@ -84,17 +84,12 @@ pub async fn declare(js: &jetstream::Context) -> Result<()> {
 }
 
 /// The current generation of `handler` and its record's revision; the
-/// default (generation 0) when none was recorded.
+/// default (generation 0) when none was recorded. The bucket must exist
+/// ([`declare`]; the runtime declares it at start).
 pub async fn current(store: &dyn Store, handler: &str) -> Result<(Generation, u64)> {
-    let entry = kv::entry(store, GENERATIONS_BUCKET, &format!("handler.{handler}")).await;
-    let entry = match entry {
-        Ok(entry) => entry,
-        // No bucket yet: nothing was ever rebuilt.
-        Err(StoreError::Unavailable(why)) if why.contains("not found") => {
-            return Ok((Generation::default(), 0));
-        }
-        Err(err) => return Err(err).context("reading the handler's generation"),
-    };
+    let entry = kv::entry(store, GENERATIONS_BUCKET, &format!("handler.{handler}"))
+        .await
+        .context("reading the handler's generation")?;
     let generation = match &entry.value {
         Some(value) => serde_json::from_slice(value).context("a malformed generation record")?,
         None => Generation::default(),

@@ -102,7 +102,8 @@ impl Shared {
             input: &input,
             trace: &trace,
         };
-        publish_all(&*self.store, &encode_emitted(&with, emitted)?).await?;
+        let outputs = encode_emitted(&with, emitted)?.into_iter().map(Into::into);
+        publish_all(&*self.store, outputs).await?;
         self.processed.done(lease, "native").await?;
         ack(message).await
     }

@@ -19,13 +19,12 @@ use super::Dispatcher;
 use crate::decode::{ContentMode, Decoded};
 use crate::failure::{Conflict, DeadLetterReason, Failure, FailureKind};
 use crate::metrics::Outcome;
-use crate::outcome::commit::new_commit_id;
 use crate::outcome::outputs::Completion;
 use crate::outcome::{self, CommitError, DeadLetter, Settle, plan};
 use crate::policy::dedup::{Claim, Interrupted, Lease};
 use crate::policy::{self, HOST_RETRY_DELAY, MAX_CONFLICT_RERUNS, Verdict};
 use crate::sandbox::{Effects, Interruption, Invocation, Stop};
-use crate::store::record::PlannedWrite;
+use crate::store::record::{CommitPlan, PlannedWrite};
 use crate::trace::TraceContext;
 
 /// Where an event stands after an attempt.
@@ -46,6 +45,35 @@ impl Next {
             delay: HOST_RETRY_DELAY,
             failed: false,
         }
+    }
+}
+
+/// What a commit changes, for the metrics once it has: taken from the plan
+/// before the commit consumes it.
+struct Written {
+    /// (bucket, value bytes) per key written.
+    keys: Vec<(String, u64)>,
+    appended: u64,
+    emitted: usize,
+}
+
+impl Written {
+    fn of(plan: &CommitPlan) -> Self {
+        let mut written = Written {
+            keys: Vec::new(),
+            appended: 0,
+            emitted: plan.outputs.len(),
+        };
+        for write in &plan.writes {
+            match write {
+                PlannedWrite::Key { bucket, value, .. } => {
+                    let bytes = value.as_ref().map_or(0, |v| v.len() as u64);
+                    written.keys.push((bucket.clone(), bytes));
+                }
+                PlannedWrite::Event { .. } => written.appended += 1,
+            }
+        }
+        written
     }
 }
 
@@ -155,7 +183,7 @@ impl Dispatcher {
                 match committer.finish(lease, &plan, self.version()).await {
                     Ok(()) => {
                         outcome::settle(message, Settle::Ack).await;
-                        self.count_commit(&plan);
+                        self.count_commit(&Written::of(&plan));
                         self.count(Outcome::Succeeded);
                         tracing::info!(
                             outcome = Outcome::Succeeded.as_str(),
@@ -283,25 +311,23 @@ impl Dispatcher {
             input,
             trace,
         };
-        let plan = match plan::plan(new_commit_id(lease.key()), &with, effects) {
+        let plan = match plan::plan(lease.key(), &with, effects) {
             Ok(plan) => plan,
             Err(err) => {
                 let failure = Failure::new(FailureKind::EmitRefused, format!("{err:#}"));
                 return Committed::Failed(lease, failure);
             }
         };
-        let committed = self
-            .committer()
-            .commit(lease, plan.clone(), self.version())
-            .await;
+        let written = Written::of(&plan);
+        let committed = self.committer().commit(lease, plan, self.version()).await;
         self.metrics
             .commit_duration
             .observe(started.elapsed().as_secs_f64());
         match committed {
             Ok(()) => {
-                self.count_commit(&plan);
+                self.count_commit(&written);
                 Committed::Done {
-                    emitted: plan.outputs.len(),
+                    emitted: written.emitted,
                 }
             }
             Err(CommitError::Conflict { lease, lost }) => Committed::Lost(lease, lost),
@@ -310,20 +336,13 @@ impl Dispatcher {
         }
     }
 
-    /// Counts a finished commit's writes per bucket and its appends.
-    fn count_commit(&self, plan: &crate::store::record::CommitPlan) {
-        for write in &plan.writes {
-            match write {
-                PlannedWrite::Key { bucket, value, .. } => {
-                    let bytes = value.as_ref().map_or(0, |v| v.len() as u64);
-                    self.metrics.kv_written(bucket, bytes);
-                }
-                PlannedWrite::Event { .. } => {
-                    self.metrics.events_appended.inc();
-                }
-            }
+    /// Counts a finished commit's writes per bucket and its events.
+    fn count_commit(&self, written: &Written) {
+        for (bucket, bytes) in &written.keys {
+            self.metrics.kv_written(bucket, *bytes);
         }
-        self.metrics.emitted.inc_by(plan.outputs.len() as u64);
+        self.metrics.events_appended.inc_by(written.appended);
+        self.metrics.emitted.inc_by(written.emitted as u64);
     }
 
     /// The attempt failed: retry after the backoff, or dead-letter.

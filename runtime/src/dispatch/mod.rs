@@ -93,7 +93,9 @@ impl Dispatcher {
         let lease = source::claim_lease(&manifest.limits);
         let processed = ProcessedEvents::new(store.clone(), &consumer, lease);
         let metrics = metrics.for_handler(&spec.name, &spec.version);
-        let max_record = js.client().server_info().max_payload;
+        // The record around the plan (lease, history) and the message's
+        // headers take a little of the server's limit.
+        let max_record = js.client().server_info().max_payload.saturating_sub(4096);
         Ok(Arc::new(Dispatcher {
             consuming: bindings.iter().map(|_| AtomicBool::new(false)).collect(),
             component,

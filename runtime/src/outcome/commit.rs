@@ -35,7 +35,7 @@ use bytes::Bytes;
 
 use crate::failpoint;
 use crate::failure::{Conflict, Failure, FailureKind};
-use crate::outcome::outputs::{publish_all, to_publish};
+use crate::outcome::outputs::publish_all;
 use crate::policy::dedup::{Lease, ProcessedEvents};
 use crate::store::record::{COMMIT_HEADER, CommitPlan, PENDING_HEADER, PlannedWrite};
 use crate::store::{Publish, Store, StoreError, kv};
@@ -73,7 +73,9 @@ impl Committer<'_> {
         version: &str,
     ) -> Result<(), CommitError> {
         if plan.writes.is_empty() {
-            if let Err(err) = publish_all(self.store, &plan.outputs).await {
+            // Nothing is recorded: the outputs are published as they are.
+            let outputs = plan.outputs.into_iter().map(Publish::from);
+            if let Err(err) = publish_all(self.store, outputs).await {
                 let why = format!("the outputs were not stored: {err:#}");
                 let failure = Failure::new(FailureKind::Output, why);
                 return Err(CommitError::Refused { lease, failure });
@@ -116,7 +118,8 @@ impl Committer<'_> {
             Err(Applied::Unavailable(err)) => return Err(CommitError::Unavailable(err)),
         }
         failpoint::hit("commit.applied");
-        publish_all(self.store, &plan.outputs)
+        let outputs = plan.outputs.iter().cloned().map(Publish::from);
+        publish_all(self.store, outputs)
             .await
             .map_err(CommitError::Unavailable)?;
         failpoint::hit("commit.published");
@@ -205,7 +208,7 @@ impl Committer<'_> {
             } => {
                 let previous = chain.iter().find(|(s, _)| *s == message.subject);
                 let expected = expected.or(previous.map(|(_, seq)| *seq)).unwrap_or(0);
-                (to_publish(message), expected)
+                (Publish::from(message.clone()), expected)
             }
         };
         publish.msg_id = Some(write_id(plan, index));

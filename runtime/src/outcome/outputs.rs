@@ -23,7 +23,7 @@ use crate::decode::{ContentMode, Decoded};
 use crate::encode::encode;
 use crate::sandbox::EmittedEvent;
 use crate::sandbox::emit::{EmitGrant, EmitMode};
-use crate::store::record::{PlannedMessage, headers_to_pairs};
+use crate::store::record::PlannedMessage;
 use crate::store::{Publish, Store};
 use crate::trace::TraceContext;
 
@@ -141,11 +141,11 @@ impl Output {
     /// The event on the wire, with its `Nats-Msg-Id`: what gets published,
     /// byte for byte, on every try.
     pub fn encode(self) -> Result<PlannedMessage> {
-        let (mut headers, payload) = encode(self.event, self.mode)?;
-        headers.insert("Nats-Msg-Id", self.msg_id.as_str());
+        let (headers, payload) = encode(self.event, self.mode)?;
         Ok(PlannedMessage {
             subject: self.destination,
-            headers: headers_to_pairs(&headers),
+            headers,
+            msg_id: Some(self.msg_id),
             payload,
         })
     }
@@ -162,29 +162,31 @@ pub fn encode_emitted(
         .collect()
 }
 
-/// A planned message as a publish, deduplicated by its `Nats-Msg-Id`.
-pub fn to_publish(message: &PlannedMessage) -> Publish {
-    let (ids, others): (Vec<_>, Vec<_>) = (message.headers.iter().cloned())
-        .partition(|(name, _)| name.eq_ignore_ascii_case("Nats-Msg-Id"));
-    let headers = crate::store::record::pairs_to_headers(&others);
-    let msg_id = ids.into_iter().next().map(|(_, id)| id);
-    Publish {
-        subject: message.subject.clone(),
-        headers,
-        payload: message.payload.clone(),
-        msg_id,
-        expected_last_subject_sequence: None,
+impl From<PlannedMessage> for Publish {
+    /// The message as a publish, deduplicated by its `Nats-Msg-Id`.
+    fn from(message: PlannedMessage) -> Publish {
+        Publish {
+            subject: message.subject,
+            headers: message.headers,
+            payload: message.payload,
+            msg_id: message.msg_id,
+            expected_last_subject_sequence: None,
+        }
     }
 }
 
 /// Publishes `messages` and waits until JetStream has stored every one.
 /// Publishes are pipelined: all are sent, then all acks awaited.
-pub async fn publish_all(store: &dyn Store, messages: &[PlannedMessage]) -> Result<()> {
-    let stored = messages.iter().map(|message| async move {
+pub async fn publish_all(
+    store: &dyn Store,
+    messages: impl IntoIterator<Item = Publish>,
+) -> Result<()> {
+    let stored = messages.into_iter().map(|message| async move {
+        let subject = message.subject.clone();
         store
-            .publish(to_publish(message))
+            .publish(message)
             .await
-            .with_context(|| format!("JetStream did not store the event for {}", message.subject))
+            .with_context(|| format!("JetStream did not store the event for {subject}"))
     });
     try_join_all(stored).await?;
     Ok(())

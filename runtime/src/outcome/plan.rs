@@ -10,13 +10,20 @@
 
 use anyhow::Result;
 
+use super::commit::new_commit_id;
 use super::outputs::{Completion, appended_event_id, complete, encode_emitted};
 use crate::decode::ContentMode;
 use crate::sandbox::Effects;
 use crate::store::record::{CommitPlan, PlannedWrite};
 
-/// The plan for `effects`, under commit id `id`.
-pub fn plan(id: String, with: &Completion, effects: Effects) -> Result<CommitPlan> {
+/// The plan for `effects` of the event whose record key is `record_key`.
+/// Only a plan that changes state gets a commit id: the others are never
+/// recorded.
+pub fn plan(record_key: &str, with: &Completion, effects: Effects) -> Result<CommitPlan> {
+    let id = match effects.changes_state() {
+        true => new_commit_id(record_key),
+        false => String::new(),
+    };
     let Effects {
         emitted,
         mut writes,

@@ -52,6 +52,7 @@ pub async fn run(options: RuntimeOptions, shutdown: CancellationToken) -> Result
     crate::outcome::dead_letter::ensure_stream(&js).await?;
 
     crate::nats::ensure_buckets(&js, &options.config.buckets).await?;
+    crate::projection::declare(&js).await?;
 
     let sandbox = Arc::new(Sandbox::new(options.cache_dir.map(CompiledCache::new))?);
     let metrics = Arc::new(Metrics::new());

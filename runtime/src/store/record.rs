@@ -171,7 +171,12 @@ pub struct PriorValue {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PlannedMessage {
     pub subject: String,
-    pub headers: Vec<(String, String)>,
+    /// Kept as a header map, the form it is published in; written into the
+    /// record as (name, value) pairs.
+    #[serde(with = "header_pairs")]
+    pub headers: HeaderMap,
+    /// Its `Nats-Msg-Id`, if it has one.
+    pub msg_id: Option<String>,
     #[serde(with = "base64_bytes")]
     pub payload: Bytes,
 }
@@ -218,6 +223,19 @@ pub fn pairs_to_headers(pairs: &[(String, String)]) -> HeaderMap {
         headers.append(name.as_str(), value.as_str());
     }
     headers
+}
+
+mod header_pairs {
+    use super::*;
+
+    pub fn serialize<S: serde::Serializer>(headers: &HeaderMap, s: S) -> Result<S::Ok, S::Error> {
+        headers_to_pairs(headers).serialize(s)
+    }
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<HeaderMap, D::Error> {
+        let pairs = Vec::<(String, String)>::deserialize(d)?;
+        Ok(pairs_to_headers(&pairs))
+    }
 }
 
 mod base64_bytes {
@@ -271,7 +289,8 @@ mod tests {
             }],
             outputs: vec![PlannedMessage {
                 subject: "out".into(),
-                headers: vec![("Nats-Msg-Id".into(), "x".into())],
+                headers: pairs_to_headers(&[("ce-type".into(), "t".into())]),
+                msg_id: Some("x".into()),
                 payload: Bytes::from_static(b"{}"),
             }],
         };

@@ -109,7 +109,8 @@ fn append(subject: &str, payload: &str, expected: Option<u64>) -> PlannedWrite {
 fn message(subject: &str, payload: &str) -> PlannedMessage {
     PlannedMessage {
         subject: subject.into(),
-        headers: vec![("Nats-Msg-Id".into(), format!("out-{payload}"))],
+        headers: Default::default(),
+        msg_id: Some(format!("out-{payload}")),
         payload: Bytes::from(payload.to_string()),
     }
 }
@@ -155,7 +156,8 @@ async fn a_lost_race_applies_nothing_and_holds_the_event_again() {
         set("b", "2", rev_b, Some("1")),
     ];
     let plan = plan(&lease, writes);
-    let Err(CommitError::Conflict { lease, lost }) = w.committer().commit(lease, plan, "v1").await
+    let Err(CommitError::Conflict { lease, lost }) =
+        w.committer().commit(lease, plan.clone(), "v1").await
     else {
         panic!("no conflict")
     };
@@ -220,7 +222,10 @@ async fn recover(w: &World) {
             // Cut before the plan was recorded: the handler runs again,
             // with the state it read unchanged.
             let plan = crash_plan(w, &lease).await;
-            w.committer().commit(lease, plan, "v1").await.unwrap()
+            w.committer()
+                .commit(lease, plan.clone(), "v1")
+                .await
+                .unwrap()
         }
         Claim::AlreadyHandled => {}
         other => panic!("unexpected {other:?}"),
@@ -245,7 +250,7 @@ async fn a_crash_after_any_write_is_finished_exactly_once() {
         let lease = w.lease().await;
         let plan = crash_plan(&w, &lease).await;
         w.store.cut_after(cut);
-        let first = w.committer().commit(lease, plan, "v1").await;
+        let first = w.committer().commit(lease, plan.clone(), "v1").await;
         assert_eq!(first.is_err(), cut < 7, "cut after {cut} writes");
         recover(&w).await;
         assert_applied_once(&w).await;
@@ -258,7 +263,12 @@ async fn a_resumed_commit_recognises_its_writes_past_the_duplicate_window() {
     let lease = w.lease().await;
     let plan = crash_plan(&w, &lease).await;
     w.store.cut_after(5); // plan + 4 writes; no outputs
-    assert!(w.committer().commit(lease, plan, "v1").await.is_err());
+    assert!(
+        w.committer()
+            .commit(lease, plan.clone(), "v1")
+            .await
+            .is_err()
+    );
     w.store.forget_ids();
     recover(&w).await;
     assert_applied_once(&w).await;
@@ -277,7 +287,7 @@ async fn an_append_that_loses_undoes_the_writes_before_it() {
         append("ev.acct", "mine", Some(0)),
     ];
     let plan = plan(&lease, writes);
-    let result = w.committer().commit(lease, plan, "v1").await;
+    let result = w.committer().commit(lease, plan.clone(), "v1").await;
     assert!(matches!(result, Err(CommitError::Conflict { .. })));
     assert_eq!(w.value("total").await, None, "the key write was undone");
     assert_eq!(w.events(), ["someone-else"]);
@@ -330,7 +340,8 @@ async fn a_plan_too_large_for_a_record_is_refused_before_anything_is_written() {
         ..w.committer()
     };
     let writes = w.store.writes();
-    let Err(CommitError::Refused { failure, .. }) = committer.commit(lease, plan, "v1").await
+    let Err(CommitError::Refused { failure, .. }) =
+        committer.commit(lease, plan.clone(), "v1").await
     else {
         panic!("not refused")
     };
