@@ -361,6 +361,31 @@ impl HandlerMetrics {
         self.kv_bytes_written.get_or_create(&labels).inc_by(bytes);
     }
 
+    /// Makes every per-bucket series of `buckets` exist, at zero until
+    /// something happens: "none yet" is then told apart from "not
+    /// exported".
+    pub fn declare_buckets<'a>(&self, buckets: impl Iterator<Item = &'a str>) {
+        for bucket in buckets {
+            let labels = self.store(bucket);
+            for family in [
+                &self.conflicts,
+                &self.kv_reads,
+                &self.kv_writes,
+                &self.kv_bytes_written,
+                &self.kv_denied,
+            ] {
+                let _created = family.get_or_create(&labels);
+            }
+        }
+    }
+
+    /// Likewise for the conflicts on event-store streams.
+    pub fn declare_streams<'a>(&self, streams: impl Iterator<Item = &'a str>) {
+        for stream in streams {
+            let _created = self.conflicts.get_or_create(&self.store(stream));
+        }
+    }
+
     fn store(&self, store: &str) -> StoreLabels {
         StoreLabels {
             handler: self.labels.handler.clone(),

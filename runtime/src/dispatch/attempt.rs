@@ -206,7 +206,7 @@ impl Dispatcher {
         };
         match resumed {
             CommitError::Conflict { lease, lost } => {
-                self.metrics.conflict(&lost.store).inc();
+                self.metrics.conflict(self.store_label(&lost.store)).inc();
                 tracing::info!(conflict = %lost.what, "the interrupted commit lost a race; running the handler again");
                 Ok(lease)
             }
@@ -283,7 +283,7 @@ impl Dispatcher {
                 }
             };
             conflicts += 1;
-            self.metrics.conflict(&lost.store).inc();
+            self.metrics.conflict(self.store_label(&lost.store)).inc();
             if conflicts > MAX_CONFLICT_RERUNS {
                 let why = format!("lost {conflicts} races in a row; last: {}", lost.what);
                 let failure = Failure::new(FailureKind::Conflict, why);
@@ -339,10 +339,18 @@ impl Dispatcher {
     /// Counts a finished commit's writes per bucket and its events.
     fn count_commit(&self, written: &Written) {
         for (bucket, bytes) in &written.keys {
-            self.metrics.kv_written(bucket, *bytes);
+            self.metrics.kv_written(self.store_label(bucket), *bytes);
         }
         self.metrics.events_appended.inc_by(written.appended);
         self.metrics.emitted.inc_by(written.emitted as u64);
+    }
+
+    /// The metric label of a bucket or stream: a bucket by the name its
+    /// grant gives it, which a rebuilt read model's new generation keeps.
+    fn store_label<'a>(&'a self, store: &'a str) -> &'a str {
+        let grants = self.component.spec().capabilities.keyvalue.as_ref();
+        let bucket = grants.and_then(|g| g.buckets.iter().find(|b| b.physical == store));
+        bucket.map_or(store, |b| b.name.as_str())
     }
 
     /// The attempt failed: retry after the backoff, or dead-letter.

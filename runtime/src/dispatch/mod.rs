@@ -93,6 +93,12 @@ impl Dispatcher {
         let lease = source::claim_lease(&manifest.limits);
         let processed = ProcessedEvents::new(store.clone(), &consumer, lease);
         let metrics = metrics.for_handler(&spec.name, &spec.version);
+        if let Some(keyvalue) = &spec.capabilities.keyvalue {
+            metrics.declare_buckets(keyvalue.buckets.iter().map(|b| b.name.as_str()));
+        }
+        if let Some(events) = &spec.capabilities.eventstore {
+            metrics.declare_streams(events.subjects.iter().map(|s| s.stream.as_str()));
+        }
         // The record around the plan (lease, history) and the message's
         // headers take a little of the server's limit.
         let max_record = js.client().server_info().max_payload.saturating_sub(4096);

@@ -209,7 +209,7 @@ impl EventStoreState {
         match self.interrupt_on_error(last)? {
             None => Ok(0),
             Some(message) => {
-                self.check_settled(&*store, &message.headers, subject)
+                self.check_settled(&*store, &message.headers, (&stream, subject))
                     .await?;
                 Ok(message.sequence)
             }
@@ -235,7 +235,7 @@ impl EventStoreState {
                 let why = format!("more than `eventstore.max_events_read` ({limit}) events read");
                 return Err(self.refuse(event_store::Error::LimitExceeded(why)));
             }
-            self.check_settled(&*store, &message.headers, subject)
+            self.check_settled(&*store, &message.headers, (&stream, subject))
                 .await?;
             let decoded = decode::decode(Some(&message.headers), &message.payload);
             let decoded = decoded.map_err(|e| {
@@ -340,15 +340,16 @@ impl EventStoreState {
         &mut self,
         store: &dyn Store,
         headers: &async_nats::HeaderMap,
-        subject: &str,
+        (stream, subject): (&str, &str),
     ) -> Result<(), EventStoreError> {
         let settled = is_settled(store, headers).await;
         if self.interrupt_on_error(settled)? {
             return Ok(());
         }
         let what = format!("{subject:?} is being appended to by a commit still under way");
+        // The stream, not the subject: a metric label must be bounded.
         let conflict = Conflict {
-            store: subject.to_string(),
+            store: stream.to_string(),
             what,
         };
         self.interrupted = Some(Interruption::Conflict(conflict));

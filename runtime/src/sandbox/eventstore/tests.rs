@@ -194,8 +194,8 @@ async fn an_event_of_a_commit_under_way_interrupts_the_reader() {
         events.read("accounts.events.a1", 0, 10).await,
         Err(EventStoreError::Interrupted)
     ));
-    assert!(matches!(
-        events.interrupted,
-        Some(Interruption::Conflict(_))
-    ));
+    let Some(Interruption::Conflict(conflict)) = events.interrupted.take() else {
+        panic!("not a conflict")
+    };
+    assert_eq!(conflict.store, "ACCOUNTS", "the stream, a bounded label");
 }
