@@ -35,7 +35,7 @@ wasmtime::component::bindgen!({
     },
 });
 
-pub use eventhost::handler::types;
+pub use self::eventhost::handler::types;
 
 /// The contract version every component must target one of.
 pub const V0_1: &str = "0.1.0";
