@@ -138,10 +138,14 @@ async fn tls_with_a_private_ca() {
     // Trusting the CA: the runtime connects over TLS and runs its handlers.
     let plugins = Plugins::new();
     plugins.install_example("payment");
+    let config = dir.path().join("eventhost.toml");
+    std::fs::write(&config, TEST_STREAMS).unwrap();
     let mut command = Command::new(env!("CARGO_BIN_EXE_eventhost"));
     command
         .args(["run", "--admin-addr", "off", "--nats", &tls_url, "--tls-ca"])
         .arg(&cert_path)
+        .arg("--config")
+        .arg(&config)
         .arg("--plugins")
         .arg(plugins.path())
         .stderr(Stdio::piped());
@@ -156,6 +160,46 @@ async fn tls_with_a_private_ca() {
         );
         seen.push_str(&line);
     }
+    assert!(seen.contains("handler loaded"), "{seen}");
+
+    // An order in over TLS, its payment out over TLS.
+    let over_tls = |args: &[&str]| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_eventhost"));
+        command
+            .args(args)
+            .args(["--nats", &tls_url, "--tls-ca"])
+            .arg(&cert_path);
+        command
+    };
+    let tail_log = dir.path().join("tail.err");
+    let tail = over_tls(&[
+        "tail",
+        "payments.completed",
+        "--count",
+        "1",
+        "--timeout",
+        "30s",
+    ])
+    .stdout(Stdio::piped())
+    .stderr(std::fs::File::create(&tail_log).unwrap())
+    .spawn()
+    .unwrap();
+    wait_until("tail to listen", Duration::from_secs(10), || {
+        std::fs::read_to_string(&tail_log).is_ok_and(|t| t.contains("listening"))
+    });
+    let order = r#"{"order_id":"tls-1","items":[{"quantity":1,"price":5.0}],"total":5.0}"#;
+    let published = over_tls(&["publish", "orders.created", "--type", "t", "--data", order])
+        .output()
+        .unwrap();
+    assert!(published.status.success(), "{published:?}");
+    let tailed = tail.wait_with_output().unwrap();
+    assert!(
+        tailed.status.success(),
+        "{}",
+        std::fs::read_to_string(&tail_log).unwrap()
+    );
+    let payment: Value = serde_json::from_slice(&tailed.stdout).unwrap();
+    assert_eq!(payment["data"]["order_id"], "tls-1");
     runtime.kill().unwrap();
     runtime.wait().unwrap();
 

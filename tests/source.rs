@@ -103,10 +103,15 @@ async fn a_pull_delivers_every_message_at_any_batch_without_stalling() {
             .await
             .unwrap();
         let mut seen = BTreeSet::new();
+        // A stalled pull (what this test is about) must fail it, not hang it.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         while seen.len() < EVENTS {
-            let message = pull.next().await.unwrap_or_else(|err| {
-                panic!("batch {batch}: failed after {} messages: {err}", seen.len())
-            });
+            let next = tokio::time::timeout_at(deadline, pull.next()).await;
+            let message = next
+                .unwrap_or_else(|_| panic!("batch {batch}: stalled after {} messages", seen.len()))
+                .unwrap_or_else(|err| {
+                    panic!("batch {batch}: failed after {} messages: {err}", seen.len())
+                });
             message.ack().await.unwrap();
             assert!(seen.insert(message.info().unwrap().stream_sequence));
         }

@@ -8,6 +8,7 @@
 
 pub mod chaos;
 
+use std::collections::BTreeMap;
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -85,10 +86,18 @@ impl NatsServer {
             .expect("nats-server must be installed (scripts/test installs it)");
         self.child = Some(child);
         let port = self.port;
+        let child = self.child.as_mut().unwrap();
+        // A server that could not bind exits; another process answering on
+        // the port must not pass for ours.
         wait_until(
             "nats-server to accept connections",
             Duration::from_secs(10),
-            || TcpStream::connect(("127.0.0.1", port)).is_ok(),
+            || {
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!("nats-server on port {port} exited at start: {status}");
+                }
+                TcpStream::connect(("127.0.0.1", port)).is_ok()
+            },
         );
     }
 
@@ -111,7 +120,10 @@ impl NatsServer {
     }
 
     pub async fn jetstream(&self) -> jetstream::Context {
-        jetstream::new(async_nats::connect(self.url()).await.unwrap())
+        let client = async_nats::connect(self.url())
+            .await
+            .unwrap_or_else(|err| panic!("connecting to {}: {err}", self.url()));
+        jetstream::new(client)
     }
 }
 
@@ -329,12 +341,17 @@ impl Runtime {
         self.child.id()
     }
 
-    /// Every JSON log line so far.
+    /// Every log line so far. The runtime logs JSON; any other line (a
+    /// panic message, a crash) fails the test rather than being skipped.
     pub fn logs(&self) -> Vec<Value> {
-        std::fs::read_to_string(&self.log_path)
-            .unwrap_or_default()
+        let text = std::fs::read_to_string(&self.log_path).unwrap_or_default();
+        let complete = text.rsplit_once('\n').map_or("", |(lines, _)| lines);
+        complete
             .lines()
-            .filter_map(|line| serde_json::from_str(line).ok())
+            .map(|line| {
+                serde_json::from_str(line)
+                    .unwrap_or_else(|_| panic!("a log line that is not JSON (a panic?): {line}"))
+            })
             .collect()
     }
 
@@ -431,6 +448,28 @@ pub fn eventhost_ok(nats: &NatsServer, args: &[&str]) -> String {
     String::from_utf8(output.stdout).unwrap()
 }
 
+/// Successful runs of `handler` per event id, counted from the `succeeded`
+/// lines of every runtime's log. Outputs cannot show a second run: it emits
+/// the same ids, which the stream's duplicate window drops. Panics if any
+/// event ran successfully twice.
+pub fn successful_runs(runtimes: &[&Runtime], handler: &str) -> BTreeMap<String, usize> {
+    let mut runs = BTreeMap::new();
+    for runtime in runtimes {
+        for line in runtime.outcomes("succeeded") {
+            if line["span"]["handler"] == handler {
+                let id = line["span"]["event_id"].as_str().unwrap().to_string();
+                *runs.entry(id).or_insert(0) += 1;
+            }
+        }
+    }
+    let twice: Vec<_> = runs.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        twice.is_empty(),
+        "ran successfully more than once: {twice:?}"
+    );
+    runs
+}
+
 /// The time stamp of a JSON log line.
 pub fn log_time(line: &Value) -> chrono::DateTime<chrono::Utc> {
     line["timestamp"].as_str().unwrap().parse().unwrap()
@@ -496,6 +535,31 @@ impl TestEvent {
     }
 }
 
+/// `%XX` sequences decoded, as the binding requires of `ce-` header values.
+fn percent_decode(value: &str) -> String {
+    let bytes = value.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (
+            bytes[i],
+            bytes.get(i + 1).copied().and_then(hex),
+            bytes.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(high), Some(low)) => {
+                out.push((high * 16 + low) as u8);
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// Publishes raw headers and payload and waits for JetStream to store them.
 pub async fn publish(
     js: &jetstream::Context,
@@ -552,17 +616,21 @@ impl RawMessage {
         serde_json::from_slice(&self.payload).unwrap_or_default()
     }
 
-    /// The CloudEvent as structured JSON, read by hand in either mode: a
-    /// binary-mode event's `ce-` headers become its attributes.
+    /// The CloudEvent as structured JSON, read by hand in either mode (the
+    /// NATS binding's rules, not the runtime's decoder): a binary-mode
+    /// event's `ce-` headers, percent-decoded, become its attributes, and
+    /// its payload its data.
     pub fn cloudevent(&self) -> Value {
         if self.headers.get("ce-specversion").is_none() {
             return self.payload_json();
         }
-        let mut event = json!({ "data": self.payload_json() });
+        let data = serde_json::from_slice(&self.payload)
+            .unwrap_or_else(|_| json!(String::from_utf8_lossy(&self.payload)));
+        let mut event = json!({ "data": data });
         for (name, values) in self.headers.iter() {
             let name: &str = name.as_ref();
             if let Some(attribute) = name.to_ascii_lowercase().strip_prefix("ce-") {
-                event[attribute] = json!(values[0].as_str());
+                event[attribute] = json!(percent_decode(values[0].as_str()));
             }
         }
         event
@@ -653,7 +721,8 @@ pub async fn stored_messages(
     stored
 }
 
-/// Like [`collect_raw`], with each message decoded as a CloudEvent.
+/// Like [`collect_raw`], with each message read as a CloudEvent by hand
+/// ([`RawMessage::cloudevent`]), not with the runtime's own decoder.
 pub async fn collect(
     js: &jetstream::Context,
     stream: &str,
@@ -664,22 +733,25 @@ pub async fn collect(
     let raw = collect_raw(js, stream, filter, expected, timeout).await;
     raw.into_iter()
         .map(|message| {
-            let decoded = eventhost::decode::decode(Some(&message.headers), &message.payload)
-                .expect("the runtime emitted an invalid CloudEvent");
-            let binary_mode = decoded.mode == eventhost::decode::ContentMode::Binary;
-            let (_, json) = eventhost::encode::encode(
-                decoded.event,
-                eventhost::decode::ContentMode::Structured,
-            )
-            .unwrap();
+            let event = message.cloudevent();
+            assert_eq!(event["specversion"], "1.0", "not a CloudEvent: {event}");
             Stored {
+                binary_mode: message.headers.get("ce-specversion").is_some(),
                 subject: message.subject,
                 headers: message.headers,
-                event: serde_json::from_slice(&json).unwrap(),
-                binary_mode,
+                event,
             }
         })
         .collect()
+}
+
+/// The id the host gives the `index`-th event `handler` emits for the
+/// input (`source`, `id`), by the rule `wit/README.md` documents (not by
+/// the runtime's own function).
+pub fn documented_emit_id(handler: &str, source: &str, id: &str, index: usize) -> String {
+    let namespace = uuid::Uuid::parse_str("6576656e-7468-6f73-742d-69642d763100").unwrap();
+    let name = format!("{handler}\n{source}\n{id}\n{index}");
+    uuid::Uuid::new_v5(&namespace, name.as_bytes()).to_string()
 }
 
 /// The dead letters of `handler`, as stored.
@@ -717,7 +789,7 @@ pub async fn consumer_state(
 }
 
 /// Waits (up to 10 s) until at least `n` of the consumer's messages are out
-/// for handling, unacked.
+/// for handling, unacked; panics if they never are.
 pub async fn wait_for_ack_pending(js: &jetstream::Context, stream: &str, consumer: &str, n: usize) {
     for _ in 0..500 {
         if consumer_state(js, stream, consumer).await.1 >= n {
@@ -725,11 +797,15 @@ pub async fn wait_for_ack_pending(js: &jetstream::Context, stream: &str, consume
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    panic!("fewer than {n} messages of {consumer} were out for handling after 10 s");
 }
 
-/// Sums the samples of `name` whose labels include all of `labels`.
+/// Sums the samples of `name` whose labels include all of `labels`. A
+/// series that does not exist is a failure, not a zero: a check that a gauge
+/// is 0 must not pass because the gauge is missing.
 pub fn parse_metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    text.lines()
+    let samples: Vec<f64> = text
+        .lines()
         .filter(|line| !line.starts_with('#'))
         .filter_map(|line| {
             let (series, value) = line.rsplit_once(' ')?;
@@ -743,7 +819,12 @@ pub fn parse_metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
                     .all(|(k, v)| series_labels.contains(&format!("{k}=\"{v}\"")));
             matches.then(|| value.parse::<f64>().ok()).flatten()
         })
-        .sum()
+        .collect();
+    assert!(
+        !samples.is_empty(),
+        "no series {name} with {labels:?} in /metrics:\n{text}"
+    );
+    samples.into_iter().sum()
 }
 
 // ---------------------------------------------------------------- state

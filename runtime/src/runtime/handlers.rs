@@ -157,6 +157,11 @@ impl HandlerSet {
         let mut board = self.board.lock().expect("never poisoned");
         let slot = board.entry(name.clone()).or_default();
         slot.refused = None;
+        // Both reload series exist from the first load, at zero, so that
+        // "no reload failed" is told apart from "not exported".
+        let labels = NameLabels::new(&name);
+        let _created = self.metrics.reloads.get_or_create(&labels);
+        let _created = self.metrics.reload_failures.get_or_create(&labels);
         let old_stop = slot.stop.replace(stop);
         if let Some(old) = slot.current.replace(dispatcher.clone()) {
             tracing::info!(handler = %name, from = %old.version(), to = %dispatcher.version(),
