@@ -38,9 +38,10 @@ fn load(sandbox: &Sandbox, workload: Workload) -> HandlerComponent {
         bounds: manifest.bounds(),
         capabilities: Capabilities {
             emit: std::sync::Arc::new(manifest.emit_grant(name)),
-            config: manifest.config_values(),
+            config: manifest.config_values().expect("the example's config"),
             keyvalue: None,
             eventstore: None,
+            http: None,
         },
     };
     sandbox.load(&wasm, spec).expect("loading the component").0
@@ -66,7 +67,7 @@ fn sandbox_cost(c: &mut Criterion) {
     for workload in [Workload::Relay, Workload::Payment] {
         let component = load(&sandbox, workload);
         // Fail loudly rather than time an error path.
-        let first = rt.block_on(component.invoke(&event, 1));
+        let first = rt.block_on(component.invoke(&event, 1, None));
         assert_eq!(first.result.expect("the handler succeeds").emitted.len(), 1);
         assert_eq!(workload.handle(&event).unwrap().len(), 1);
 
@@ -79,7 +80,7 @@ fn sandbox_cost(c: &mut Criterion) {
             b.iter(|| rt.block_on(reused.call(&event)).unwrap())
         });
         group.bench_function("fresh_instance_call", |b| {
-            b.iter(|| rt.block_on(component.invoke(&event, 1)))
+            b.iter(|| rt.block_on(component.invoke(&event, 1, None)))
         });
         group.finish();
     }

@@ -22,6 +22,7 @@ use crate::sandbox::Bounds;
 use crate::sandbox::config::ConfigValues;
 use crate::sandbox::emit::{EmitGrant, EmitMode};
 use crate::sandbox::eventstore::EventStoreSection;
+use crate::sandbox::http::HttpSection;
 use crate::sandbox::keyvalue::KeyValueSection;
 use crate::subject;
 
@@ -60,6 +61,7 @@ pub struct HandlerManifest {
     pub keyvalue: Option<KeyValueSection>,
     /// Event-store subjects the handler may read and append to.
     pub eventstore: Option<EventStoreSection>,
+    pub http: Option<HttpSection>,
 }
 
 /// Event ordering guarantees.
@@ -186,12 +188,15 @@ impl HandlerManifest {
         if window < Duration::from_secs(60) || window > Duration::from_secs(365 * 24 * 60 * 60) {
             bail!("`idempotency.window` must be between 1m and 365d, got {window:?}");
         }
-        ConfigValues::from_table(&self.config)?;
+        ConfigValues::check(&self.config)?;
         if let Some(keyvalue) = &self.keyvalue {
             keyvalue.validate()?;
         }
         if let Some(eventstore) = &self.eventstore {
             eventstore.validate()?;
+        }
+        if let Some(http) = &self.http {
+            http.validate()?;
         }
         Ok(())
     }
@@ -209,8 +214,9 @@ impl HandlerManifest {
     }
 
     /// The `[config]` table as `config.get` returns it.
-    pub fn config_values(&self) -> ConfigValues {
-        ConfigValues::from_table(&self.config).expect("validated at parse")
+    /// The `[config]` values, secrets read: fails naming a missing one.
+    pub fn config_values(&self) -> Result<ConfigValues> {
+        ConfigValues::resolve(&self.config)
     }
 
     /// What the emit capability grants this handler.
@@ -260,7 +266,7 @@ mod tests {
         assert_eq!(m.ordering, Ordering::None);
         assert_eq!(m.retry, RetryPolicy::default());
         assert_eq!(m.idempotency.window, Duration::from_secs(86400));
-        let config = m.config_values();
+        let config = m.config_values().unwrap();
         assert_eq!(config.get("max_charge").as_deref(), Some("5000"));
         assert_eq!(config.get("currency").as_deref(), Some("EUR"));
         let emit = m.emit_grant("payment");

@@ -5,8 +5,11 @@
 //! view (consumer lag, dead-letter depth) are read from the server when
 //! `/metrics` is scraped, so they are never stale and cost nothing between
 //! scrapes. Labels are bounded: handler name, handler version (a content
-//! hash: a few per reload), outcome and failure kinds from fixed lists. No
-//! event ids, subjects or error texts ever become labels.
+//! hash: a few per reload), outcome and failure kinds from fixed lists,
+//! granted buckets and origins as written in manifests. No event ids,
+//! subjects, URLs or error texts ever become labels.
+
+mod http;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -17,6 +20,7 @@ use prometheus_client::registry::{Registry, Unit};
 
 use crate::failure::FailureKind;
 use crate::sandbox::keyvalue::BucketUsage;
+pub use http::{HandlerHttpMetrics, HttpMetrics};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HandlerLabels {
@@ -91,6 +95,7 @@ pub struct Metrics {
     pub events_read: Family<NameLabels, Counter>,
     pub events_appended: Family<NameLabels, Counter>,
     pub events_denied: Family<NameLabels, Counter>,
+    pub http: HttpMetrics,
 }
 
 fn latency_histogram() -> Histogram {
@@ -130,6 +135,7 @@ impl Metrics {
             events_read: Family::default(),
             events_appended: Family::default(),
             events_denied: Family::default(),
+            http: HttpMetrics::new(),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -248,6 +254,7 @@ impl Metrics {
             "Event-store calls refused for want of a grant",
             m.events_denied.clone(),
         );
+        m.http.register(r);
         let build: Family<BuildLabels, Gauge> = Family::default();
         build
             .get_or_create(&BuildLabels {
@@ -314,6 +321,7 @@ pub struct HandlerMetrics {
     pub events_read: Counter,
     pub events_appended: Counter,
     pub events_denied: Counter,
+    pub http: HandlerHttpMetrics,
     /// Failures are rare and their kinds many: looked up as they happen.
     failures: Family<FailureLabels, Counter>,
     /// Per-bucket series: looked up when a bucket was used.
@@ -397,8 +405,10 @@ impl HandlerMetrics {
 impl Metrics {
     /// The series of handler `name` at `version`. Every outcome's series
     /// exists from here on, at zero until it happens.
-    pub fn for_handler(&self, name: &str, version: &str) -> HandlerMetrics {
+    /// `origins`: the handler's outbound grants, whose series are made now.
+    pub fn for_handler(&self, name: &str, version: &str, origins: &[String]) -> HandlerMetrics {
         let labels = HandlerLabels::new(name, version);
+        let http = self.http.for_handler(name, origins);
         let name = NameLabels::new(name);
         HandlerMetrics {
             received: self.received.get_or_create(&labels).clone(),
@@ -416,6 +426,7 @@ impl Metrics {
             events_read: self.events_read.get_or_create(&name).clone(),
             events_appended: self.events_appended.get_or_create(&name).clone(),
             events_denied: self.events_denied.get_or_create(&name).clone(),
+            http,
             failures: self.guest_failures.clone(),
             conflicts: self.conflicts.clone(),
             kv_reads: self.kv_reads.clone(),
@@ -467,7 +478,7 @@ mod tests {
     #[test]
     fn a_handlers_series_are_the_registrys() {
         let m = Metrics::new();
-        let h = m.for_handler("payment", "abc");
+        let h = m.for_handler("payment", "abc", &[]);
         h.outcome(Outcome::Duplicate).inc();
         h.failure(FailureKind::Trap).inc();
         assert_encodes(

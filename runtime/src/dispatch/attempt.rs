@@ -238,7 +238,10 @@ impl Dispatcher {
     ) -> Next {
         let mut conflicts = 0;
         loop {
-            let invocation = self.component.invoke(&input.event, attempt).await;
+            let invocation = self
+                .component
+                .invoke(&input.event, attempt, Some(trace.traceparent()))
+                .await;
             self.record_invocation(&invocation);
             let duration_us = invocation.elapsed.as_micros() as u64;
             let lost = match invocation.result {
@@ -405,6 +408,9 @@ impl Dispatcher {
         }
         m.events_read.inc_by(invocation.events_read as u64);
         m.events_denied.inc_by(invocation.events_denied);
+        for call in &invocation.http {
+            m.http.record(call);
+        }
     }
 
     /// Dead-letters a claimed event, then records its one outcome and acks.

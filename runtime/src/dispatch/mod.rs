@@ -92,7 +92,10 @@ impl Dispatcher {
         dedup::declare(&js, &consumer, manifest.idempotency.window).await?;
         let lease = source::claim_lease(&manifest.limits);
         let processed = ProcessedEvents::new(store.clone(), &consumer, lease);
-        let metrics = metrics.for_handler(&spec.name, &spec.version);
+        let origins: Vec<String> = (spec.capabilities.http.iter())
+            .flat_map(|grants| grants.origins.iter().map(|o| o.text.clone()))
+            .collect();
+        let metrics = metrics.for_handler(&spec.name, &spec.version, &origins);
         if let Some(keyvalue) = &spec.capabilities.keyvalue {
             metrics.declare_buckets(keyvalue.buckets.iter().map(|b| b.name.as_str()));
         }

@@ -24,7 +24,7 @@ use crate::manifest::HandlerManifest;
 use crate::metrics::{Metrics, NameLabels};
 use crate::plugins::{self, Discovered, PluginSource};
 use crate::projection::{self, Generation};
-use crate::sandbox::{Capabilities, HandlerSpec, Sandbox, eventstore, keyvalue};
+use crate::sandbox::{Capabilities, HandlerSpec, Sandbox, eventstore, http, keyvalue};
 use crate::source::ConsumerBinding;
 use crate::store::Store;
 
@@ -301,10 +301,15 @@ pub(crate) async fn resolve_capabilities(
         Some(section) => Some(eventstore::resolve(section, js, store).await?),
         None => None,
     };
+    let http = match &manifest.http {
+        Some(section) => Some(http::resolve(section, name)?),
+        None => None,
+    };
     Ok(Capabilities {
         emit: Arc::new(manifest.emit_grant(name)),
-        config: manifest.config_values(),
+        config: manifest.config_values()?,
         keyvalue,
         eventstore,
+        http,
     })
 }

@@ -54,8 +54,9 @@ pub fn link_v0_1(linker: &mut Linker<InvocationState>) -> Result<()> {
     )?;
     linker.instance(&name("logging"))?.func_wrap(
         "log",
-        |_store, (level, message): (types::Level, String)| {
-            super::logging::log(level, &message);
+        |store, (level, message): (types::Level, String)| {
+            let state: &InvocationState = store.data();
+            state.logging.log(level, &message);
             Ok(())
         },
     )?;

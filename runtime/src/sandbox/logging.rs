@@ -3,21 +3,31 @@
 //!
 //! A guest's lines go to the host's `tracing` log with target `guest`,
 //! inside the invocation's span, so every line carries the handler's name
-//! and version, the event id and the attempt. There is nothing to resolve,
+//! and version, the event id and the attempt, with the handler's secrets
+//! removed (see [`super::config::Redactor`]). There is nothing to resolve,
 //! nothing to buffer and nothing to commit.
 
 use wasmtime::component::{HasSelf, Linker};
 
 use super::bindings::eventhost::handler::logging;
 use super::bindings::types::Level;
+use super::config::Redactor;
 use super::state::InvocationState;
 
-/// The logging capability's (empty) per-invocation state.
+/// The logging capability's per-invocation state: what to redact.
 #[derive(Default)]
-pub struct Logging;
+pub struct Logging {
+    pub redactor: Redactor,
+}
 
-/// Writes one guest line at `level`.
-pub fn log(level: Level, message: &str) {
+impl Logging {
+    /// Writes one guest line at `level`, secrets removed.
+    pub fn log(&self, level: Level, message: &str) {
+        write(level, &self.redactor.redact(message));
+    }
+}
+
+fn write(level: Level, message: &str) {
     match level {
         Level::Trace => tracing::trace!(target: "guest", "{message}"),
         Level::Debug => tracing::debug!(target: "guest", "{message}"),
@@ -29,7 +39,7 @@ pub fn log(level: Level, message: &str) {
 
 impl logging::Host for Logging {
     fn log(&mut self, level: Level, message: String) {
-        log(level, &message);
+        Logging::log(self, level, &message);
     }
 }
 

@@ -12,7 +12,8 @@
 //!
 //! Each host capability is one module with one face: its manifest section,
 //! what it resolves at load, its per-invocation state, and its effects
-//! ([`emit`], [`logging`], [`config`], [`keyvalue`], [`eventstore`]). A
+//! ([`emit`], [`logging`], [`config`], [`keyvalue`], [`eventstore`],
+//! [`http`]). A
 //! capability is linked only for handlers whose manifest grants it, so a
 //! component importing one it was not granted fails to load, naming the
 //! import and the manifest section that would grant it.
@@ -29,6 +30,7 @@ pub mod config;
 pub mod emit;
 mod engine;
 pub mod eventstore;
+pub mod http;
 pub mod keyvalue;
 mod limiter;
 pub mod logging;
@@ -92,6 +94,7 @@ pub struct Capabilities {
     pub config: config::ConfigValues,
     pub keyvalue: Option<Arc<keyvalue::KeyValueGrants>>,
     pub eventstore: Option<Arc<eventstore::EventStoreGrants>>,
+    pub http: Option<Arc<http::OutboundGrants>>,
 }
 
 impl Sandbox {
@@ -165,6 +168,9 @@ fn link(engine: &Engine, capabilities: &Capabilities) -> Result<Linker<Invocatio
         if capabilities.eventstore.is_some() {
             eventstore::add_to_linker(&mut linker)?;
         }
+        if capabilities.http.is_some() {
+            http::add_to_linker(&mut linker)?;
+        }
         Ok(())
     };
     link()
@@ -189,6 +195,8 @@ fn check_granted_imports(
             && capabilities.eventstore.is_none()
         {
             "[eventstore] (the subjects it may read and append to)"
+        } else if name.starts_with("wasi:http/") && capabilities.http.is_none() {
+            "[http] (the origins it may call)"
         } else {
             continue;
         };
@@ -223,6 +231,8 @@ pub struct Invocation {
     /// Event-store events read, and calls refused for want of a grant.
     pub events_read: usize,
     pub events_denied: u64,
+    /// Outbound HTTP requests, sent or refused.
+    pub http: Vec<http::HttpCall>,
 }
 
 /// A successful invocation's effects, still buffered.
@@ -264,16 +274,27 @@ impl HandlerComponent {
         &self.spec
     }
 
-    /// Runs `event` (attempt number `attempt`) through a fresh instance.
+    /// Runs `event` (attempt number `attempt`) through a fresh instance;
+    /// `traceparent` names the handling's span for outbound calls.
     /// Never panics and never returns an error of its own: every way a guest
     /// can fail becomes a [`Stop`].
-    pub async fn invoke(&self, event: &Event, attempt: u32) -> Invocation {
+    pub async fn invoke(
+        &self,
+        event: &Event,
+        attempt: u32,
+        traceparent: Option<String>,
+    ) -> Invocation {
         // Waiting for a slot is not the guest's time: it starts the clock
         // only once it has one. The semaphore is never closed.
         let _slot = self.slots.acquire().await.expect("never closed");
         let started = Instant::now();
         let timeout = self.spec.bounds.timeout;
-        let mut store = self.new_store(started + timeout);
+        let caller = http::Caller {
+            source: event.source().to_string(),
+            id: event.id().to_string(),
+            traceparent,
+        };
+        let mut store = self.new_store(started + timeout, caller);
 
         let input = to_wit(event, attempt);
         let mut instantiation = Duration::ZERO;
@@ -289,7 +310,17 @@ impl HandlerComponent {
         let mut state = store.into_data();
         let keyvalue = state.keyvalue.usage();
         let (events_read, events_denied) = state.events.usage();
-        let result = self.verdict(outcome, &mut state);
+        let http = state.http.calls();
+        let result = self
+            .verdict(outcome, &mut state)
+            .map_err(|stop| match stop {
+                // A failure's message goes to the log and the dead letter.
+                Stop::Failed(mut failure) => {
+                    failure.message = state.config.redactor().redact(&failure.message);
+                    Stop::Failed(failure)
+                }
+                interrupted => interrupted,
+            });
         Invocation {
             result,
             elapsed: started.elapsed(),
@@ -298,6 +329,7 @@ impl HandlerComponent {
             keyvalue,
             events_read,
             events_denied,
+            http,
         }
     }
 
@@ -352,10 +384,10 @@ impl HandlerComponent {
     /// A store for one invocation: fresh state, the memory cap, fuel if
     /// metered, and an epoch callback that yields every tick and interrupts
     /// the guest after `deadline`.
-    fn new_store(&self, deadline: Instant) -> Store<InvocationState> {
+    fn new_store(&self, deadline: Instant, caller: http::Caller) -> Store<InvocationState> {
         let bounds = &self.spec.bounds;
         let memory = usize::try_from(bounds.memory).unwrap_or(usize::MAX);
-        let state = InvocationState::new(&self.spec.capabilities, memory, deadline);
+        let state = InvocationState::new(&self.spec.capabilities, memory, deadline, caller);
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.memory);
         if let Some(fuel) = bounds.fuel {
@@ -379,7 +411,7 @@ impl HandlerComponent {
     /// fresh instance per event costs against reusing one.
     pub async fn reused_instance(&self) -> Result<ReusedInstance> {
         let far = Instant::now() + Duration::from_secs(24 * 60 * 60);
-        let mut store = self.new_store(far);
+        let mut store = self.new_store(far, http::Caller::default());
         let handler = self
             .pre
             .instantiate_async(&mut store)

@@ -15,6 +15,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use super::config::ConfigValues;
 use super::emit::EmitState;
 use super::eventstore::EventStoreState;
+use super::http::{Caller, HttpState};
 use super::keyvalue::KeyValueState;
 use super::limiter::MemoryLimiter;
 use super::logging::Logging;
@@ -36,10 +37,16 @@ pub struct InvocationState {
     pub(super) config: ConfigValues,
     pub(super) keyvalue: KeyValueState,
     pub(super) events: EventStoreState,
+    pub(super) http: HttpState,
 }
 
 impl InvocationState {
-    pub fn new(capabilities: &Capabilities, memory_cap: usize, deadline: Instant) -> Self {
+    pub fn new(
+        capabilities: &Capabilities,
+        memory_cap: usize,
+        deadline: Instant,
+        caller: Caller,
+    ) -> Self {
         // Nothing is granted: no preopened directories, environment, args,
         // network or stdin. Clocks and randomness are WASI's defaults.
         let stderr = MemoryOutputPipe::new(STDERR_CAPACITY);
@@ -52,10 +59,13 @@ impl InvocationState {
             deadline,
             timed_out: false,
             emit: EmitState::new(capabilities.emit.clone()),
-            logging: Logging,
+            logging: Logging {
+                redactor: capabilities.config.redactor().clone(),
+            },
             config: capabilities.config.clone(),
             keyvalue: KeyValueState::new(capabilities.keyvalue.clone()),
             events: EventStoreState::new(capabilities.eventstore.clone()),
+            http: HttpState::new(capabilities.http.clone(), caller, deadline),
         }
     }
 
@@ -65,6 +75,13 @@ impl InvocationState {
         (self.emit.refused.take())
             .or_else(|| self.keyvalue.refused.take())
             .or_else(|| self.events.refused.take())
+            .or_else(|| self.http.take_refusal())
+    }
+
+    /// The resource table (shared by WASI and wasi:http, whose streams are
+    /// WASI's) beside the HTTP state.
+    pub(super) fn table_and_http(&mut self) -> (&mut ResourceTable, &mut HttpState) {
+        (&mut self.table, &mut self.http)
     }
 
     /// Why a capability stopped the invocation, if one did.
