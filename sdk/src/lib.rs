@@ -32,6 +32,7 @@
 //! WIT package in the repository's `wit/` folder (`eventhost:handler@0.2.0`).
 
 pub mod events;
+pub mod http;
 pub mod kv;
 
 use serde::Serialize;

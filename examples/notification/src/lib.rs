@@ -1,7 +1,11 @@
 //! Notification: confirms each completed payment to the customer.
 //!
-//! `payments.completed` → `notifications.sent`.
-use eventhost_sdk::{Emit, Event, HandlerError};
+//! `payments.completed` → `notifications.sent`. With `mail_url`
+//! configured, the confirmation is sent through that mail API (`POST
+//! /emails`, the key from `api_key`); the host's idempotency key makes a
+//! retried send the same email. Without it, the email is only recorded as
+//! sent.
+use eventhost_sdk::{Emit, Event, HandlerError, config, http};
 use serde::{Deserialize, Serialize};
 
 #[derive(Deserialize)]
@@ -18,6 +22,19 @@ struct NotificationSent<'a> {
 
 fn handle(event: Event) -> Result<(), HandlerError> {
     let payment: PaymentCompleted = event.json()?;
+    if let Some(mail) = config("mail_url") {
+        let api_key = config("api_key").unwrap_or_default();
+        let email = serde_json::json!({
+            "to": format!("customer-of-{}@example.com", payment.order_id),
+            "subject": "Your order is confirmed",
+            "order_id": payment.order_id,
+        });
+        http::Request::post(format!("{mail}/emails"))
+            .header("authorization", format!("Bearer {api_key}"))
+            .json(&email)?
+            .send()?
+            .error_for_status()?;
+    }
     let sent = NotificationSent {
         order_id: &payment.order_id,
         channel: "email",
