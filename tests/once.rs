@@ -44,9 +44,12 @@ async fn the_same_event_is_handled_once_however_often_it_arrives() {
         counts,
         [("slow".to_string(), 1), ("twice".to_string(), 1)].into()
     );
-    wait_until("every copy to be settled", WAIT, || {
-        runtime.outcomes("duplicate").len() == 11
+    // A copy that finds the first run in flight waits (5 s at a time) for
+    // it; under a loaded CI machine that can take a few rounds.
+    wait_until("every copy to be settled", WAIT * 2, || {
+        runtime.outcomes("duplicate").len() >= 11
     });
+    assert_eq!(runtime.outcomes("duplicate").len(), 11, "one skip per copy");
     assert_eq!(
         runtime.outcomes("succeeded").len(),
         2,

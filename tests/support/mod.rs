@@ -203,6 +203,10 @@ name = "CHAOS"
 subjects = ["chaos.>"]
 
 [[streams]]
+name = "FETCH"
+subjects = ["fetch.>"]
+
+[[streams]]
 name = "COUNTER"
 subjects = ["counter.>"]
 
