@@ -251,18 +251,16 @@ impl Provider {
             records.unauthorized += 1;
         }
         let control = books.control.clone();
-        if let Some((status, answer)) = key.and_then(|k| books.answered.get(k)) {
-            return (control, Plan::Replay(*status, answer.clone()), authorized);
-        }
-        let plan = if fastrand::f64() < control.fail_rate {
+        let answered = key.and_then(|k| books.answered.get(k));
+        let plan = match (fastrand::f64() < control.fail_rate, answered) {
+            // An outage fails repeats too.
+            (true, Some(_)) => Plan::Fail,
             // Half the failures happen after the work is done: the caller
             // sees an error for an effect that did happen.
-            match fastrand::bool() {
-                true => Plan::Perform { fail_after: true },
-                false => Plan::Fail,
-            }
-        } else {
-            Plan::Perform { fail_after: false }
+            (true, None) if fastrand::bool() => Plan::Perform { fail_after: true },
+            (true, None) => Plan::Fail,
+            (false, Some((status, answer))) => Plan::Replay(*status, answer.clone()),
+            (false, None) => Plan::Perform { fail_after: false },
         };
         (control, plan, authorized)
     }
