@@ -356,6 +356,73 @@ mod tests {
     }
 
     #[test]
+    fn every_bound_is_enforced_at_both_ends() {
+        let with = |section: &str, line: &str| format!("subscribe = [\"a\"]\n[{section}]\n{line}");
+        for (text, expect) in [
+            (with("limits", "timeout = \"16m\""), "limits.timeout"),
+            (with("limits", "memory = \"5 GiB\""), "limits.memory"),
+            (with("limits", "concurrency = 1025"), "limits.concurrency"),
+            (
+                with("limits", "max_event_size = \"0 B\""),
+                "limits.max_event_size",
+            ),
+            (with("retry", "max_attempts = 101"), "retry.max_attempts"),
+            (with("retry", "multiplier = 10.5"), "retry.multiplier"),
+            (with("retry", "multiplier = 0.5"), "retry.multiplier"),
+            (with("retry", "jitter = -0.1"), "retry.jitter"),
+            (with("retry", "jitter = 1.5"), "retry.jitter"),
+            (
+                with("idempotency", "window = \"366d\""),
+                "idempotency.window",
+            ),
+            ("subscribe = [\"a\"]\nsource = \"\"".to_string(), "`source`"),
+            (
+                with("http", "allowed_outbound_hosts = []"),
+                "allowed_outbound_hosts",
+            ),
+            (
+                with("http", "allowed_outbound_hosts = [\"example.com\"]"),
+                "no scheme",
+            ),
+            (
+                with(
+                    "http",
+                    "allowed_outbound_hosts = [\"https://a.example\"]\nmax_requests = 0",
+                ),
+                "http.max_requests",
+            ),
+            (
+                with(
+                    "http",
+                    "allowed_outbound_hosts = [\"https://a.example\"]\nconnect_timeout = \"0s\"",
+                ),
+                "http.connect_timeout",
+            ),
+            (
+                with(
+                    "http",
+                    "allowed_outbound_hosts = [\"https://a.example\"]\nmax_response_body = \"2 GiB\"",
+                ),
+                "http.max_response_body",
+            ),
+            (
+                with(
+                    "http",
+                    "allowed_outbound_hosts = [\"https://a.example\"]\nallowed_hosts = []",
+                ),
+                "unknown field `allowed_hosts`",
+            ),
+            (
+                with("config", "key = { env = \"A\", default = \"b\" }"),
+                "config.key",
+            ),
+        ] {
+            let err = error_of(&text);
+            assert!(err.contains(expect), "{text:?}: {err}");
+        }
+    }
+
+    #[test]
     fn load_names_the_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("broken.toml");
