@@ -446,3 +446,92 @@ async fn every_order_is_charged_and_emailed_once_through_failures_and_a_sigkill(
         "each completed payment names its own charge"
     );
 }
+
+/// A one-answer HTTPS server with a self-signed certificate for
+/// `localhost`; returns its port and the certificate (PEM) to trust.
+async fn tls_server() -> (u16, String) {
+    use rustls::pki_types::{CertificateDer, PrivatePkcs8KeyDer};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let chain = vec![CertificateDer::from(cert.cert.der().to_vec())];
+    let key = PrivatePkcs8KeyDer::from(cert.signing_key.serialize_der()).into();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return; // a client that does not trust us
+                };
+                let mut request = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tls.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let answer =
+                    "HTTP/1.1 200 OK\r\ncontent-length: 6\r\nconnection: close\r\n\r\nsecure";
+                let _ = tls.write_all(answer.as_bytes()).await;
+                let _ = tls.shutdown().await;
+            });
+        }
+    });
+    (port, cert.cert.pem())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn https_trusts_the_ca_file_beside_the_system_roots() {
+    let (port, ca) = tls_server().await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca).unwrap();
+    let nats = NatsServer::start();
+    let plugins = Plugins::new();
+    // Two handlers on the same events: one trusts the private CA, one
+    // knows only the system's roots.
+    let grant = format!("allowed_outbound_hosts = [\"https://localhost:{port}\"]");
+    let trusting = format!("{grant}\nca_file = {:?}", ca_file.to_str().unwrap());
+    let manifest = |name: &str, http: &str| {
+        format!(
+            "subscribe = [\"fetch.in\"]\npublish = [\"fetch.done\"]\nsource = \"/{name}\"\n[http]\n{http}\n"
+        )
+    };
+    plugins.install("trusting", "fetch", &manifest("trusting", &trusting));
+    plugins.install("stranger", "fetch", &manifest("stranger", &grant));
+    let _runtime = Runtime::start(&nats, &plugins, 2);
+    let js = nats.jetstream().await;
+
+    let url = format!("https://localhost:{port}/");
+    probe(&js, "tls", json!({ "urls": [url] })).await;
+    let done = collect(&js, "FETCH", "fetch.done", 2, WAIT).await;
+    let by_handler: BTreeMap<String, Value> = done
+        .iter()
+        .map(|s| {
+            (
+                s.event["source"].as_str().unwrap().to_string(),
+                s.data()["results"][0].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(by_handler["/trusting"]["status"], 200, "{by_handler:?}");
+    assert_eq!(by_handler["/trusting"]["bytes"], 6);
+    let error = by_handler["/stranger"]["error"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        error.contains("Tls"),
+        "an unknown CA is refused: {by_handler:?}"
+    );
+}
