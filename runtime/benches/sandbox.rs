@@ -41,7 +41,11 @@ fn load(sandbox: &Sandbox, workload: Workload) -> HandlerComponent {
             config: manifest.config_values().expect("the example's config"),
             keyvalue: None,
             eventstore: None,
-            http: None,
+            // Linked as granted (payment imports wasi:http); never called:
+            // without `provider_url` the example only simulates its charge.
+            http: manifest.http.as_ref().map(|section| {
+                eventhost::sandbox::http::resolve(section, name).expect("the example's [http]")
+            }),
         },
     };
     sandbox.load(&wasm, spec).expect("loading the component").0

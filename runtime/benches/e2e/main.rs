@@ -407,7 +407,10 @@ fn manifest(workload: Workload, concurrency: usize) -> String {
     };
     let grants = match workload {
         Workload::State => "[keyvalue]\nread_write = [\"counters\"]\n\n",
-        _ => "",
+        // The component imports wasi:http; without `provider_url` it only
+        // simulates the charge, so the grant is never used.
+        Workload::Payment => "[http]\nallowed_outbound_hosts = [\"http://127.0.0.1:8090\"]\n\n",
+        Workload::Relay => "",
     };
     format!(
         "subscribe = [\"{subscribe}\"]\npublish = [{publish}]\n\n{grants}[limits]\ntimeout = \"2s\"\nmemory = \"32 MiB\"\nconcurrency = {concurrency}\n\n[config]\n{config}\n"
