@@ -240,7 +240,7 @@ impl Dispatcher {
         loop {
             let invocation = self
                 .component
-                .invoke(&input.event, attempt, Some(trace.traceparent()))
+                .invoke(&input.event, attempt, Some(trace))
                 .await;
             self.record_invocation(&invocation);
             let duration_us = invocation.elapsed.as_micros() as u64;

@@ -48,6 +48,7 @@ use wasmtime::{Engine, Store, UpdateDeadline};
 
 use crate::failure::{Conflict, Failure, FailureKind};
 use crate::store::record::PlannedWrite;
+use crate::trace::TraceContext;
 use bindings::types;
 use bindings::{Handler, HandlerPre};
 pub use cache::{CacheUse, CompiledCache};
@@ -275,24 +276,28 @@ impl HandlerComponent {
     }
 
     /// Runs `event` (attempt number `attempt`) through a fresh instance;
-    /// `traceparent` names the handling's span for outbound calls.
+    /// `trace` is the handling's span, named in outbound calls.
     /// Never panics and never returns an error of its own: every way a guest
     /// can fail becomes a [`Stop`].
     pub async fn invoke(
         &self,
         event: &Event,
         attempt: u32,
-        traceparent: Option<String>,
+        trace: Option<&TraceContext>,
     ) -> Invocation {
         // Waiting for a slot is not the guest's time: it starts the clock
         // only once it has one. The semaphore is never closed.
         let _slot = self.slots.acquire().await.expect("never closed");
         let started = Instant::now();
         let timeout = self.spec.bounds.timeout;
-        let caller = http::Caller {
-            source: event.source().to_string(),
-            id: event.id().to_string(),
-            traceparent,
+        // Only outbound calls need to know who calls.
+        let caller = match self.spec.capabilities.http {
+            Some(_) => http::Caller {
+                source: event.source().to_string(),
+                id: event.id().to_string(),
+                traceparent: trace.map(TraceContext::traceparent),
+            },
+            None => http::Caller::default(),
         };
         let mut store = self.new_store(started + timeout, caller);
 
