@@ -371,7 +371,7 @@ async fn the_payment_flow_through_the_provider_in_both_content_modes() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn every_order_is_charged_and_emailed_once_through_failures_and_a_sigkill() {
-    const ORDERS: usize = 2000;
+    const ORDERS: usize = 3000;
     let server = provider(Some("k")).await;
     server.set_control(Control {
         fail_rate: 0.2,
