@@ -81,6 +81,27 @@ async fn trapping_runaway_and_greedy_guests_fail_only_their_own_event() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn no_memory_survives_from_one_event_to_the_next() {
+    // A global counter in the guest: were instances ever reused across
+    // events, some event would see a count above 1.
+    let ChaosHost {
+        nats: _nats,
+        plugins: _plugins,
+        runtime: _runtime,
+        js,
+    } = ChaosHost::start("").await;
+    for i in 0..20 {
+        send(&js, &format!("count-{i}"), json!({"action": "count-calls"})).await;
+    }
+    let done = collect(&js, "CHAOS", "chaos.done", 20, WAIT).await;
+    let calls: BTreeSet<u64> = done
+        .iter()
+        .map(|d| d.data()["calls"].as_u64().unwrap())
+        .collect();
+    assert_eq!(calls, [1].into(), "every event ran in a fresh instance");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn fuel_bounds_a_guest_deterministically() {
     let sections = "[retry]\nmax_attempts = 1\n[limits]\nfuel = 50_000_000\ntimeout = \"10s\"";
     let ChaosHost {

@@ -45,7 +45,13 @@ enum Action {
     },
     /// Emit to an allowed subject, then to one outside the manifest.
     EmitForbidden,
+    /// Count this call in a global and emit the count: in a fresh instance
+    /// per event it is always 1.
+    CountCalls,
 }
+
+/// Survives from one call to the next only if the instance does.
+static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 fn done(event: &Event, seq: Option<u64>) -> Result<(), HandlerError> {
     let tag = eventhost_sdk::config("tag").unwrap_or_default();
@@ -94,6 +100,12 @@ fn handle(event: Event) -> Result<(), HandlerError> {
                 "allocated {} MiB without hitting a limit",
                 blocks.len()
             )))
+        }
+        Action::CountCalls => {
+            let calls = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+            Emit::new("chaos.done", "com.example.chaos.done")
+                .json(&json!({ "input": event.id(), "calls": calls }))?
+                .send()
         }
         Action::EmitForbidden => {
             done(&event, None)?;
