@@ -81,6 +81,72 @@ async fn trapping_runaway_and_greedy_guests_fail_only_their_own_event() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn hostile_guests_fail_only_their_own_event() {
+    let ChaosHost {
+        nats: _nats,
+        plugins: _plugins,
+        mut runtime,
+        js,
+    } = ChaosHost::start("[retry]\nmax_attempts = 1").await;
+    send(&js, "recurse", json!({"action": "recurse"})).await;
+    send(
+        &js,
+        "emit-flood",
+        json!({"action": "emit-flood", "count": 1001}),
+    )
+    .await;
+    send(
+        &js,
+        "log-flood",
+        json!({"action": "log-flood", "bytes": 4 << 20}),
+    )
+    .await;
+    send(&js, "control", json!({"action": "ok"})).await;
+
+    let letters = dead_letters(&js, "chaos", 2, WAIT).await;
+    let kinds: BTreeSet<(String, String)> = letters
+        .iter()
+        .map(|l| {
+            let id = l.cloudevent()["id"].as_str().unwrap().to_string();
+            (id, l.header("Eventhost-Error-Kind").to_string())
+        })
+        .collect();
+    let expected: BTreeSet<(String, String)> = [
+        ("emit-flood".to_string(), "emit_refused".to_string()),
+        ("recurse".to_string(), "trap".to_string()),
+    ]
+    .into();
+    assert_eq!(kinds, expected);
+    // A Rust guest's stack lives in its linear memory: overflowing it runs
+    // off the start of memory (wasm's own call stack would say so instead).
+    let recurse = letters
+        .iter()
+        .find(|l| l.cloudevent()["id"] == "recurse")
+        .unwrap();
+    let error = recurse.header("Eventhost-Error");
+    assert!(
+        error.starts_with("wasm trap: out of bounds memory access")
+            || error.starts_with("wasm trap: call stack exhausted"),
+        "{error}"
+    );
+    // The flooding log line was cut; the flood and the control succeeded
+    // and nothing of the refused flood was published.
+    let done = collect(&js, "CHAOS", "chaos.done", 2, WAIT).await;
+    assert_eq!(
+        inputs_of(&done),
+        ["control".to_string(), "log-flood".to_string()].into()
+    );
+    let cut = runtime
+        .logs()
+        .into_iter()
+        .find(|l| l["target"] == "guest")
+        .unwrap();
+    let line = cut["message"].as_str().unwrap();
+    assert!(line.len() < 20 << 10 && line.ends_with("[cut: 4194304 bytes in all]"));
+    assert!(runtime.is_running());
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn no_memory_survives_from_one_event_to_the_next() {
     // A global counter in the guest: were instances ever reused across
     // events, some event would see a count above 1.

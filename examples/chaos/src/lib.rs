@@ -48,6 +48,24 @@ enum Action {
     /// Count this call in a global and emit the count: in a fresh instance
     /// per event it is always 1.
     CountCalls,
+    /// Recurse without end: the guest's stack overflows.
+    Recurse,
+    /// Log one line of `bytes` bytes, then behave like `ok`.
+    LogFlood {
+        bytes: usize,
+    },
+    /// Emit `count` events (the host takes at most 1000).
+    EmitFlood {
+        count: usize,
+    },
+}
+
+/// Each frame keeps a buffer alive so that the recursion is not turned
+/// into a loop.
+#[allow(unconditional_recursion, reason = "the point: a stack overflow")]
+fn recurse(depth: u64) -> u64 {
+    let frame = std::hint::black_box([depth; 64]);
+    recurse(depth + 1) + frame[(depth % 64) as usize]
 }
 
 /// Survives from one call to the next only if the instance does.
@@ -100,6 +118,24 @@ fn handle(event: Event) -> Result<(), HandlerError> {
                 "allocated {} MiB without hitting a limit",
                 blocks.len()
             )))
+        }
+        Action::Recurse => {
+            let depth = recurse(0);
+            Err(HandlerError::permanent(format!(
+                "recursed {depth} deep and came back"
+            )))
+        }
+        Action::LogFlood { bytes } => {
+            eventhost_sdk::log(eventhost_sdk::Level::Warn, &"x".repeat(bytes));
+            done(&event, None)
+        }
+        Action::EmitFlood { count } => {
+            for i in 0..count {
+                Emit::new("chaos.done", "com.example.chaos.flood")
+                    .json(&json!({ "input": event.id(), "i": i }))?
+                    .send()?;
+            }
+            Ok(())
         }
         Action::CountCalls => {
             let calls = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;

@@ -20,11 +20,27 @@ pub struct Logging {
     pub redactor: Redactor,
 }
 
+/// The longest guest line the log takes; longer ones are cut, so a guest
+/// cannot flood the host's log (or its disk) with one call.
+pub const MAX_LINE: usize = 16 << 10;
+
 impl Logging {
-    /// Writes one guest line at `level`, secrets removed.
+    /// Writes one guest line at `level`, secrets removed, cut at
+    /// [`MAX_LINE`] bytes.
     pub fn log(&self, level: Level, message: &str) {
-        write(level, &self.redactor.redact(message));
+        write(level, &self.redactor.redact(&cut(message)));
     }
+}
+
+fn cut(message: &str) -> std::borrow::Cow<'_, str> {
+    if message.len() <= MAX_LINE {
+        return message.into();
+    }
+    let mut end = MAX_LINE;
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… [cut: {} bytes in all]", &message[..end], message.len()).into()
 }
 
 fn write(level: Level, message: &str) {
@@ -46,4 +62,18 @@ impl logging::Host for Logging {
 pub fn add_to_linker(linker: &mut Linker<InvocationState>) -> wasmtime::Result<()> {
     logging::add_to_linker::<_, HasSelf<Logging>>(linker, |state| &mut state.logging)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_lines_are_cut_on_a_char_boundary() {
+        assert_eq!(cut("short"), "short");
+        let long = "é".repeat(MAX_LINE); // two bytes each
+        let line = cut(&long);
+        assert!(line.len() < MAX_LINE + 40, "{}", line.len());
+        assert!(line.ends_with(&format!("[cut: {} bytes in all]", long.len())));
+    }
 }

@@ -454,12 +454,16 @@ fn describe_trap(trap: &wasmtime::Error, state: &InvocationState) -> String {
     let stderr = state.stderr.contents();
     let stderr = String::from_utf8_lossy(&stderr);
     let stderr = stderr.trim();
-    let trap = format!("{trap:#}");
-    let first_line = trap.lines().next().unwrap_or("trap");
+    // The outermost message is wasmtime's "error while executing at wasm
+    // backtrace"; the reason is the trap code (or the innermost cause).
+    let reason = match trap.downcast_ref::<wasmtime::Trap>() {
+        Some(code) => code.to_string(), // "wasm trap: …"
+        None => trap.root_cause().to_string(),
+    };
     if stderr.is_empty() {
-        first_line.to_string()
+        reason
     } else {
-        format!("{first_line}; guest stderr: {stderr}")
+        format!("{reason}; guest stderr: {stderr}")
     }
 }
 
