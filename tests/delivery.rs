@@ -405,3 +405,46 @@ async fn key_ordering_holds_under_retries_while_keys_run_in_parallel() {
     assert!(overlapping, "keys never ran in parallel: {spans:?}");
     assert_eq!(consumer_state(&js, "CHAOS", "chaos").await, (0, 0, 0));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn several_subjects_a_custom_consumer_and_binary_output() {
+    let nats = NatsServer::start();
+    let plugins = Plugins::new();
+    let manifest = "subscribe = [\"chaos.in\", \"chaos.other\"]\npublish = [\"chaos.done\"]\n\
+                    consumer = \"custom\"\nemit_mode = \"binary\"\n";
+    plugins.install("chaos", "chaos", manifest);
+    let _runtime = Runtime::start(&nats, &plugins, 2);
+    let js = nats.jetstream().await;
+    for (id, subject) in [("via-in", "chaos.in"), ("via-other", "chaos.other")] {
+        let event = TestEvent::new(id, "com.example.chaos", json!({"action": "ok"}));
+        publish(&js, subject, event.structured()).await;
+    }
+    let done = collect(&js, "CHAOS", "chaos.done", 2, WAIT).await;
+    let inputs: BTreeSet<String> = ["via-in".into(), "via-other".into()].into();
+    assert_eq!(inputs_of(&done), inputs);
+    assert!(
+        done.iter().all(|d| d.binary_mode),
+        "emit_mode = binary, though the inputs were structured"
+    );
+    // One durable consumer per subject, named after `consumer`.
+    use futures::TryStreamExt;
+    let names: Vec<String> = js
+        .get_stream("CHAOS")
+        .await
+        .unwrap()
+        .consumer_names()
+        .try_collect()
+        .await
+        .unwrap();
+    // (The test's own reader is an ephemeral consumer beside them.)
+    let durable: BTreeSet<&str> = names
+        .iter()
+        .map(String::as_str)
+        .filter(|n| n.starts_with("custom"))
+        .collect();
+    assert_eq!(
+        durable,
+        ["custom-chaos_in", "custom-chaos_other"].into(),
+        "{names:?}"
+    );
+}
