@@ -284,23 +284,11 @@ impl Provider {
                 json!({"declined": format!("amount {amount} is over the card's limit")}),
             ),
             Kind::Charge => {
-                let id = format!("ch_{}", books.records.charges.len() + 1);
-                books.records.charges.push(Effect {
-                    id: id.clone(),
-                    idempotency_key: key.clone(),
-                    order_id,
-                    body,
-                });
+                let id = record(&mut books.records.charges, "ch", &key, order_id, body);
                 (200, json!({"id": id, "amount": amount}))
             }
             Kind::Email => {
-                let id = format!("em_{}", books.records.emails.len() + 1);
-                books.records.emails.push(Effect {
-                    id: id.clone(),
-                    idempotency_key: key.clone(),
-                    order_id,
-                    body,
-                });
+                let id = record(&mut books.records.emails, "em", &key, order_id, body);
                 (202, json!({"id": id}))
             }
         };
@@ -309,6 +297,24 @@ impl Provider {
         }
         (status, answer)
     }
+}
+
+/// Books one effect under the next id of its kind (`ch_1`, `em_1`, …).
+fn record(
+    effects: &mut Vec<Effect>,
+    prefix: &str,
+    key: &Option<String>,
+    order_id: String,
+    body: Value,
+) -> String {
+    let id = format!("{prefix}_{}", effects.len() + 1);
+    effects.push(Effect {
+        id: id.clone(),
+        idempotency_key: key.clone(),
+        order_id,
+        body,
+    });
+    id
 }
 
 fn text(headers: &HeaderMap, name: &str) -> Option<String> {

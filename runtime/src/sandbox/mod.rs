@@ -321,7 +321,10 @@ impl HandlerComponent {
             .map_err(|stop| match stop {
                 // A failure's message goes to the log and the dead letter.
                 Stop::Failed(mut failure) => {
-                    failure.message = state.config.redactor().redact(&failure.message);
+                    let redacted = state.config.redactor().redact(&failure.message);
+                    if let std::borrow::Cow::Owned(clean) = redacted {
+                        failure.message = clean;
+                    }
                     Stop::Failed(failure)
                 }
                 interrupted => interrupted,

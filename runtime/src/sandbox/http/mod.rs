@@ -228,7 +228,7 @@ impl HttpState {
                 caller,
                 deadline,
                 sent: 0,
-                refused: Arc::new(Mutex::new(None)),
+                refused: None,
                 calls: Arc::new(Mutex::new(Vec::new())),
             },
         }
@@ -241,7 +241,7 @@ impl HttpState {
 
     /// A refusal that fails the invocation.
     pub fn take_refusal(&mut self) -> Option<Failure> {
-        self.hooks.refused.lock().expect("never poisoned").take()
+        self.hooks.refused.take()
     }
 }
 
@@ -252,7 +252,8 @@ pub struct OutboundHooks {
     deadline: Instant,
     /// Requests asked for so far: the next one's index.
     sent: u32,
-    refused: Arc<Mutex<Option<Failure>>>,
+    /// Set from the hook itself (never from a spawned send), so no lock.
+    refused: Option<Failure>,
     calls: Arc<Mutex<Vec<HttpCall>>>,
 }
 
@@ -306,9 +307,7 @@ impl WasiHttpHooks for OutboundHooks {
                 "outbound request refused: over the cap per invocation"
             );
             let why = format!("made more than {max} outbound requests (http.max_requests)");
-            let mut refused = self.refused.lock().expect("never poisoned");
-            refused.get_or_insert(Failure::new(FailureKind::LimitExceeded, why));
-            drop(refused);
+            (self.refused).get_or_insert(Failure::new(FailureKind::LimitExceeded, why));
             return self.refuse(Refusal::TooManyRequests, Error::HttpRequestDenied);
         }
         let Some(origin) = request_origin(&uri) else {
