@@ -16,12 +16,15 @@ use cli::{Cli, LogFormat};
 const RUNTIME_LOG_FILTER: &str = "info,async_nats=warn,wasmtime=warn,cranelift_codegen=warn";
 /// The `publish` and `tail` helpers only speak up when something is wrong.
 const HELPER_LOG_FILTER: &str = "warn";
+/// `invoke` shows the guest's own log lines, every level.
+const INVOKE_LOG_FILTER: &str = "warn,guest=trace";
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let (filter, otlp) = match &cli.command {
         cli::Command::Run { otlp_endpoint, .. } => (RUNTIME_LOG_FILTER, otlp_endpoint.clone()),
+        cli::Command::Invoke(_) => (INVOKE_LOG_FILTER, None),
         _ => (HELPER_LOG_FILTER, None),
     };
     let exporter = match init_logging(cli.global.log_format, filter, otlp.as_deref()) {

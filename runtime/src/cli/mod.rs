@@ -1,9 +1,11 @@
 //! The `eventhost` command line: `run` the host, the `publish` / `tail`
-//! helpers that drive a walkthrough by hand, `dlq` for dead letters and
-//! `kv` for handler state.
+//! helpers that drive a walkthrough by hand, `dlq` for dead letters, `kv`
+//! for handler state and `invoke` to run a handler locally.
 
 mod dlq;
+mod invoke;
 mod kv;
+mod new;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -137,6 +139,12 @@ pub enum Command {
         #[command(subcommand)]
         command: kv::KvCommand,
     },
+    /// Run a handler on one event locally, with no NATS: prints what it
+    /// emitted and would write, and the outcome; fails unless it succeeded.
+    Invoke(invoke::InvokeArgs),
+    /// Create a handler project (Rust, Python or JavaScript/TypeScript) that
+    /// builds with `./build.sh` and tests itself with `./test.sh`.
+    New(new::NewArgs),
     /// Read models: rebuild a projection from its source stream.
     Projection {
         #[command(subcommand)]
@@ -303,6 +311,8 @@ impl Cli {
             }
             Command::Dlq { command } => dlq::execute(command, &nats).await,
             Command::Kv { command } => kv::execute(command, &nats).await,
+            Command::Invoke(args) => invoke::execute(args).await,
+            Command::New(args) => new::execute(args),
             Command::Projection {
                 command: ProjectionCommand::Rebuild { handler, plugins },
             } => {
