@@ -9,6 +9,8 @@
 //! two run on different consumers, so a failed payment can be seen before
 //! its order: the release then leaves a cancelled reservation, and the late
 //! order reserves nothing.
+use std::collections::BTreeMap;
+
 use eventhost_sdk::kv::Bucket;
 use eventhost_sdk::{Emit, Event, HandlerError, config_or};
 use serde::{Deserialize, Serialize};
@@ -49,17 +51,24 @@ fn reserve(bucket: &Bucket, order: Order) -> Result<(), HandlerError> {
     if bucket.exists(&key)? {
         return Ok(()); // Cancelled before it came: nothing to hold.
     }
+    // Every item or none: check them all (a SKU listed twice counts once,
+    // with both quantities) before taking any stock.
+    let mut wanted: BTreeMap<&str, u64> = BTreeMap::new();
     for item in &order.items {
-        let available = stock_of(bucket, &item.product_id)?;
-        if available < item.quantity {
-            let data = json!({ "order_id": order.order_id, "product_id": item.product_id,
-                "wanted": item.quantity, "available": available });
+        *wanted.entry(&item.product_id).or_default() += item.quantity;
+    }
+    let mut left = Vec::new();
+    for (sku, quantity) in wanted {
+        let available = stock_of(bucket, sku)?;
+        if available < quantity {
+            let data = json!({ "order_id": order.order_id, "product_id": sku,
+                "wanted": quantity, "available": available });
             return emit("rejected", &order.order_id, data);
         }
-        bucket.put(
-            &format!("stock.{}", item.product_id),
-            &(available - item.quantity),
-        )?;
+        left.push((sku, available - quantity));
+    }
+    for (sku, stock) in left {
+        bucket.put(&format!("stock.{sku}"), &stock)?;
     }
     bucket.put(
         &key,
