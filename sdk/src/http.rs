@@ -152,16 +152,20 @@ impl Request {
             .map_err(|_| invalid("path"))?;
         let body = request.body().map_err(|_| invalid("body"))?;
         let future = outgoing_handler::handle(request, None).map_err(classify)?;
-        write_body(body, &self.body)?;
+        let written = write_body(body, &self.body);
         let response = loop {
             match future.get() {
                 Some(result) => break result,
                 None => future.subscribe().block(),
             }
         };
+        // A request the host refuses has its body stream closed: the
+        // response's error says why (a denied origin, say), so it comes
+        // before the write's.
         let response = response
             .map_err(|()| HttpError::Unavailable("response already taken".into()))?
             .map_err(classify)?;
+        written?;
         let status = response.status();
         let headers = response.headers().entries();
         let body = response
