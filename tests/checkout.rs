@@ -12,12 +12,22 @@ use support::*;
 
 const WAIT: Duration = Duration::from_secs(30);
 
+const CHECKOUT_HANDLERS: [&str; 3] = ["payment", "notification", "inventory"];
+
 fn checkout_plugins() -> Plugins {
     let plugins = Plugins::new();
+    for name in CHECKOUT_HANDLERS {
+        plugins.install_example(name);
+    }
     plugins
-        .install_example("payment")
-        .install_example("notification")
-        .install_example("inventory");
+}
+
+/// The checkout handlers written in `lang` ("python" or "js").
+fn guest_checkout_plugins(lang: &str) -> Plugins {
+    let plugins = Plugins::new();
+    for name in CHECKOUT_HANDLERS {
+        plugins.install_guest(lang, name);
+    }
     plugins
 }
 
@@ -45,8 +55,24 @@ fn order_ids(stored: &[Stored]) -> BTreeSet<String> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn checkout_flow_in_both_content_modes() {
+    checkout_flow(checkout_plugins()).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn checkout_flow_with_the_python_handlers() {
+    checkout_flow(guest_checkout_plugins("python")).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn checkout_flow_with_the_typescript_handlers() {
+    checkout_flow(guest_checkout_plugins("js")).await;
+}
+
+/// Orders in both content modes through payment, notification and
+/// inventory: every output matched to its order, in its order's mode, with
+/// lineage; mismatched totals dead-lettered with their reason.
+async fn checkout_flow(plugins: Plugins) {
     let nats = NatsServer::start();
-    let plugins = checkout_plugins();
     let runtime = Runtime::start(&nats, &plugins, 4);
     let js = nats.jetstream().await;
 
@@ -97,6 +123,26 @@ async fn checkout_flow_in_both_content_modes() {
     for n in &notified {
         assert_eq!(n.data()["channel"], "email");
         assert_eq!(n.data()["template"], "order_confirmation");
+    }
+    // Lineage down the chain: each output names what caused it, and the
+    // order's id (no correlation was set) correlates them all.
+    let payment_ids: BTreeMap<&str, &str> = (completed.iter())
+        .map(|c| {
+            (
+                c.data()["order_id"].as_str().unwrap(),
+                c.event["id"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    for c in completed.iter().chain(&failed) {
+        let order = c.data()["order_id"].as_str().unwrap();
+        assert_eq!(c.event["causationid"], format!("evt-{order}"));
+        assert_eq!(c.event["correlationid"], format!("evt-{order}"));
+    }
+    for n in &notified {
+        let order = n.data()["order_id"].as_str().unwrap();
+        assert_eq!(n.event["causationid"], payment_ids[order]);
+        assert_eq!(n.event["correlationid"], format!("evt-{order}"));
     }
     for f in &failed {
         assert!(f.data()["reason"].as_str().unwrap().contains("exceeds"));

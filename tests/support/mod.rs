@@ -176,6 +176,23 @@ impl Plugins {
         self.install(name, name, &manifest)
     }
 
+    /// Installs the `lang` ("python" or "js") example `name`, built by
+    /// `scripts/build-examples` into examples/target/LANG/, with its own
+    /// manifest.
+    pub fn install_guest(&self, lang: &str, name: &str) -> &Self {
+        let root = repo_root();
+        let wasm = root.join(format!("examples/target/{lang}/{name}.wasm"));
+        assert!(
+            wasm.exists(),
+            "{} is missing: scripts/build-examples (run by scripts/test) builds it",
+            wasm.display()
+        );
+        std::fs::copy(&wasm, self.path().join(format!("{name}.wasm"))).unwrap();
+        let manifest = root.join(format!("examples/{lang}/{name}/handler.toml"));
+        std::fs::copy(&manifest, self.path().join(format!("{name}.toml"))).unwrap();
+        self
+    }
+
     /// Installs `component` (an example's build) as handler `name` with `manifest`.
     pub fn install(&self, name: &str, component: &str, manifest: &str) -> &Self {
         let wasm = components_dir().join(format!("{component}.wasm"));
@@ -205,6 +222,10 @@ subjects = ["chaos.>"]
 [[streams]]
 name = "FETCH"
 subjects = ["fetch.>"]
+
+[[streams]]
+name = "PROBE"
+subjects = ["probe.>"]
 
 [[streams]]
 name = "COUNTER"
@@ -275,7 +296,7 @@ impl Runtime {
     ) -> Self {
         // One compiled-code cache for the whole test run, inside target/,
         // unless the test brings its own.
-        let shared_cache = repo_root().join("target/test-compiled-cache");
+        let shared_cache = repo_root().join("target/compiled-cache");
         let mut args: Vec<&str> = args.to_vec();
         if !args.contains(&"--cache-dir") {
             args.extend(["--cache-dir", shared_cache.to_str().unwrap()]);
@@ -306,9 +327,11 @@ impl Runtime {
             _log: log,
             _config: config,
         };
+        // A Python or JavaScript component takes about half a minute to
+        // compile on first use (then the shared cache has it).
         wait_until(
             "the runtime to start consuming",
-            Duration::from_secs(60),
+            Duration::from_secs(240),
             || runtime.logs_with_message("consuming").len() >= consumers,
         );
         runtime
