@@ -8,12 +8,12 @@
 #[path = "common/native.rs"]
 mod native;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use cloudevents::{EventBuilder, EventBuilderV10};
 use criterion::{Criterion, criterion_group, criterion_main};
 use eventhost::manifest::HandlerManifest;
-use eventhost::sandbox::{Capabilities, HandlerComponent, HandlerSpec, Sandbox};
+use eventhost::sandbox::{Capabilities, CompiledCache, HandlerComponent, HandlerSpec, Sandbox};
 use native::Workload;
 
 fn repo() -> PathBuf {
@@ -23,15 +23,23 @@ fn repo() -> PathBuf {
 fn load(sandbox: &Sandbox, workload: Workload) -> HandlerComponent {
     let name = workload.name();
     let wasm_path = repo().join(format!("examples/target/wasm32-wasip2/release/{name}.wasm"));
-    let wasm = std::fs::read(&wasm_path).unwrap_or_else(|e| {
+    let manifest_path = repo().join(format!("examples/{name}/handler.toml"));
+    load_from(sandbox, name, &wasm_path, &manifest_path)
+}
+
+fn load_from(
+    sandbox: &Sandbox,
+    name: &str,
+    wasm_path: &Path,
+    manifest_path: &Path,
+) -> HandlerComponent {
+    let wasm = std::fs::read(wasm_path).unwrap_or_else(|e| {
         panic!(
             "{}: {e}; build the examples first (scripts/bench does)",
             wasm_path.display()
         )
     });
-    let manifest =
-        HandlerManifest::load(&repo().join(format!("examples/{name}/handler.toml")), name)
-            .expect("the example's manifest");
+    let manifest = HandlerManifest::load(manifest_path, name).expect("the example's manifest");
     let spec = HandlerSpec {
         name: name.to_string(),
         version: "bench".into(),
@@ -61,13 +69,18 @@ fn event() -> cloudevents::Event {
         .unwrap()
 }
 
-fn sandbox_cost(c: &mut Criterion) {
+/// A single-threaded executor, a sandbox without a compiled cache, and the
+/// order every workload handles.
+fn setup() -> (tokio::runtime::Runtime, Sandbox, cloudevents::Event) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
-    let sandbox = Sandbox::new(None).unwrap();
-    let event = event();
+    (rt, Sandbox::new(None).unwrap(), event())
+}
+
+fn sandbox_cost(c: &mut Criterion) {
+    let (rt, sandbox, event) = setup();
     for workload in [Workload::Relay, Workload::Payment] {
         let component = load(&sandbox, workload);
         // Fail loudly rather than time an error path.
@@ -90,5 +103,28 @@ fn sandbox_cost(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, sandbox_cost);
+/// The payment handler written in Python and in TypeScript: each event
+/// instantiates the language's interpreter snapshot afresh.
+fn interpreted_guest_cost(c: &mut Criterion) {
+    let (rt, _, event) = setup();
+    // Compiling each takes half a minute: keep the code for the next run
+    // (the tests share the cache).
+    let cache = CompiledCache::new(repo().join("target/compiled-cache"));
+    let sandbox = Sandbox::new(Some(cache)).unwrap();
+    for lang in ["python", "js"] {
+        let wasm = repo().join(format!("examples/target/{lang}/payment.wasm"));
+        let manifest = repo().join(format!("examples/{lang}/payment/handler.toml"));
+        let component = load_from(&sandbox, "payment", &wasm, &manifest);
+        let first = rt.block_on(component.invoke(&event, 1, None));
+        assert_eq!(first.result.expect("the handler succeeds").emitted.len(), 1);
+        let mut group = c.benchmark_group(format!("payment_{lang}"));
+        group.sample_size(20);
+        group.bench_function("fresh_instance_call", |b| {
+            b.iter(|| rt.block_on(component.invoke(&event, 1, None)))
+        });
+        group.finish();
+    }
+}
+
+criterion_group!(benches, sandbox_cost, interpreted_guest_cost);
 criterion_main!(benches);
