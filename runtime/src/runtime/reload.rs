@@ -77,18 +77,71 @@ impl Drop for Triggers {
 }
 
 async fn poll_directory(dir: PathBuf, fire: mpsc::Sender<&'static str>) {
-    let mut settled = plugins::fingerprint(&dir);
-    let mut last = settled.clone();
+    let mut settle = Settle::new(plugins::fingerprint(&dir));
     loop {
         tokio::time::sleep(POLL).await;
-        let now = plugins::fingerprint(&dir);
-        // Fire once a change has held still for a whole poll.
-        if now == last && now != settled {
-            settled = now.clone();
-            if fire.send("plugins directory changed").await.is_err() {
-                return;
-            }
+        if settle.changed(plugins::fingerprint(&dir))
+            && fire.send("plugins directory changed").await.is_err()
+        {
+            return;
         }
-        last = now;
+    }
+}
+
+/// The debounce: a change counts once it has held still for a whole poll.
+struct Settle<T> {
+    /// What the last reload saw.
+    settled: T,
+    /// What the previous poll saw.
+    last: T,
+}
+
+impl<T: Clone + PartialEq> Settle<T> {
+    fn new(now: T) -> Self {
+        Settle {
+            settled: now.clone(),
+            last: now,
+        }
+    }
+
+    /// Takes one poll's view; `true` when a reload is due.
+    fn changed(&mut self, now: T) -> bool {
+        let due = now == self.last && now != self.settled;
+        if due {
+            self.settled = now.clone();
+        }
+        self.last = now;
+        due
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Settle;
+
+    #[test]
+    fn a_change_fires_once_after_holding_still_for_a_poll() {
+        let mut settle = Settle::new("v1");
+        assert!(!settle.changed("v1"), "nothing changed");
+        assert!(!settle.changed("v2"), "just changed: may still be copying");
+        assert!(settle.changed("v2"), "held still for a poll");
+        assert!(!settle.changed("v2"), "already reloaded");
+    }
+
+    #[test]
+    fn a_file_still_growing_does_not_fire() {
+        let mut settle = Settle::new(0);
+        for size in [10, 20, 30] {
+            assert!(!settle.changed(size), "still growing at {size}");
+        }
+        assert!(settle.changed(30));
+    }
+
+    #[test]
+    fn a_change_undone_before_it_settles_does_not_fire() {
+        let mut settle = Settle::new("v1");
+        assert!(!settle.changed("tmp"));
+        assert!(!settle.changed("v1"));
+        assert!(!settle.changed("v1"));
     }
 }

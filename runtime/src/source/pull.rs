@@ -59,9 +59,7 @@ pub struct Pull {
     inbox: String,
     replies: Subscriber,
     shape: PullShape,
-    /// Messages asked for by open requests and not yet read, whether still
-    /// on the server or already waiting in `replies`.
-    on_order: usize,
+    books: Books,
 }
 
 impl Pull {
@@ -80,11 +78,8 @@ impl Pull {
             request_subject: format!("$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"),
             inbox,
             replies,
-            shape: PullShape {
-                batch: shape.batch.max(1),
-                ..shape
-            },
-            on_order: 0,
+            shape,
+            books: Books::new(shape.batch),
         })
     }
 
@@ -95,8 +90,8 @@ impl Pull {
         // silence for two heartbeats means the server has lost it.
         let silence = self.shape.heartbeat * 2;
         loop {
-            if self.on_order <= self.shape.batch / 2 {
-                self.request(self.shape.batch - self.on_order).await?;
+            if let Some(more) = self.books.to_request() {
+                self.request(more).await?;
             }
             let reply = match tokio::time::timeout(silence, self.replies.next()).await {
                 Ok(Some(reply)) => reply,
@@ -140,21 +135,54 @@ impl Pull {
             .await?;
         // Replies are read only by this task, after this: none of the
         // request's messages can be booked before the request is.
-        self.on_order += batch;
+        self.books.requested(batch);
         Ok(())
     }
 
     /// Books one reply: a message is returned, a status is accounted for.
     fn read(&mut self, reply: async_nats::Message) -> Result<Option<Message>, PullError> {
+        Ok(self.books.book(&reply)?.then(|| Message {
+            message: reply,
+            context: self.js.clone(),
+        }))
+    }
+}
+
+/// The count of messages on order: asked for by open requests and not yet
+/// read, whether still on the server or already waiting in the
+/// subscription. Kept apart from the I/O so every status is unit-tested.
+#[derive(Debug)]
+struct Books {
+    batch: usize,
+    on_order: usize,
+}
+
+impl Books {
+    fn new(batch: usize) -> Self {
+        Books {
+            batch: batch.max(1),
+            on_order: 0,
+        }
+    }
+
+    /// How many to ask for now: a batch's worth topped up once half of it
+    /// has arrived, nothing before.
+    fn to_request(&self) -> Option<usize> {
+        (self.on_order <= self.batch / 2).then(|| self.batch - self.on_order)
+    }
+
+    fn requested(&mut self, batch: usize) {
+        self.on_order += batch;
+    }
+
+    /// Accounts for one reply; `true` when it is a message to hand on.
+    fn book(&mut self, reply: &async_nats::Message) -> Result<bool, PullError> {
         match reply.status {
             None | Some(StatusCode::OK) => {
                 self.on_order = self.on_order.saturating_sub(1);
-                Ok(Some(Message {
-                    message: reply,
-                    context: self.js.clone(),
-                }))
+                Ok(true)
             }
-            Some(StatusCode::IDLE_HEARTBEAT) => Ok(None),
+            Some(StatusCode::IDLE_HEARTBEAT) => Ok(false),
             Some(StatusCode::TIMEOUT) => {
                 let undelivered = reply
                     .headers
@@ -162,13 +190,13 @@ impl Pull {
                     .and_then(|h| h.get("Nats-Pending-Messages"))
                     .and_then(|n| n.as_str().parse::<usize>().ok())
                     // Without the count the books cannot be kept: start over.
-                    .ok_or_else(|| PullError::Ended(describe(&reply)))?;
+                    .ok_or_else(|| PullError::Ended(describe(reply)))?;
                 self.on_order = self.on_order.saturating_sub(undelivered);
-                Ok(None)
+                Ok(false)
             }
             // 409 (consumer deleted, leadership change, limits exceeded),
             // 503 (no JetStream) and anything newer.
-            Some(_) => Err(PullError::Ended(describe(&reply))),
+            Some(_) => Err(PullError::Ended(describe(reply))),
         }
     }
 }
@@ -178,5 +206,77 @@ fn describe(reply: &async_nats::Message) -> String {
     match &reply.description {
         Some(description) => format!("{status} {description}"),
         None => status.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reply(status: Option<u16>, headers: &[(&str, &str)]) -> async_nats::Message {
+        let mut map = async_nats::HeaderMap::new();
+        headers.iter().for_each(|(k, v)| map.insert(*k, *v));
+        async_nats::Message {
+            subject: "_INBOX.test".into(),
+            reply: None,
+            payload: bytes::Bytes::new(),
+            headers: (!headers.is_empty()).then_some(map),
+            status: status.map(|s| StatusCode::from_u16(s).unwrap()),
+            description: status.map(|_| "Request Timeout".to_string()),
+            length: 0,
+        }
+    }
+
+    #[test]
+    fn asks_for_a_batch_then_tops_up_at_half() {
+        let mut books = Books::new(10);
+        assert_eq!(books.to_request(), Some(10));
+        books.requested(10);
+        assert_eq!(books.to_request(), None);
+        for _ in 0..4 {
+            assert!(books.book(&reply(None, &[])).unwrap());
+        }
+        assert_eq!(books.to_request(), None, "6 still on order");
+        assert!(books.book(&reply(None, &[])).unwrap());
+        assert_eq!(books.to_request(), Some(5), "topped up to a batch");
+    }
+
+    #[test]
+    fn a_heartbeat_changes_nothing() {
+        let mut books = Books::new(4);
+        books.requested(4);
+        assert!(!books.book(&reply(Some(100), &[])).unwrap());
+        assert_eq!(books.on_order, 4);
+    }
+
+    #[test]
+    fn an_expired_request_returns_what_it_did_not_deliver() {
+        let mut books = Books::new(10);
+        books.requested(10);
+        books.book(&reply(None, &[])).unwrap();
+        let expired = reply(Some(408), &[("Nats-Pending-Messages", "9")]);
+        assert!(!books.book(&expired).unwrap());
+        assert_eq!(books.on_order, 0);
+        assert_eq!(books.to_request(), Some(10));
+    }
+
+    #[test]
+    fn an_expiry_without_its_count_ends_the_pull() {
+        let mut books = Books::new(10);
+        books.requested(10);
+        let err = books.book(&reply(Some(408), &[])).unwrap_err();
+        assert!(
+            matches!(err, PullError::Ended(ref m) if m.starts_with("408")),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn other_statuses_end_the_pull() {
+        for status in [409, 503] {
+            let mut books = Books::new(1);
+            let err = books.book(&reply(Some(status), &[])).unwrap_err();
+            assert!(matches!(err, PullError::Ended(_)), "{status}: {err}");
+        }
     }
 }
