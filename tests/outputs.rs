@@ -1,6 +1,6 @@
 //! Where a handler's results go, and what happens when they cannot get
-//! there: outputs with no stream to store them (the `output` failure), and
-//! `publish` patterns with wildcards.
+//! there: outputs with no stream to store them (the `output` failure), a
+//! dead-letter stream that is gone, and `publish` patterns with wildcards.
 //!
 //! The streams are broken by hand while the runtime runs, as an operator's
 //! mistake would: the runtime declared them at start and does not look
@@ -10,7 +10,7 @@ mod support;
 
 use std::time::Duration;
 
-use async_nats::jetstream;
+use async_nats::jetstream::{self, stream};
 use serde_json::json;
 use support::chaos::*;
 use support::*;
@@ -69,6 +69,52 @@ async fn outputs_that_cannot_be_stored_fail_the_attempt_and_nothing_is_lost() {
         counts,
         [("delayed".to_string(), 1), ("stranded".to_string(), 1)].into()
     );
+    assert_eq!(consumer_state(&js, "CHAOS", "chaos").await, (0, 0, 0));
+}
+
+/// The dead-letter stream's configuration, to check that a restart put the
+/// same one back.
+async fn dlq_config(js: &jetstream::Context) -> stream::Config {
+    let mut stream = js.get_stream("EVENTHOST_DLQ").await.unwrap();
+    stream.info().await.unwrap().config.clone()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_event_whose_dead_letter_cannot_be_stored_stays_in_its_stream() {
+    let ChaosHost {
+        nats,
+        plugins,
+        mut runtime,
+        js,
+    } = ChaosHost::start("[retry]\nmax_attempts = 1").await;
+    let declared = dlq_config(&js).await;
+    js.delete_stream("EVENTHOST_DLQ").await.unwrap();
+
+    send(&js, "homeless", json!({"action": "fail-permanent"})).await;
+    wait_until("the dead letter to be refused", WAIT, || {
+        !runtime
+            .logs_with_message(
+                "could not store the dead letter; the event stays in its stream for now",
+            )
+            .is_empty()
+    });
+    // Not acked: JetStream still holds it for another try.
+    let (pending, ack_pending, _) = consumer_state(&js, "CHAOS", "chaos").await;
+    assert_eq!(pending + ack_pending as u64, 1, "the event was let go");
+    assert!(runtime.outcomes("dead_lettered").is_empty());
+
+    // A restart declares the stream again, and the event gets its letter.
+    runtime.terminate();
+    let runtime = Runtime::start(&nats, &plugins, 1);
+    assert_eq!(dlq_config(&js).await.subjects, declared.subjects);
+    let letters = dead_letters(&js, "chaos", 1, WAIT).await;
+    assert_eq!(letters[0].header("Eventhost-Error-Kind"), "permanent");
+    assert_eq!(letters[0].header("Eventhost-Error"), "asked to fail (permanent)");
+    assert_eq!(letters[0].header("Eventhost-Attempts"), "1");
+    assert_eq!(letters[0].payload_json()["id"], "homeless");
+    wait_until("the event to be settled", WAIT, || {
+        runtime.outcomes("dead_lettered").len() == 1
+    });
     assert_eq!(consumer_state(&js, "CHAOS", "chaos").await, (0, 0, 0));
 }
 

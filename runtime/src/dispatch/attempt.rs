@@ -107,7 +107,10 @@ impl Dispatcher {
         // ordered handlers retrying in place also count their own.
         let attempt = lease.history.attempts.max(failed_in_place + 1);
         tracing::Span::current().record("attempt", attempt);
-        if attempt > self.manifest.retry.max_attempts {
+        // A permanent failure is only on record when its dead letter could
+        // not be stored: running the handler again would not change it.
+        let hopeless = lease.history.last_kind.is_some_and(|k| k.is_permanent());
+        if attempt > self.manifest.retry.max_attempts || hopeless {
             // Earlier deliveries ended without an outcome we could record (a
             // crash, a kill) or the dead letter could not be written then.
             let history = &lease.history;
@@ -445,9 +448,22 @@ impl Dispatcher {
                 self.ack_dead_letter(message, reason, error, attempts).await
             }
             again => {
-                self.release(lease).await;
+                self.keep_failure(lease, reason, error).await;
                 again
             }
+        }
+    }
+
+    /// Gives up the claim on an event whose dead letter could not be
+    /// stored, keeping its failure on record: the next delivery then
+    /// dead-letters it with the real kind and message, not as one whose
+    /// attempts ended without an outcome.
+    async fn keep_failure(&self, lease: Lease, reason: DeadLetterReason, error: &str) {
+        let DeadLetterReason::Failed(kind) = reason else {
+            return self.release(lease).await;
+        };
+        if let Err(err) = self.processed.failed(lease, kind, error).await {
+            tracing::warn!(error = format!("{err:#}"), "could not record the failure");
         }
     }
 
