@@ -4,7 +4,9 @@
 //!
 //! The event's data says what to do (`{"key": "k"}` at its simplest):
 //! `sleep_ms` waits between the read and the write (to widen a race),
-//! `then` fails after writing (the write must not survive), `bucket` writes
+//! `then` fails after writing (the write must not survive),
+//! `fail_until_attempt` fails retryably after writing on the attempts before
+//! that one (a dependency that comes back), `bucket` writes
 //! elsewhere (to test grants), `fill` writes that many keys of `size` bytes
 //! (to test limits).
 use eventhost_sdk::kv::Bucket;
@@ -21,6 +23,7 @@ struct Command {
     sleep_ms: u64,
     bucket: Option<String>,
     then: Option<Then>,
+    fail_until_attempt: Option<u32>,
     fill: Option<usize>,
     #[serde(default)]
     size: usize,
@@ -49,6 +52,12 @@ fn handle(event: Event) -> Result<(), HandlerError> {
     std::thread::sleep(std::time::Duration::from_millis(command.sleep_ms));
     let value = value + command.by;
     bucket.put(&command.key, &value)?;
+    let attempt = event.attempt();
+    if command.fail_until_attempt.is_some_and(|n| attempt < n) {
+        return Err(HandlerError::retryable(format!(
+            "attempt {attempt} fails, as asked"
+        )));
+    }
     match command.then {
         Some(Then::FailRetryable) => return Err(HandlerError::retryable("asked to fail")),
         Some(Then::FailPermanent) => return Err(HandlerError::permanent("asked to fail")),
