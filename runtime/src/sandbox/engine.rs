@@ -12,6 +12,7 @@ use tokio::sync::Semaphore;
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 use super::EPOCH_TICK;
+use super::limiter::MAX_TABLE_ELEMENTS;
 
 /// Instances that can exist at once per engine, across all handlers.
 pub const POOL_SLOTS: u32 = 512;
@@ -39,6 +40,7 @@ fn pooling() -> PoolingAllocationConfig {
         // wit-component's shims) and tables but one memory; leave headroom.
         .total_core_instances(POOL_SLOTS * 8)
         .total_tables(POOL_SLOTS * 8)
+        .table_elements(MAX_TABLE_ELEMENTS)
         .total_memories(POOL_SLOTS * 2)
         .total_stacks(POOL_SLOTS)
         .linear_memory_keep_resident(KEEP_RESIDENT)

@@ -358,34 +358,44 @@ impl HandlerComponent {
         if let Some(interruption) = state.interruption() {
             return Err(Stop::Interrupted(interruption));
         }
-        match outcome {
-            Err(_) => failed(
+        let stopped = match outcome {
+            Ok(Ok(Ok(()))) => {
+                return Ok(Effects {
+                    emitted: state.emit.take(),
+                    writes: std::mem::take(&mut state.keyvalue).into_writes(),
+                    appends: std::mem::take(&mut state.events).into_appends(),
+                });
+            }
+            Ok(Ok(Err(types::HandlerError::Retryable(m)))) => {
+                return failed(FailureKind::Retryable, m);
+            }
+            Ok(Ok(Err(types::HandlerError::Permanent(m)))) => {
+                return failed(FailureKind::Permanent, m);
+            }
+            Err(_) => Failure::new(
                 FailureKind::Timeout,
                 format!("still running after {:?}", bounds.timeout),
             ),
-            Ok(Ok(Ok(()))) => Ok(Effects {
-                emitted: state.emit.take(),
-                writes: std::mem::take(&mut state.keyvalue).into_writes(),
-                appends: std::mem::take(&mut state.events).into_appends(),
-            }),
-            Ok(Ok(Err(types::HandlerError::Retryable(m)))) => failed(FailureKind::Retryable, m),
-            Ok(Ok(Err(types::HandlerError::Permanent(m)))) => failed(FailureKind::Permanent, m),
-            Ok(Err(_)) if state.timed_out => failed(
+            Ok(Err(_)) if state.timed_out => Failure::new(
                 FailureKind::Timeout,
                 format!("interrupted after {:?}", bounds.timeout),
             ),
-            Ok(Err(_)) if state.memory.exceeded => failed(
+            Ok(Err(trap)) if trap.downcast_ref() == Some(&wasmtime::Trap::OutOfFuel) => {
+                Failure::new(
+                    FailureKind::Fuel,
+                    format!("used up its fuel ({})", bounds.fuel.unwrap_or_default()),
+                )
+            }
+            Ok(Err(trap)) => Failure::new(FailureKind::Trap, describe_trap(&trap, state)),
+        };
+        // A refused growth is why a guest fails afterwards: it aborts, or
+        // keeps asking until its time or its fuel is up.
+        match state.memory.refusal() {
+            Some(refusal) => failed(
                 FailureKind::MemoryLimit,
-                format!(
-                    "tried to grow memory past {}",
-                    bytesize::ByteSize::b(bounds.memory)
-                ),
+                format!("{refusal}; then {stopped}"),
             ),
-            Ok(Err(trap)) if trap.downcast_ref() == Some(&wasmtime::Trap::OutOfFuel) => failed(
-                FailureKind::Fuel,
-                format!("used up its fuel ({})", bounds.fuel.unwrap_or_default()),
-            ),
-            Ok(Err(trap)) => failed(FailureKind::Trap, describe_trap(&trap, state)),
+            None => Err(Stop::Failed(stopped)),
         }
     }
 
