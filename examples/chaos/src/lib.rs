@@ -58,6 +58,20 @@ enum Action {
     EmitFlood {
         count: usize,
     },
+    // Hostile guests (tests/hostile.rs).
+    /// Grow memory a page at a time, and keep asking once refused.
+    GrowLoop,
+    /// Emit `total` bytes of data split over `count` events (the host
+    /// takes at most 16 MiB in all).
+    EmitBytes {
+        count: usize,
+        total: usize,
+    },
+    /// Look up a config key of `bytes` bytes (nobody set it), then behave
+    /// like `ok`.
+    ConfigKey {
+        bytes: usize,
+    },
 }
 
 /// Each frame keeps a buffer alive so that the recursion is not turned
@@ -137,6 +151,27 @@ fn handle(event: Event) -> Result<(), HandlerError> {
             }
             Ok(())
         }
+        Action::GrowLoop => loop {
+            std::hint::black_box(core::arch::wasm32::memory_grow(0, 1));
+        },
+        Action::EmitBytes { count, total } => {
+            let each = total / count;
+            for i in 0..count {
+                let bytes = if i + 1 == count {
+                    total - each * i
+                } else {
+                    each
+                };
+                Emit::new("chaos.done", "com.example.chaos.bytes")
+                    .data("text/plain", vec![b'x'; bytes])
+                    .send()?;
+            }
+            Ok(())
+        }
+        Action::ConfigKey { bytes } => match eventhost_sdk::config(&"k".repeat(bytes)) {
+            None => done(&event, None),
+            Some(_) => Err(HandlerError::permanent("a key nobody set has a value")),
+        },
         Action::CountCalls => {
             let calls = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
             Emit::new("chaos.done", "com.example.chaos.done")
