@@ -54,6 +54,22 @@ pub mod header {
     pub const EXTENSION_PREFIX: &str = "ce-dlq";
 }
 
+/// The facts a dead letter states, in the order [`DeadLetter::headers`]
+/// writes them: each one's header, and its extension attribute (after
+/// `ce-dlq`) on a binary-mode event.
+const FACTS: [(&str, &str); 10] = [
+    (header::HANDLER, "handler"),
+    (header::VERSION, "version"),
+    (header::ERROR_KIND, "errorkind"),
+    (header::ERROR, "error"),
+    (header::ATTEMPTS, "attempts"),
+    (header::FIRST_FAILURE, "firstfailure"),
+    (header::LAST_FAILURE, "lastfailure"),
+    (header::ORIGINAL_SUBJECT, "subject"),
+    (header::ORIGINAL_STREAM, "stream"),
+    (header::ORIGINAL_SEQUENCE, "sequence"),
+];
+
 /// Longest error message kept: headers are not the place for megabytes.
 const MAX_ERROR_LEN: usize = 2048;
 
@@ -103,7 +119,12 @@ impl DeadLetter<'_> {
             .info()
             .map(|i| (i.stream.to_string(), i.stream_sequence))
             .map_err(|e| anyhow::anyhow!("the message has no JetStream metadata: {e}"))?;
-        let headers = self.headers(message, &stream, sequence);
+        let headers = self.headers(
+            message.headers.as_ref(),
+            &message.subject,
+            &stream,
+            sequence,
+        );
         let ack = js
             .publish_with_headers(subject(self.handler), headers, message.payload.clone())
             .await
@@ -113,9 +134,18 @@ impl DeadLetter<'_> {
         Ok(())
     }
 
-    fn headers(&self, message: &Message, stream: &str, sequence: u64) -> HeaderMap {
+    /// The dead letter's headers for a message that arrived on `subject`
+    /// with `original` headers, stored in `stream` at `sequence`. Public so
+    /// that the fuzz targets can write dead letters without a server.
+    pub fn headers(
+        &self,
+        original: Option<&HeaderMap>,
+        subject: &str,
+        stream: &str,
+        sequence: u64,
+    ) -> HeaderMap {
         let mut headers = HeaderMap::new();
-        if let Some(original) = &message.headers {
+        if let Some(original) = original {
             for (name, values) in original.iter() {
                 let name_str: &str = name.as_ref();
                 if name_str.to_ascii_lowercase().starts_with("nats-") {
@@ -128,31 +158,19 @@ impl DeadLetter<'_> {
         }
         let error = one_line(self.error);
         let time = |t: DateTime<Utc>| t.to_rfc3339_opts(SecondsFormat::Millis, true);
-        let facts = [
-            (header::HANDLER, "handler", self.handler.to_string()),
-            (header::VERSION, "version", self.version.to_string()),
-            (
-                header::ERROR_KIND,
-                "errorkind",
-                self.reason.as_str().to_string(),
-            ),
-            (header::ERROR, "error", error),
-            (header::ATTEMPTS, "attempts", self.attempts.to_string()),
-            (
-                header::FIRST_FAILURE,
-                "firstfailure",
-                time(self.first_failure),
-            ),
-            (header::LAST_FAILURE, "lastfailure", time(self.last_failure)),
-            (
-                header::ORIGINAL_SUBJECT,
-                "subject",
-                message.subject.to_string(),
-            ),
-            (header::ORIGINAL_STREAM, "stream", stream.to_string()),
-            (header::ORIGINAL_SEQUENCE, "sequence", sequence.to_string()),
+        let values = [
+            self.handler.to_string(),
+            self.version.to_string(),
+            self.reason.as_str().to_string(),
+            error,
+            self.attempts.to_string(),
+            time(self.first_failure),
+            time(self.last_failure),
+            subject.to_string(),
+            stream.to_string(),
+            sequence.to_string(),
         ];
-        for (name, extension, value) in facts {
+        for ((name, extension), value) in FACTS.into_iter().zip(values) {
             if self.mode == Some(ContentMode::Binary) {
                 let ce_name = format!("{}{extension}", header::EXTENSION_PREFIX);
                 headers.insert(ce_name.as_str(), header_value(&value).as_str());
@@ -186,12 +204,16 @@ fn one_line(text: &str) -> String {
 }
 
 /// Whether a header is one the dead-letter queue added (so a replay strips
-/// it, and `dlq show` lists it apart).
+/// it, and `dlq show` lists it apart). Only the names the queue writes and
+/// NATS' own count: a producer's header that merely starts the same way
+/// (`Eventhost-Tenant`, a `ce-dlqpriority` extension) is the original's.
 pub fn is_added_header(name: &str) -> bool {
-    let name = name.to_ascii_lowercase();
-    name.starts_with("eventhost-")
-        || name.starts_with(header::EXTENSION_PREFIX)
-        || name.starts_with("nats-")
+    let ours = |candidate: &str| candidate.eq_ignore_ascii_case(name);
+    name.to_ascii_lowercase().starts_with("nats-")
+        || ours(header::RECORD)
+        || FACTS.iter().any(|(header, extension)| {
+            ours(header) || ours(&format!("{}{extension}", header::EXTENSION_PREFIX))
+        })
 }
 
 #[cfg(test)]
@@ -215,5 +237,51 @@ mod tests {
         for name in ["ce-id", "Content-Type", "ce-type"] {
             assert!(!is_added_header(name), "{name}");
         }
+    }
+
+    /// Found by the dead_letter fuzz target: an original header named
+    /// `Eventhost-Original-Streamce-id` was taken for one the queue added
+    /// (it starts with `Eventhost-`), so a replay would have dropped it; a
+    /// binary event's `ce-dlq…` extension was lost the same way.
+    #[test]
+    fn a_replay_keeps_producer_headers_that_look_like_the_queues() {
+        let mut original = HeaderMap::new();
+        for name in [
+            "Eventhost-Original-Streamce-id",
+            "Eventhost-Tenant",
+            "ce-dlqpriority",
+        ] {
+            original.insert(name, "kept");
+        }
+        original.insert("Nats-Msg-Id", "o-1");
+        let time = DateTime::from_timestamp_millis(0).unwrap();
+        let letter = DeadLetter {
+            handler: "h",
+            version: "v",
+            reason: DeadLetterReason::InvalidEvent,
+            error: "e",
+            attempts: 1,
+            first_failure: time,
+            last_failure: time,
+            mode: Some(ContentMode::Binary),
+            record: Some("b/k"),
+        };
+        let headers = letter.headers(Some(&original), "orders.created", "ORDERS", 7);
+        let mut kept = Vec::new();
+        for (name, _) in headers.iter() {
+            let name: &str = name.as_ref();
+            if !is_added_header(name) {
+                kept.push(name.to_string());
+            }
+        }
+        kept.sort();
+        assert_eq!(
+            kept,
+            [
+                "Eventhost-Original-Streamce-id",
+                "Eventhost-Tenant",
+                "ce-dlqpriority"
+            ]
+        );
     }
 }
