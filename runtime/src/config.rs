@@ -94,6 +94,10 @@ impl RuntimeConfig {
                 crate::subject::validate(subject)
                     .with_context(|| format!("stream {:?} subject {subject:?}", stream.name))?;
             }
+            fits_jetstream(stream.max_age)
+                .with_context(|| format!("stream {:?} max_age", stream.name))?;
+            fits_jetstream(stream.duplicate_window)
+                .with_context(|| format!("stream {:?} duplicate_window", stream.name))?;
         }
         for bucket in &config.buckets {
             crate::store::kv::validate_bucket(&bucket.name).map_err(anyhow::Error::msg)?;
@@ -103,9 +107,25 @@ impl RuntimeConfig {
                 bucket.name,
                 bucket.history
             );
+            fits_jetstream(bucket.max_age)
+                .with_context(|| format!("bucket {:?} max_age", bucket.name))?;
         }
         Ok(config)
     }
+}
+
+/// JetStream takes durations as signed 64-bit nanoseconds, and the client
+/// casts without a check: a longer one would reach the server as another
+/// value (a negative or a short age), so it is refused here.
+fn fits_jetstream(duration: Option<Duration>) -> Result<()> {
+    if let Some(duration) = duration {
+        ensure!(
+            duration.as_nanos() <= i64::MAX as u128,
+            "{} is longer than JetStream can hold (about 292 years)",
+            humantime::format_duration(duration)
+        );
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -160,6 +180,21 @@ mod tests {
             ("[[buckets]]\nname = \"a.b\"", "not a valid bucket name"),
             ("[[buckets]]\nname = \"a\"\nhistory = 0", "history"),
             ("[[buckets]]\nname = \"a\"\nttl = \"1d\"", "unknown field"),
+            // Found by the runtime_config fuzz target's property (a
+            // duration must reach the server as written): 300 years is
+            // more nanoseconds than an i64 holds.
+            (
+                "[[streams]]\nname = \"A\"\nsubjects = [\"a\"]\nmax_age = \"300y\"",
+                "stream \"A\" max_age",
+            ),
+            (
+                "[[streams]]\nname = \"A\"\nsubjects = [\"a\"]\nduplicate_window = \"300y\"",
+                "longer than JetStream can hold",
+            ),
+            (
+                "[[buckets]]\nname = \"a\"\nmax_age = \"300y\"",
+                "bucket \"a\" max_age",
+            ),
         ] {
             let err = format!("{:#}", RuntimeConfig::parse(text).unwrap_err());
             assert!(err.contains(expect), "{text}: {err}");
