@@ -371,15 +371,7 @@ impl Runtime {
     /// Every log line so far. The runtime logs JSON; any other line (a
     /// panic message, a crash) fails the test rather than being skipped.
     pub fn logs(&self) -> Vec<Value> {
-        let text = std::fs::read_to_string(&self.log_path).unwrap_or_default();
-        let complete = text.rsplit_once('\n').map_or("", |(lines, _)| lines);
-        complete
-            .lines()
-            .map(|line| {
-                serde_json::from_str(line)
-                    .unwrap_or_else(|_| panic!("a log line that is not JSON (a panic?): {line}"))
-            })
-            .collect()
+        parse_log(&self.raw_log())
     }
 
     pub fn logs_with_message(&self, message: &str) -> Vec<Value> {
@@ -475,18 +467,37 @@ pub fn eventhost_ok(nats: &NatsServer, args: &[&str]) -> String {
     String::from_utf8(output.stdout).unwrap()
 }
 
+/// The lines of a JSON log (a runtime's, or one saved from it) up to its
+/// last complete line. Any other line (a panic message, a crash) fails the
+/// test rather than being skipped.
+pub fn parse_log(text: &str) -> Vec<Value> {
+    let complete = text.rsplit_once('\n').map_or("", |(lines, _)| lines);
+    complete
+        .lines()
+        .map(|line| {
+            serde_json::from_str(line)
+                .unwrap_or_else(|_| panic!("a log line that is not JSON (a panic?): {line}"))
+        })
+        .collect()
+}
+
 /// Successful runs of `handler` per event id, counted from the `succeeded`
 /// lines of every runtime's log. Outputs cannot show a second run: it emits
 /// the same ids, which the stream's duplicate window drops. Panics if any
 /// event ran successfully twice.
 pub fn successful_runs(runtimes: &[&Runtime], handler: &str) -> BTreeMap<String, usize> {
+    let lines: Vec<Value> = runtimes.iter().flat_map(|r| r.logs()).collect();
+    successful_runs_in(&lines, handler)
+}
+
+/// Like [`successful_runs`], over log lines already read (of runtimes that
+/// are gone, say).
+pub fn successful_runs_in(lines: &[Value], handler: &str) -> BTreeMap<String, usize> {
     let mut runs = BTreeMap::new();
-    for runtime in runtimes {
-        for line in runtime.outcomes("succeeded") {
-            if line["span"]["handler"] == handler {
-                let id = line["span"]["event_id"].as_str().unwrap().to_string();
-                *runs.entry(id).or_insert(0) += 1;
-            }
+    for line in lines {
+        if line["outcome"] == "succeeded" && line["span"]["handler"] == handler {
+            let id = line["span"]["event_id"].as_str().unwrap().to_string();
+            *runs.entry(id).or_insert(0) += 1;
         }
     }
     let twice: Vec<_> = runs.iter().filter(|(_, n)| **n > 1).collect();
@@ -813,6 +824,22 @@ pub async fn consumer_state(
         .unwrap();
     let info = c.info().await.unwrap();
     (info.num_pending, info.num_ack_pending, info.num_redelivered)
+}
+
+/// Waits until `consumer` has nothing left to deliver or settle.
+pub async fn consumer_settled(
+    js: &jetstream::Context,
+    stream: &str,
+    consumer: &str,
+    timeout: Duration,
+) {
+    eventually(
+        &format!("{consumer} to settle every event"),
+        timeout,
+        || consumer_state(js, stream, consumer),
+        |(pending, ack_pending, _)| *pending == 0 && *ack_pending == 0,
+    )
+    .await;
 }
 
 /// Waits (up to 10 s) until at least `n` of the consumer's messages are out
