@@ -39,7 +39,7 @@ pub fn header_value(value: &str) -> String {
 fn encode_structured(mut event: Event) -> Result<(HeaderMap, Bytes)> {
     // JSON data travels as JSON, not base64, so consumers can read it.
     if let Some(Data::Binary(bytes)) = event.data()
-        && event.datacontenttype().is_some_and(is_json)
+        && event.datacontenttype().is_some_and(read_back_as_json)
         && let Ok(value) = serde_json::from_slice::<serde_json::Value>(bytes)
     {
         event.set_data_unchecked(Data::Json(value));
@@ -66,6 +66,18 @@ fn encode_binary(mut event: Event) -> (HeaderMap, Bytes) {
         Some(Data::Json(value)) => Bytes::from(value.to_string()),
     };
     (headers, payload)
+}
+
+/// Whether JSON data inlined in a structured event with this content type
+/// is read back as JSON: by our rule, and by the CloudEvents SDK's, which is
+/// case-sensitive and keeps parameters. Inlining it where the SDK expects a
+/// string would make an event no SDK consumer (nor this runtime) can
+/// decode; such data travels as `data_base64` instead.
+fn read_back_as_json(content_type: &str) -> bool {
+    let sdk = content_type.starts_with("application/json")
+        || content_type.starts_with("text/json")
+        || content_type.ends_with("+json");
+    sdk && is_json(content_type)
 }
 
 /// `application/json`, `text/json` and any `+json` suffix.
@@ -129,6 +141,31 @@ mod tests {
         assert_eq!(back.mode, ContentMode::Structured);
         assert_eq!(back.event.id(), "e-1");
         assert_eq!(back.event.subject(), event.subject());
+    }
+
+    /// Found by the emitted_event fuzz target: JSON data with the content
+    /// type `applIcation/json` was inlined (our test ignores case), and the
+    /// SDK, which does not, refused to decode the event.
+    #[test]
+    fn json_data_is_inlined_only_where_it_is_read_back_as_json() {
+        for content_type in ["applIcation/json", "application/json", "text/plain"] {
+            let event = EventBuilderV10::new()
+                .id("e-1")
+                .source("/test")
+                .ty("t")
+                .data(content_type, Data::Binary(b"[1,2,3]".to_vec()))
+                .build()
+                .unwrap();
+            let (headers, payload) = encode(event, ContentMode::Structured).unwrap();
+            let back =
+                decode(Some(&headers), &payload).unwrap_or_else(|e| panic!("{content_type}: {e}"));
+            let data = match back.event.data() {
+                Some(Data::Json(value)) => value.to_string().into_bytes(),
+                Some(Data::Binary(bytes)) => bytes.clone(),
+                other => panic!("{content_type}: {other:?}"),
+            };
+            assert_eq!(data, b"[1,2,3]", "{content_type}");
+        }
     }
 
     #[test]
