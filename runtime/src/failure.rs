@@ -26,7 +26,8 @@ pub enum FailureKind {
     Trap,
     /// The guest ran past `limits.timeout`.
     Timeout,
-    /// The guest tried to grow its memory past `limits.memory`.
+    /// The guest tried to grow its memory past `limits.memory` (or a table
+    /// past its bound).
     MemoryLimit,
     /// The guest used up `limits.fuel`.
     Fuel,

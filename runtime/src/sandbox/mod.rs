@@ -20,8 +20,10 @@
 //!
 //! Runaway guests are stopped by epoch interruption: a ticker thread bumps the
 //! engine's epoch every [`EPOCH_TICK`], and at each tick the guest yields to
-//! the async executor (so one busy guest cannot starve the others) and is
-//! interrupted once past its deadline. Time a guest spends blocked in the host
+//! the async executor and is interrupted once past its deadline. A guest
+//! still running after its first tick runs only in turns with the other
+//! long runners, on fewer workers than the machine has ([`turns`]), so
+//! spinning guests cannot starve other handlers. Time a guest spends blocked in the host
 //! (a WASI sleep, a state read) is bounded by an outer `tokio::time::timeout`.
 
 mod bindings;
@@ -35,6 +37,7 @@ pub mod keyvalue;
 mod limiter;
 pub mod logging;
 mod state;
+mod turns;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -400,8 +403,8 @@ impl HandlerComponent {
     }
 
     /// A store for one invocation: fresh state, the memory cap, fuel if
-    /// metered, and an epoch callback that yields every tick and interrupts
-    /// the guest after `deadline`.
+    /// metered, and an epoch callback that yields every tick (queueing for
+    /// a turn after the first) and interrupts the guest after `deadline`.
     fn new_store(&self, deadline: Instant, caller: http::Caller) -> Store<InvocationState> {
         let bounds = &self.spec.bounds;
         let memory = usize::try_from(bounds.memory).unwrap_or(usize::MAX);
@@ -415,11 +418,17 @@ impl HandlerComponent {
         }
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(|mut ctx| {
-            if Instant::now() >= ctx.data().deadline {
+            let now = Instant::now();
+            if now >= ctx.data().deadline {
                 ctx.data_mut().timed_out = true;
                 return Ok(UpdateDeadline::Interrupt);
             }
-            Ok(UpdateDeadline::Yield(1))
+            // Past its first tick a guest runs only in turns (see `turns`).
+            if now < ctx.data().started + EPOCH_TICK {
+                return Ok(UpdateDeadline::Yield(1));
+            }
+            let turn = ctx.data().turn.clone();
+            Ok(UpdateDeadline::YieldCustom(1, Box::pin(turn.next())))
         });
         store
     }

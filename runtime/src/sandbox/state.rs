@@ -19,6 +19,7 @@ use super::http::{Caller, HttpState};
 use super::keyvalue::KeyValueState;
 use super::limiter::MemoryLimiter;
 use super::logging::Logging;
+use super::turns::Turn;
 use super::{Capabilities, Interruption};
 use crate::failure::Failure;
 
@@ -30,8 +31,11 @@ pub struct InvocationState {
     table: ResourceTable,
     pub(super) stderr: MemoryOutputPipe,
     pub(super) memory: MemoryLimiter,
+    pub(super) started: Instant,
     pub(super) deadline: Instant,
     pub(super) timed_out: bool,
+    /// Held only while the guest runs as a long runner (see `turns`).
+    pub(super) turn: Turn,
     pub(super) emit: EmitState,
     pub(super) logging: Logging,
     pub(super) config: ConfigValues,
@@ -49,6 +53,7 @@ impl InvocationState {
     ) -> Self {
         // Nothing is granted: no preopened directories, environment, args,
         // network or stdin. Clocks and randomness are WASI's defaults.
+        super::turns::invocation_started();
         let stderr = MemoryOutputPipe::new(STDERR_CAPACITY);
         let wasi = WasiCtx::builder().stderr(stderr.clone()).build();
         InvocationState {
@@ -56,8 +61,10 @@ impl InvocationState {
             table: ResourceTable::new(),
             stderr,
             memory: MemoryLimiter::new(memory_cap),
+            started: Instant::now(),
             deadline,
             timed_out: false,
+            turn: Turn::default(),
             emit: EmitState::new(capabilities.emit.clone()),
             logging: Logging {
                 redactor: capabilities.config.redactor().clone(),
