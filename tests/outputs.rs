@@ -109,7 +109,10 @@ async fn an_event_whose_dead_letter_cannot_be_stored_stays_in_its_stream() {
     assert_eq!(dlq_config(&js).await.subjects, declared.subjects);
     let letters = dead_letters(&js, "chaos", 1, WAIT).await;
     assert_eq!(letters[0].header("Eventhost-Error-Kind"), "permanent");
-    assert_eq!(letters[0].header("Eventhost-Error"), "asked to fail (permanent)");
+    assert_eq!(
+        letters[0].header("Eventhost-Error"),
+        "asked to fail (permanent)"
+    );
     assert_eq!(letters[0].header("Eventhost-Attempts"), "1");
     assert_eq!(letters[0].payload_json()["id"], "homeless");
     wait_until("the event to be settled", WAIT, || {
