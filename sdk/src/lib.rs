@@ -35,6 +35,13 @@ pub mod events;
 pub mod http;
 pub mod kv;
 
+// The README's Rust handlers, compiled and run as doc tests so they keep up
+// with the SDK. Only under rustdoc: a project `eventhost new` writes has no
+// README above its copy of the SDK.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct ReadmeExamples;
+
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
