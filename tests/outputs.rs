@@ -167,3 +167,40 @@ async fn publish_patterns_with_wildcards_allow_what_they_match_only() {
         }
     }
 }
+
+/// Attributes the host owns (`id`, `source`, `causationid`, ...) cannot be
+/// set as extensions, even by a guest that ignores the refusal; any other
+/// name goes out as the guest set it.
+#[tokio::test(flavor = "multi_thread")]
+async fn reserved_extensions_are_refused_and_others_go_out() {
+    let ChaosHost {
+        nats: _nats,
+        plugins: _plugins,
+        runtime: _runtime,
+        js,
+    } = ChaosHost::start("").await;
+    send(
+        &js,
+        "own",
+        json!({"action": "emit-extension", "name": "tenant"}),
+    )
+    .await;
+    let reserved = ["id", "source", "causationid", "specversion", "data"];
+    for name in reserved {
+        let action = json!({"action": "emit-extension", "name": name});
+        send(&js, &format!("reserved-{name}"), action).await;
+    }
+
+    let out = collect(&js, "CHAOS", "chaos.done", 1, WAIT).await;
+    assert_eq!(out[0].data()["input"], "own");
+    assert_eq!(out[0].event["tenant"], "x", "{}", out[0].event);
+    let letters = dead_letters(&js, "chaos", reserved.len(), WAIT).await;
+    for letter in &letters {
+        assert_eq!(letter.header("Eventhost-Error-Kind"), "emit_refused");
+        assert!(
+            letter.header("Eventhost-Error").contains("is reserved"),
+            "{}",
+            letter.header("Eventhost-Error")
+        );
+    }
+}

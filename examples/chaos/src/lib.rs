@@ -72,6 +72,11 @@ enum Action {
     ConfigKey {
         bytes: usize,
     },
+    /// Emit on chaos.done with the extension `name` = "x", ignoring a
+    /// refusal (reserved names are refused, tests/outputs.rs).
+    EmitExtension {
+        name: String,
+    },
 }
 
 /// Each frame keeps a buffer alive so that the recursion is not turned
@@ -177,6 +182,13 @@ fn handle(event: Event) -> Result<(), HandlerError> {
             Emit::new("chaos.done", "com.example.chaos.done")
                 .json(&json!({ "input": event.id(), "calls": calls }))?
                 .send()
+        }
+        Action::EmitExtension { name } => {
+            let _ = Emit::new("chaos.done", "com.example.chaos.extended")
+                .json(&json!({ "input": event.id() }))?
+                .extension(&name, "x")
+                .send();
+            Ok(())
         }
         Action::EmitForbidden => {
             done(&event, None)?;
