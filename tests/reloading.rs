@@ -1,6 +1,7 @@
 //! Hot reload promises that `reload.rs` leaves out: a new handler dropped in
-//! while the runtime runs (copied in two halves), a bad manifest refused
-//! while the old version keeps serving, a change of the `.wasm` alone, and
+//! while the runtime runs (copied in two halves), a bad manifest and a
+//! component of another world refused while the old version keeps serving,
+//! a change of the `.wasm` alone, and
 //! a removed handler finishing the event it holds before it stops.
 //!
 //! Which version handled an event is read from its output: the chaos
@@ -82,6 +83,22 @@ async fn new_pairs_bad_manifests_and_wasm_only_changes_are_picked_up_while_runni
     let relayed = output_of(&js, "chaos.in", "after-swap", 3).await;
     assert_eq!(relayed.event["type"], "com.example.chaos", "not relayed");
     assert_eq!(relayed.data(), &json!({"action": "ok"}));
+
+    // A component of another world (an empty one: no `handle` export):
+    // refused, naming what is missing, and the relay keeps serving.
+    plugins.write("chaos.wasm", &wat::parse_str("(component)").unwrap());
+    let refusals = "new version refused; the running version keeps serving";
+    wait_until("the wrong-world component to be refused", WAIT, || {
+        runtime.logs_with_message(refusals).len() == 2
+    });
+    let refused = &runtime.logs_with_message(refusals)[1];
+    let error = refused["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("handle"),
+        "names the missing export: {refused}"
+    );
+    let kept = output_of(&js, "chaos.in", "after-wrong-world", 4).await;
+    assert_eq!(kept.data(), &json!({"action": "ok"}), "the relay serves");
 }
 
 #[tokio::test(flavor = "multi_thread")]
