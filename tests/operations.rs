@@ -1,6 +1,7 @@
 //! Running the runtime as an operator does: stopping it with SIGINT (the
 //! first signal drains, a second one exits at once) and connecting with a
-//! `token@` URL to a server that requires a token.
+//! `token@` URL to a server that requires a token, and with a creds file
+//! to one in operator mode.
 
 mod support;
 
@@ -95,4 +96,47 @@ async fn a_token_in_the_url_is_used_and_never_logged() {
         .output()
         .unwrap();
     assert!(!refused.status.success(), "connected with a wrong token");
+}
+
+/// `--creds` with a real creds file, against a server in operator mode
+/// (decentralized JWT auth; see tests/fixtures/creds): the runtime connects
+/// and handles an event, and without the file the server turns a client
+/// away.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_creds_file_authenticates_against_a_server_in_operator_mode() {
+    let fixtures = repo_root().join("tests/fixtures/creds");
+    let (conf, creds) = (fixtures.join("server.conf"), fixtures.join("user.creds"));
+    let nats = NatsServer::start_with(&["-c", conf.to_str().unwrap()]);
+    let plugins = Plugins::new();
+    plugins.install("chaos", "chaos", &chaos_manifest(""));
+    let runtime = Runtime::start_with(
+        &nats.url(),
+        &plugins,
+        1,
+        &["--creds", creds.to_str().unwrap()],
+    );
+
+    let client = async_nats::ConnectOptions::with_credentials_file(creds.clone())
+        .await
+        .unwrap()
+        .connect(nats.url())
+        .await
+        .unwrap();
+    let js = async_nats::jetstream::new(client);
+    send(&js, "with-creds", json!({"action": "ok"})).await;
+    let done = collect(&js, "CHAOS", "chaos.done", 1, WAIT).await;
+    assert_eq!(inputs_of(&done), ["with-creds".to_string()].into());
+    let seed = std::fs::read_to_string(&creds).unwrap();
+    let seed = seed.lines().find(|l| l.starts_with("SU")).unwrap();
+    assert!(!runtime.raw_log().contains(seed), "the seed was logged");
+
+    // The control: without the creds the server turns a client away.
+    let refused = Command::new(env!("CARGO_BIN_EXE_eventhost"))
+        .args(["publish", "chaos.in", "--type", "t", "--data", "{}"])
+        .env("EVENTHOST_NATS_URL", nats.url())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "connected without creds");
+    assert!(stderr.contains("authorization violation"), "{stderr}");
 }
