@@ -302,7 +302,7 @@ impl HandlerComponent {
             },
             None => http::Caller::default(),
         };
-        let mut store = self.new_store(started + timeout, caller);
+        let mut store = self.new_store(started, started + timeout, caller);
 
         let input = to_wit(event, attempt);
         let mut instantiation = Duration::ZERO;
@@ -405,10 +405,17 @@ impl HandlerComponent {
     /// A store for one invocation: fresh state, the memory cap, fuel if
     /// metered, and an epoch callback that yields every tick (queueing for
     /// a turn after the first) and interrupts the guest after `deadline`.
-    fn new_store(&self, deadline: Instant, caller: http::Caller) -> Store<InvocationState> {
+    fn new_store(
+        &self,
+        started: Instant,
+        deadline: Instant,
+        caller: http::Caller,
+    ) -> Store<InvocationState> {
         let bounds = &self.spec.bounds;
         let memory = usize::try_from(bounds.memory).unwrap_or(usize::MAX);
-        let state = InvocationState::new(&self.spec.capabilities, memory, deadline, caller);
+        turns::invocation_started(started);
+        let caps = &self.spec.capabilities;
+        let state = InvocationState::new(caps, memory, started, deadline, caller);
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.memory);
         if let Some(fuel) = bounds.fuel {
@@ -437,8 +444,9 @@ impl HandlerComponent {
     /// the module docs); it exists so the sandbox benchmark can show what a
     /// fresh instance per event costs against reusing one.
     pub async fn reused_instance(&self) -> Result<ReusedInstance> {
-        let far = Instant::now() + Duration::from_secs(24 * 60 * 60);
-        let mut store = self.new_store(far, http::Caller::default());
+        let now = Instant::now();
+        let far = now + Duration::from_secs(24 * 60 * 60);
+        let mut store = self.new_store(now, far, http::Caller::default());
         let handler = self
             .pre
             .instantiate_async(&mut store)

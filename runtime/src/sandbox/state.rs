@@ -48,12 +48,12 @@ impl InvocationState {
     pub fn new(
         capabilities: &Capabilities,
         memory_cap: usize,
+        started: Instant,
         deadline: Instant,
         caller: Caller,
     ) -> Self {
         // Nothing is granted: no preopened directories, environment, args,
         // network or stdin. Clocks and randomness are WASI's defaults.
-        super::turns::invocation_started();
         let stderr = MemoryOutputPipe::new(STDERR_CAPACITY);
         let wasi = WasiCtx::builder().stderr(stderr.clone()).build();
         InvocationState {
@@ -61,7 +61,7 @@ impl InvocationState {
             table: ResourceTable::new(),
             stderr,
             memory: MemoryLimiter::new(memory_cap),
-            started: Instant::now(),
+            started,
             deadline,
             timed_out: false,
             turn: Turn::default(),

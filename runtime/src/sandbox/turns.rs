@@ -44,19 +44,20 @@ const REST: Duration = EPOCH_TICK.saturating_mul(2);
 static LAST_START: AtomicU64 = AtomicU64::new(0);
 static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
 
-fn ticks_now() -> u64 {
-    let ticks = EPOCH.elapsed().as_millis() / EPOCH_TICK.as_millis();
+fn ticks_at(at: Instant) -> u64 {
+    let ticks = at.saturating_duration_since(*EPOCH).as_millis() / EPOCH_TICK.as_millis();
     u64::try_from(ticks).unwrap_or(u64::MAX)
 }
 
-/// Notes that an invocation starts (one relaxed store per event).
-pub fn invocation_started() {
-    LAST_START.store(ticks_now(), Ordering::Relaxed);
+/// Notes that an invocation starts at `at` (one relaxed store per event,
+/// on the clock reading the invocation already took).
+pub fn invocation_started(at: Instant) {
+    LAST_START.store(ticks_at(at), Ordering::Relaxed);
 }
 
 /// Whether other work arrived within the last two ticks.
 fn others_starting() -> bool {
-    ticks_now().saturating_sub(LAST_START.load(Ordering::Relaxed)) <= 2
+    ticks_at(Instant::now()).saturating_sub(LAST_START.load(Ordering::Relaxed)) <= 2
 }
 
 /// The turn an invocation holds, if it is a long runner between two ticks.
