@@ -2,6 +2,10 @@
 //! call (what the runtime does for every event), against reusing one
 //! instance and against a native call of the same logic.
 //!
+//! Beside each timing it counts the page faults a fresh instance + call
+//! takes (`faults.json` under criterion's directory): for a guest with a
+//! large memory snapshot they are most of the cost.
+//!
 //! Run with `scripts/bench` (which builds the example components first) or
 //! `cargo bench --bench sandbox` once `scripts/build-examples` has run.
 
@@ -79,6 +83,48 @@ fn setup() -> (tokio::runtime::Runtime, Sandbox, cloudevents::Event) {
     (rt, Sandbox::new(None).unwrap(), event())
 }
 
+/// Minor page faults this process has taken so far (`/proc/self/stat`).
+fn minor_faults() -> u64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the parenthesised command name; minflt is the 10th field.
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    after
+        .split_whitespace()
+        .nth(7)
+        .and_then(|f| f.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Page faults per fresh instance + call of `component`, over `runs` runs
+/// after a warm-up, recorded under `group` for the e2e report.
+fn count_faults(
+    rt: &tokio::runtime::Runtime,
+    component: &HandlerComponent,
+    event: &cloudevents::Event,
+    group: &str,
+    runs: u64,
+) {
+    for _ in 0..10 {
+        rt.block_on(component.invoke(event, 1, None));
+    }
+    let before = minor_faults();
+    for _ in 0..runs {
+        rt.block_on(component.invoke(event, 1, None));
+    }
+    let per_event = (minor_faults() - before) as f64 / runs as f64;
+    println!("{group}/fresh_instance_call: {per_event:.1} page faults per event");
+    let path = criterion_dir().join(group).join("faults.json");
+    let _ = std::fs::create_dir_all(path.parent().unwrap());
+    let _ = std::fs::write(path, format!("{{\"per_event\":{per_event}}}\n"));
+}
+
+fn criterion_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("target"))
+        .join("criterion")
+}
+
 fn sandbox_cost(c: &mut Criterion) {
     let (rt, sandbox, event) = setup();
     for workload in [Workload::Relay, Workload::Payment] {
@@ -100,6 +146,7 @@ fn sandbox_cost(c: &mut Criterion) {
             b.iter(|| rt.block_on(component.invoke(&event, 1, None)))
         });
         group.finish();
+        count_faults(&rt, &component, &event, workload.name(), 1000);
     }
 }
 
@@ -117,12 +164,14 @@ fn interpreted_guest_cost(c: &mut Criterion) {
         let component = load_from(&sandbox, "payment", &wasm, &manifest);
         let first = rt.block_on(component.invoke(&event, 1, None));
         assert_eq!(first.result.expect("the handler succeeds").emitted.len(), 1);
-        let mut group = c.benchmark_group(format!("payment_{lang}"));
+        let name = format!("payment_{lang}");
+        let mut group = c.benchmark_group(&name);
         group.sample_size(20);
         group.bench_function("fresh_instance_call", |b| {
             b.iter(|| rt.block_on(component.invoke(&event, 1, None)))
         });
         group.finish();
+        count_faults(&rt, &component, &event, &name, 50);
     }
 }
 

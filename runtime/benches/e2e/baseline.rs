@@ -1,32 +1,76 @@
-//! The native baseline: the same consumer without the sandbox.
+//! The native baselines: the same consumer without the sandbox, with the
+//! runtime's guarantees or without them.
 //!
-//! It pulls from a durable consumer of the same shape as the runtime's
-//! ([`ConsumerBinding`]), decodes each message with the runtime's decoder,
-//! claims and records it in the same idempotency bucket, runs the handler's
-//! logic as plain Rust ([`Workload::handle`]), publishes the outputs with the
-//! runtime's encoder and deterministic `Nats-Msg-Id`s, waits for their acks,
-//! then acks the input; up to `concurrency` events at once. What it leaves
-//! out is exactly what the comparison is about: wasm, plus the runtime's
-//! per-event logs, metrics and trace spans.
+//! Both pull from a durable consumer of the same shape as the runtime's
+//! ([`ConsumerBinding`]), decode each message with the runtime's decoder,
+//! run the handler's logic as plain Rust ([`Workload::handle`]), publish the
+//! outputs with the runtime's encoder and deterministic `Nats-Msg-Id`s, wait
+//! for their acks, then ack the input; up to `concurrency` events at once.
+//!
+//! [`Guarantees::ExactlyOnce`] also claims and records each event in the
+//! same idempotency bucket the runtime uses, so what it leaves out is
+//! exactly wasm plus the runtime's per-event logs, metrics and spans.
+//! [`Guarantees::AtLeastOnce`] is the consumer most people would write by
+//! hand: no records, so a redelivery runs the logic again (its outputs are
+//! deduplicated by JetStream for the stream's duplicate window only). The
+//! runtime against it is the price of exactly-once, in the host.
 
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use async_nats::jetstream::{self, AckKind, Message};
+use cloudevents::{AttributesReader, Event};
 use eventhost::decode;
 use eventhost::manifest::HandlerManifest;
 use eventhost::outcome::outputs::{Completion, encode_emitted, publish_all};
 use eventhost::policy::dedup::{self, Claim, ProcessedEvents};
+use eventhost::sandbox::EmittedEvent;
 use eventhost::sandbox::emit::EmitGrant;
 use eventhost::source::{self, ConsumerBinding};
-use eventhost::store::NatsStore;
+use eventhost::store::{NatsStore, Store, kv};
 use eventhost::trace::TraceContext;
 use tokio::sync::Semaphore;
 
-use crate::native::Workload;
+use crate::native::{self, Workload};
+
+/// What a baseline promises about each event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Guarantees {
+    /// The runtime's: claim and `done` records around every event.
+    ExactlyOnce,
+    /// A plain consumer's: handle, publish, ack.
+    AtLeastOnce,
+}
+
+impl Guarantees {
+    pub fn arg(self) -> &'static str {
+        match self {
+            Guarantees::ExactlyOnce => "exactly-once",
+            Guarantees::AtLeastOnce => "at-least-once",
+        }
+    }
+
+    pub fn from_arg(arg: &str) -> Result<Self> {
+        match arg {
+            "exactly-once" => Ok(Guarantees::ExactlyOnce),
+            "at-least-once" => Ok(Guarantees::AtLeastOnce),
+            other => anyhow::bail!("unknown guarantees {other:?}"),
+        }
+    }
+}
 
 /// Serves until killed; prints `baseline ready` once consuming.
-pub async fn serve(nats_url: &str, workload: Workload, manifest: &str) -> Result<()> {
+pub async fn serve(
+    nats_url: &str,
+    workload: Workload,
+    manifest: &str,
+    guarantees: Guarantees,
+) -> Result<()> {
+    anyhow::ensure!(
+        workload != Workload::State || guarantees == Guarantees::AtLeastOnce,
+        "the state workload has an at-least-once baseline only: an exactly-once one \
+         would need the runtime's commit plan"
+    );
     let name = workload.name();
     let manifest = HandlerManifest::parse(manifest, name)?;
     let concurrency = manifest.limits.concurrency;
@@ -45,6 +89,7 @@ pub async fn serve(nats_url: &str, workload: Workload, manifest: &str) -> Result
         processed,
         emit: manifest.emit_grant(name),
         workload,
+        guarantees,
     });
     let permits = Arc::new(Semaphore::new(concurrency));
     let mut announced = false;
@@ -81,20 +126,26 @@ struct Shared {
     processed: ProcessedEvents,
     emit: EmitGrant,
     workload: Workload,
+    guarantees: Guarantees,
 }
 
 impl Shared {
     async fn handle(&self, message: &Message) -> Result<()> {
         let input = decode::decode(message.headers.as_ref(), &message.payload)?;
-        let lease = match self.processed.claim(&input.event).await? {
-            Claim::Acquired(lease) => lease,
-            Claim::AlreadyHandled => return ack(message).await,
-            _ => anyhow::bail!("claimed elsewhere"),
+        let lease = match self.guarantees {
+            Guarantees::AtLeastOnce => None,
+            Guarantees::ExactlyOnce => match self.processed.claim(&input.event).await? {
+                Claim::Acquired(lease) => Some(lease),
+                Claim::AlreadyHandled => return ack(message).await,
+                _ => anyhow::bail!("claimed elsewhere"),
+            },
         };
-        let emitted = self
-            .workload
-            .handle(&input.event)
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let emitted = match self.workload {
+            Workload::State => self.count(&input.event).await?,
+            logic => logic
+                .handle(&input.event)
+                .map_err(|e| anyhow::anyhow!("{e}"))?,
+        };
         let trace = TraceContext::for_event(&input.event);
         let with = Completion {
             handler: self.workload.name(),
@@ -104,8 +155,40 @@ impl Shared {
         };
         let outputs = encode_emitted(&with, emitted)?.into_iter().map(Into::into);
         publish_all(&*self.store, outputs).await?;
-        self.processed.done(lease, "native").await?;
+        if let Some(lease) = lease {
+            self.processed.done(lease, "native").await?;
+        }
         ack(message).await
+    }
+
+    /// `examples/counter`'s common path as a plain consumer would write it:
+    /// read the key, write it back incremented (unconditionally), emit.
+    async fn count(&self, event: &Event) -> Result<Vec<EmittedEvent>> {
+        #[derive(serde::Deserialize)]
+        struct Command {
+            key: String,
+        }
+        let command: Command = serde_json::from_slice(&native::data_bytes(event))?;
+        let entry = kv::entry(&*self.store, "counters", &command.key).await?;
+        let value: u64 = match entry.value {
+            Some(bytes) => serde_json::from_slice(&bytes)?,
+            None => 0,
+        } + 1;
+        let write = kv::write(
+            "counters",
+            &command.key,
+            Some(serde_json::to_vec(&value)?.into()),
+        );
+        self.store.publish(write).await?;
+        let data = serde_json::json!({
+            "key": command.key, "value": value, "input": event.id(), "attempt": 1
+        });
+        Ok(vec![native::emitted(
+            "counter.updated",
+            "com.example.counter.updated",
+            None,
+            serde_json::to_vec(&data)?,
+        )])
     }
 }
 

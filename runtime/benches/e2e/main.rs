@@ -6,12 +6,13 @@
 //! `payment` example handlers:
 //! - throughput and latency at saturation and at half the runtime's
 //!   saturation rate (an open-loop offered load), for the runtime and for
-//!   the native baseline ([`baseline`]);
+//!   the native baseline with the same guarantees ([`baseline`]), and
+//!   throughput at saturation for a plain at-least-once native consumer;
 //! - scaling with 1, 2 and 4 events in flight per handler, and with two
 //!   runtime processes sharing the consumer;
 //! - resident memory with 1 and with 20 handlers loaded;
 //! - a state-writing workload (`counter`: one key-value write and one output
-//!   per event), against the payment workload of the same run;
+//!   per event), against a plain native consumer doing the same writes;
 //!
 //! and folds in the sandbox micro-benchmark (`benches/sandbox.rs`) if it
 //! ran first. `scripts/bench` runs both; `--quick` makes a short smoke run.
@@ -32,6 +33,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use async_nats::jetstream;
 
+use baseline::Guarantees;
 use load::Measurement;
 use native::Workload;
 use processes::{NatsServer, Process};
@@ -54,15 +56,17 @@ const SECTIONS: [&str; 4] = ["compare", "state", "scaling", "memory"];
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let rt = tokio::runtime::Runtime::new()?;
-    if let [flag, workload, url, manifest] = args.as_slice()
+    if let [flag, workload, url, manifest, guarantees] = args.as_slice()
         && flag == "--serve-baseline"
     {
         let workload = match workload.as_str() {
             "relay" => Workload::Relay,
+            "counter" => Workload::State,
             _ => Workload::Payment,
         };
         let manifest = std::fs::read_to_string(manifest)?;
-        return rt.block_on(baseline::serve(url, workload, &manifest));
+        let guarantees = Guarantees::from_arg(guarantees)?;
+        return rt.block_on(baseline::serve(url, workload, &manifest, guarantees));
     }
     let sections = match args.iter().position(|a| a == "--only") {
         Some(at) => {
@@ -128,9 +132,9 @@ async fn run(settings: &Settings) -> Result<Report> {
         }
         // Saturation is the noisiest figure (two cores shared by the server,
         // the publisher and the system under test), so it is taken
-        // `ROUNDS` times, alternating runtime and baseline, and the median
+        // `ROUNDS` times, alternating runtime and baselines, and the median
         // round is reported.
-        let (mut r_rounds, mut b_rounds) = (Vec::new(), Vec::new());
+        let (mut r_rounds, mut b_rounds, mut p_rounds) = (Vec::new(), Vec::new(), Vec::new());
         for round in 1..=ROUNDS {
             eprintln!(
                 "== {}: saturation, round {round} of {ROUNDS}",
@@ -141,16 +145,21 @@ async fn run(settings: &Settings) -> Result<Report> {
             r_rounds
                 .push(warm_then_saturate(&js, workload, settings.events, &runtime, &nats).await?);
             drop(runtime);
-            load::reset(&js).await?;
-            let native = bench.baseline(workload, 16)?;
-            b_rounds.push(
-                warm_then_saturate(&js, workload, settings.events, from_ref(&native), &nats)
-                    .await?,
-            );
-            drop(native);
+            for (guarantees, rounds) in [
+                (Guarantees::ExactlyOnce, &mut b_rounds),
+                (Guarantees::AtLeastOnce, &mut p_rounds),
+            ] {
+                load::reset(&js).await?;
+                let native = bench.baseline(workload, 16, guarantees)?;
+                let events = settings.events;
+                rounds.push(
+                    warm_then_saturate(&js, workload, events, from_ref(&native), &nats).await?,
+                );
+            }
         }
-        let rounds = [&r_rounds, &b_rounds].map(|r| r.iter().map(|m| m.throughput).collect());
-        let (r_sat, b_sat) = (median(r_rounds), median(b_rounds));
+        let rounds =
+            [&r_rounds, &b_rounds, &p_rounds].map(|r| r.iter().map(|m| m.throughput).collect());
+        let (r_sat, b_sat, p_sat) = (median(r_rounds), median(b_rounds), median(p_rounds));
         let rate = r_sat.throughput / 2.0;
 
         eprintln!("== {}: fixed rate {rate:.0}/s", workload.name());
@@ -160,7 +169,7 @@ async fn run(settings: &Settings) -> Result<Report> {
         let peak = runtime[0].rss()?;
         drop(runtime);
         load::reset(&js).await?;
-        let native = bench.baseline(workload, 16)?;
+        let native = bench.baseline(workload, 16, Guarantees::ExactlyOnce)?;
         let b_fixed = warm_then_fix(&js, workload, rate, settings.fixed).await?;
         let native_peak = native.rss()?;
         drop(native);
@@ -168,6 +177,7 @@ async fn run(settings: &Settings) -> Result<Report> {
             workload: workload.name(),
             runtime: [r_sat, r_fixed],
             baseline: [b_sat, b_fixed],
+            plain: p_sat,
             saturation_rounds: rounds,
             runtime_peak_rss: peak.peak,
             baseline_peak_rss: native_peak.peak,
@@ -175,17 +185,24 @@ async fn run(settings: &Settings) -> Result<Report> {
     }
 
     if settings.sections.contains(&"state") {
-        let mut rounds = Vec::new();
+        let (mut rounds, mut plain_rounds) = (Vec::new(), Vec::new());
+        let (workload, events) = (Workload::State, settings.events);
         for round in 1..=ROUNDS {
             eprintln!("== state (counter): saturation, round {round} of {ROUNDS}");
             load::reset(&js).await?;
-            let runtime = bench.runtime(&[(Workload::State, "counter", 16)], 1)?;
-            let state = warm_then_saturate(&js, Workload::State, settings.events, &runtime, &nats);
-            rounds.push(state.await?);
+            let runtime = bench.runtime(&[(workload, "counter", 16)], 1)?;
+            rounds.push(warm_then_saturate(&js, workload, events, &runtime, &nats).await?);
+            drop(runtime);
+            load::reset(&js).await?;
+            let native = bench.baseline(workload, 16, Guarantees::AtLeastOnce)?;
+            let plain = warm_then_saturate(&js, workload, events, from_ref(&native), &nats);
+            plain_rounds.push(plain.await?);
         }
-        let throughputs = rounds.iter().map(|m| m.throughput).collect();
+        let throughputs =
+            [&rounds, &plain_rounds].map(|r| r.iter().map(|m| m.throughput).collect());
         report.state = Some(StateRun {
             saturation: median(rounds),
+            plain: median(plain_rounds),
             rounds: throughputs,
         });
     }
@@ -204,7 +221,7 @@ async fn run(settings: &Settings) -> Result<Report> {
             warm_then_saturate(&js, workload, settings.scaling_events, &runtime, &nats).await?;
         drop(runtime);
         load::reset(&js).await?;
-        let native = bench.baseline(workload, concurrency)?;
+        let native = bench.baseline(workload, concurrency, Guarantees::ExactlyOnce)?;
         let native_figure = warm_then_saturate(
             &js,
             workload,
@@ -247,7 +264,7 @@ async fn run(settings: &Settings) -> Result<Report> {
         report.memory.push((handlers, runtime[0].rss()?));
     }
     load::reset(&js).await?;
-    let native = bench.baseline(workload, 16)?;
+    let native = bench.baseline(workload, 16, Guarantees::ExactlyOnce)?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     report.baseline_idle_rss = Some(native.rss()?);
     drop(native);
@@ -360,9 +377,15 @@ impl Bench {
             .collect()
     }
 
-    fn baseline(&self, workload: Workload, concurrency: usize) -> Result<Process> {
+    fn baseline(
+        &self,
+        workload: Workload,
+        concurrency: usize,
+        guarantees: Guarantees,
+    ) -> Result<Process> {
         eprintln!(
-            "   native baseline: {}, {concurrency} in flight",
+            "   native baseline ({}): {}, {concurrency} in flight",
+            guarantees.arg(),
             workload.name()
         );
         let manifest_path = self
@@ -372,7 +395,8 @@ impl Bench {
         let mut command = Command::new(std::env::current_exe()?);
         command
             .args(["--serve-baseline", workload.name(), &self.nats_url])
-            .arg(&manifest_path);
+            .arg(&manifest_path)
+            .arg(guarantees.arg());
         let log = self
             .work
             .join(format!("native-{}.log", uuid::Uuid::new_v4().simple()));

@@ -2,7 +2,7 @@
 //! and both saved under `target/bench/`.
 
 use std::fmt::Write as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 use serde::Serialize;
@@ -13,7 +13,8 @@ use crate::processes::Rss;
 #[derive(Debug, Serialize)]
 pub struct Report {
     pub machine: Machine,
-    /// Per workload: [saturation, fixed rate] for runtime and baseline.
+    /// Per workload: [saturation, fixed rate] for runtime and the
+    /// exactly-once baseline, and saturation for the plain consumer.
     pub comparisons: Vec<Comparison>,
     /// Saturation throughput (events/s) of the payment workload by set-up.
     pub scaling: Vec<Scaling>,
@@ -22,15 +23,19 @@ pub struct Report {
     pub baseline_idle_rss: Option<Rss>,
     /// Median ns per event from `benches/sandbox.rs`: (workload, case, ns).
     pub sandbox: Vec<(String, String, f64)>,
+    /// Page faults per fresh instance + call, from the same: (workload, n).
+    pub sandbox_faults: Vec<(String, f64)>,
     /// The state-writing workload, runtime only.
     pub state: Option<StateRun>,
 }
 
-/// The `counter` workload at saturation: the median round, and every round.
+/// The `counter` workload at saturation, on the runtime and on a plain
+/// native consumer: the median rounds, and every round's throughput.
 #[derive(Debug, Serialize)]
 pub struct StateRun {
     pub saturation: Measurement,
-    pub rounds: Vec<f64>,
+    pub plain: Measurement,
+    pub rounds: [Vec<f64>; 2],
 }
 
 #[derive(Debug, Serialize)]
@@ -48,8 +53,10 @@ pub struct Comparison {
     pub workload: &'static str,
     pub runtime: [Measurement; 2],
     pub baseline: [Measurement; 2],
-    /// Saturation throughput of every round: [runtime, baseline].
-    pub saturation_rounds: [Vec<f64>; 2],
+    /// The plain at-least-once consumer at saturation.
+    pub plain: Measurement,
+    /// Saturation throughput of every round: [runtime, baseline, plain].
+    pub saturation_rounds: [Vec<f64>; 3],
     pub runtime_peak_rss: u64,
     pub baseline_peak_rss: u64,
 }
@@ -99,25 +106,32 @@ impl Report {
             memory: Vec::new(),
             baseline_idle_rss: None,
             sandbox: Vec::new(),
+            sandbox_faults: Vec::new(),
             state: None,
         })
     }
 
     /// Reads the medians criterion saved, if the sandbox bench ran.
     pub fn load_sandbox(&mut self, criterion: &Path) {
-        for workload in ["relay", "payment"] {
+        let read = |path: PathBuf| {
+            std::fs::read_to_string(&path)
+                .ok()
+                .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        };
+        for workload in ["relay", "payment", "payment_python", "payment_js"] {
             for case in ["native_call", "reused_instance_call", "fresh_instance_call"] {
                 let path = criterion
                     .join(workload)
                     .join(case)
                     .join("new/estimates.json");
-                let median = std::fs::read_to_string(&path)
-                    .ok()
-                    .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-                    .and_then(|v| v["median"]["point_estimate"].as_f64());
+                let median = read(path).and_then(|v| v["median"]["point_estimate"].as_f64());
                 if let Some(ns) = median {
                     self.sandbox.push((workload.into(), case.into(), ns));
                 }
+            }
+            let faults = read(criterion.join(workload).join("faults.json"));
+            if let Some(n) = faults.and_then(|v| v["per_event"].as_f64()) {
+                self.sandbox_faults.push((workload.into(), n));
             }
         }
     }
@@ -148,7 +162,11 @@ impl Report {
         );
         let _ = writeln!(
             t,
-            "and CPU time per event of the system and of nats-server (µs, saturation only)"
+            "and CPU time per event of the system and of nats-server (µs, saturation only);"
+        );
+        let _ = writeln!(
+            t,
+            "native has the runtime's guarantees, plain is an at-least-once consumer"
         );
         let _ = writeln!(
             t,
@@ -192,24 +210,33 @@ impl Report {
                 };
                 row(&mut t, "runtime", r);
                 row(&mut t, "native", b);
-                let cpu = |i: usize| match (r.cpu_us_per_event, b.cpu_us_per_event) {
-                    (Some(r), Some(b)) => ratio(r[i], b[i]),
-                    _ => "-".into(),
+                if i == 0 {
+                    row(&mut t, "plain", &c.plain);
+                }
+                let ratios = |t: &mut String, name: &str, b: &Measurement| {
+                    let cpu = |i: usize| match (r.cpu_us_per_event, b.cpu_us_per_event) {
+                        (Some(r), Some(b)) => ratio(r[i], b[i]),
+                        _ => "-".into(),
+                    };
+                    let _ = writeln!(
+                        t,
+                        "{:<8} {:<22} {:<8} {:>9} {:>8} {:>8} {:>8} {:>8} {:>7} {:>7}",
+                        c.workload,
+                        load,
+                        name,
+                        ratio(r.throughput, b.throughput),
+                        ratio(r.p50_ms, b.p50_ms),
+                        ratio(r.p90_ms, b.p90_ms),
+                        ratio(r.p99_ms, b.p99_ms),
+                        ratio(r.max_ms, b.max_ms),
+                        cpu(0),
+                        cpu(1)
+                    );
                 };
-                let _ = writeln!(
-                    t,
-                    "{:<8} {:<22} {:<8} {:>9} {:>8} {:>8} {:>8} {:>8} {:>7} {:>7}",
-                    c.workload,
-                    load,
-                    "ratio",
-                    ratio(r.throughput, b.throughput),
-                    ratio(r.p50_ms, b.p50_ms),
-                    ratio(r.p90_ms, b.p90_ms),
-                    ratio(r.p99_ms, b.p99_ms),
-                    ratio(r.max_ms, b.max_ms),
-                    cpu(0),
-                    cpu(1)
-                );
+                ratios(&mut t, "÷native", b);
+                if i == 0 {
+                    ratios(&mut t, "÷plain", &c.plain);
+                }
             }
         }
         let _ = writeln!(
@@ -217,14 +244,12 @@ impl Report {
             "\nsaturation rounds (events/s; the median round is above)"
         );
         for c in &self.comparisons {
-            let [r, b] = c.saturation_rounds.each_ref().map(|rounds| {
-                rounds
-                    .iter()
-                    .map(|x| format!("{x:.0}"))
-                    .collect::<Vec<_>>()
-                    .join(" ")
-            });
-            let _ = writeln!(t, "  {:<8} runtime {r}   native {b}", c.workload);
+            let [r, b, p] = c.saturation_rounds.each_ref().map(|r| joined(r));
+            let _ = writeln!(
+                t,
+                "  {:<8} runtime {r}   native {b}   plain {p}",
+                c.workload
+            );
         }
         if let Some(state) = &self.state {
             self.state_rows(&mut t, state);
@@ -266,7 +291,30 @@ impl Report {
                 "\nsandbox cost per event, no NATS (criterion median, µs)"
             );
             for (workload, case, ns) in &self.sandbox {
-                let _ = writeln!(t, "  {workload:<8} {case:<22} {:>8.2}", ns / 1000.0);
+                let _ = writeln!(t, "  {workload:<15} {case:<22} {:>9.2}", ns / 1000.0);
+            }
+            for workload in ["relay", "payment"] {
+                let median = |case: &str| {
+                    self.sandbox
+                        .iter()
+                        .find(|(w, c, _)| w == workload && c == case)
+                        .map(|(_, _, ns)| ns / 1000.0)
+                };
+                if let (Some(fresh), Some(native)) =
+                    (median("fresh_instance_call"), median("native_call"))
+                {
+                    let overhead = fresh - native;
+                    let _ = writeln!(
+                        t,
+                        "  {workload:<15} sandbox overhead (fresh - native) {overhead:>11.2}"
+                    );
+                }
+            }
+            for (workload, n) in &self.sandbox_faults {
+                let _ = writeln!(
+                    t,
+                    "  {workload:<15} page faults per fresh instance + call {n:>7.1}"
+                );
             }
         }
         t
@@ -274,43 +322,57 @@ impl Report {
 }
 
 impl Report {
-    /// The state workload, and its cost against the payment workload's
+    /// The state workload on the runtime against a plain consumer doing
+    /// the same read, write and output, and against the payment workload's
     /// runtime run (what a key-value write and its commit add per event).
     fn state_rows(&self, t: &mut String, state: &StateRun) {
-        let s = &state.saturation;
-        let [own, nats] = s.cpu_us_per_event.unwrap_or([f64::NAN; 2]);
         let _ = writeln!(
             t,
-            "\nstate: counter (one key-value write + one output per event), runtime at saturation"
+            "\nstate: counter (one key-value write + one output per event), at saturation"
         );
-        let _ = writeln!(
-            t,
-            "  {:.0} events/s  p50 {:.2} ms  p99 {:.2} ms  cpu/ev {own:.0} µs  nats/ev {nats:.0} µs   rounds {}",
-            s.throughput,
-            s.p50_ms,
-            s.p99_ms,
-            state
-                .rounds
-                .iter()
-                .map(|x| format!("{x:.0}"))
-                .collect::<Vec<_>>()
-                .join(" ")
-        );
+        let [r, p] = state.rounds.each_ref().map(|r| joined(r));
+        for (system, s, rounds) in [
+            ("runtime", &state.saturation, r),
+            ("plain", &state.plain, p),
+        ] {
+            let [own, nats] = s.cpu_us_per_event.unwrap_or([f64::NAN; 2]);
+            let _ = writeln!(
+                t,
+                "  {system:<8} {:>6.0} events/s  p50 {:>8.2} ms  p99 {:>8.2} ms  cpu/ev {own:>4.0} µs  nats/ev {nats:>4.0} µs   rounds {rounds}",
+                s.throughput, s.p50_ms, s.p99_ms,
+            );
+        }
         let payment = self.comparisons.iter().find(|c| c.workload == "payment");
-        if let Some(p) = payment.map(|c| &c.runtime[0]) {
-            let cpu = |i: usize| match (s.cpu_us_per_event, p.cpu_us_per_event) {
+        let against = [
+            ("plain counter", Some(&state.plain)),
+            ("payment (runtime)", payment.map(|c| &c.runtime[0])),
+        ];
+        for (name, other) in against {
+            let (Some(other), s) = (other, &state.saturation) else {
+                continue;
+            };
+            let cpu = |i: usize| match (s.cpu_us_per_event, other.cpu_us_per_event) {
                 (Some(a), Some(b)) => ratio(a[i], b[i]),
                 _ => "-".into(),
             };
             let _ = writeln!(
                 t,
-                "  against payment (runtime, same run): events/s {}  cpu/ev {}  nats/ev {}",
-                ratio(s.throughput, p.throughput),
+                "  runtime against {name}: events/s {}  cpu/ev {}  nats/ev {}",
+                ratio(s.throughput, other.throughput),
                 cpu(0),
                 cpu(1)
             );
         }
     }
+}
+
+/// Rounds' throughputs, space-separated.
+fn joined(rounds: &[f64]) -> String {
+    rounds
+        .iter()
+        .map(|x| format!("{x:.0}"))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn ratio(runtime: f64, baseline: f64) -> String {
