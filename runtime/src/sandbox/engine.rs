@@ -9,19 +9,28 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use tokio::sync::Semaphore;
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 use super::EPOCH_TICK;
 use super::limiter::MAX_TABLE_ELEMENTS;
 
 /// Instances that can exist at once per engine, across all handlers.
 pub const POOL_SLOTS: u32 = 512;
-/// Linear memory each idle slot keeps mapped: the pages a guest dirtied
-/// there are reset with `memset` instead of `madvise`, so the next instance
-/// in the slot takes no page faults on them. 256 KiB holds the whole memory
-/// of a small handler built with a 64 KiB stack (see `examples/.cargo`);
-/// larger values measured slower, because more has to be reset.
-const KEEP_RESIDENT: usize = 256 << 10;
+/// Linear memory each idle slot keeps mapped: the pages a guest touched
+/// there are reset in place (only the dirty ones, found with the kernel's
+/// `PAGEMAP_SCAN` where it has one, Linux 6.7 and later) instead of being
+/// dropped with `madvise`, so the next instance in the slot does not fault
+/// them in again. A Rust handler touches about 128 KiB; an interpreter's
+/// snapshot (Python, JavaScript) 9 to 13 MiB, which it faulted in afresh for
+/// every event before: keeping 32 MiB took the JavaScript payment handler
+/// from 834 to 500 µs per event and Python from 2.0 to 1.55 ms, and left
+/// small guests as they were (BENCHMARKS.md). The price is memory: a slot
+/// keeps what its last instance touched, up to this much.
+const KEEP_RESIDENT: usize = 32 << 20;
+/// Without `PAGEMAP_SCAN` the kept region is reset whole with `memset` after
+/// every instance, so it is kept to what a small handler uses: larger
+/// values measured slower for Rust guests.
+const KEEP_RESIDENT_WITHOUT_PAGEMAP: usize = 256 << 10;
 
 pub struct EngineSet {
     pub engine: Engine,
@@ -34,6 +43,11 @@ pub struct EngineSet {
 /// fiber stack) instead of mapping and unmapping their own, which is most of
 /// what a fresh instance costs.
 fn pooling() -> PoolingAllocationConfig {
+    let keep_resident = if pagemap_scan_available() {
+        KEEP_RESIDENT
+    } else {
+        KEEP_RESIDENT_WITHOUT_PAGEMAP
+    };
     let mut pool = PoolingAllocationConfig::new();
     pool.total_component_instances(POOL_SLOTS)
         // A wasm32-wasip2 component holds a few core instances (the guest,
@@ -43,7 +57,10 @@ fn pooling() -> PoolingAllocationConfig {
         .table_elements(MAX_TABLE_ELEMENTS)
         .total_memories(POOL_SLOTS * 2)
         .total_stacks(POOL_SLOTS)
-        .linear_memory_keep_resident(KEEP_RESIDENT)
+        .linear_memory_keep_resident(keep_resident)
+        // Without the ioctl (older kernels) the whole kept region would be
+        // reset with `memset` per instance: see `keep_resident`.
+        .pagemap_scan(Enabled::Auto)
         .table_keep_resident(64 << 10);
     pool
 }
@@ -78,6 +95,26 @@ impl EngineSet {
     }
 }
 
+/// Whether the kernel has the `PAGEMAP_SCAN` ioctl (Linux 6.7 and later),
+/// which `Enabled::Auto` makes wasmtime use. Wasmtime does not say whether
+/// it found it, so the kernel's release is read here.
+fn pagemap_scan_available() -> bool {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    kernel_at_least(&release, (6, 7))
+}
+
+/// Whether a kernel release like `6.18.0-1-amd64` is `minimum` or later.
+fn kernel_at_least(release: &str, minimum: (u32, u32)) -> bool {
+    let mut parts = release
+        .trim()
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|p| p.parse::<u32>().ok());
+    match (parts.next().flatten(), parts.next().flatten()) {
+        (Some(major), Some(minor)) => (major, minor) >= minimum,
+        _ => false,
+    }
+}
+
 /// Advances the epoch until the engine is dropped.
 fn spawn_epoch_ticker(engine: &Engine) {
     let weak = engine.weak();
@@ -91,4 +128,19 @@ fn spawn_epoch_ticker(engine: &Engine) {
             }
         })
         .expect("spawning the epoch thread");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::kernel_at_least;
+
+    #[test]
+    fn kernel_releases_are_compared_by_major_and_minor() {
+        assert!(kernel_at_least("6.18.0-1-amd64\n", (6, 7)));
+        assert!(kernel_at_least("6.7.0", (6, 7)));
+        assert!(kernel_at_least("7.0", (6, 7)));
+        assert!(!kernel_at_least("6.6.87-generic", (6, 7)));
+        assert!(!kernel_at_least("5.15.0", (6, 7)));
+        assert!(!kernel_at_least("", (6, 7)));
+    }
 }
