@@ -45,6 +45,8 @@ pub enum DecodeError {
     SpecVersion(String),
     #[error("attribute `{0}` must not be empty")]
     EmptyAttribute(&'static str),
+    #[error("header {0:?} is given twice, in different cases, with different values")]
+    AmbiguousHeader(String),
 }
 
 /// A decoded event and the mode it arrived in.
@@ -56,7 +58,7 @@ pub struct Decoded {
 
 /// Decodes one NATS message.
 pub fn decode(headers: Option<&HeaderMap>, payload: &[u8]) -> Result<Decoded, DecodeError> {
-    let headers = Headers::lowercased(headers);
+    let headers = Headers::lowercased(headers)?;
     let content_type = headers.get("content-type");
     let (event, mode) = match content_type.map(|ct| (ct, media_type(ct))) {
         Some((ct, media)) if media.starts_with("application/cloudevents") => {
@@ -186,19 +188,29 @@ fn media_type(content_type: &str) -> String {
 }
 
 /// Header names are case-insensitive in the binding; NATS keeps their case.
-/// When a header repeats, the last value wins.
+/// When a header repeats, the last value wins. A header the decoder reads
+/// given under two spellings (`ce-id` and `Ce-Id`) with different values is
+/// refused: NATS keeps them apart in no fixed order, so picking one would
+/// make the event's identity depend on a hash map's order (found by the
+/// dead_letter fuzz target: the queue's listing and the decoder disagreed).
 struct Headers<'a>(Vec<(String, &'a str)>);
 
 impl<'a> Headers<'a> {
-    fn lowercased(headers: Option<&'a HeaderMap>) -> Self {
-        let mut out = Vec::new();
+    fn lowercased(headers: Option<&'a HeaderMap>) -> Result<Self, DecodeError> {
+        let mut out: Vec<(String, &'a str)> = Vec::new();
         for (name, values) in headers.into_iter().flat_map(|h| h.iter()) {
             if let Some(value) = values.last() {
                 let name: &str = name.as_ref();
-                out.push((name.to_ascii_lowercase(), value.as_str()));
+                let name = name.to_ascii_lowercase();
+                let read = name.starts_with("ce-") || name == "content-type";
+                let clash = out.iter().any(|(n, v)| *n == name && *v != value.as_str());
+                if read && clash {
+                    return Err(DecodeError::AmbiguousHeader(name));
+                }
+                out.push((name, value.as_str()));
             }
         }
-        Headers(out)
+        Ok(Headers(out))
     }
 
     fn get(&self, name: &str) -> Option<&'a str> {
@@ -242,6 +254,34 @@ mod tests {
             );
             assert!(matches!(d.event.data(), Some(Data::Json(_))));
         }
+    }
+
+    #[test]
+    fn an_attribute_given_twice_in_different_cases_is_refused_unless_equal() {
+        let mut map = headers(&[
+            ("ce-specversion", "1.0"),
+            ("ce-id", "a"),
+            ("ce-source", "/s"),
+            ("ce-type", "t"),
+        ]);
+        map.insert("Ce-Id", "a");
+        assert_eq!(decode(Some(&map), b"").unwrap().event.id(), "a");
+        map.insert("Ce-Id", "b");
+        let err = decode(Some(&map), b"").unwrap_err();
+        assert!(
+            matches!(err, DecodeError::AmbiguousHeader(ref n) if n == "ce-id"),
+            "{err}"
+        );
+        // Headers the decoder does not read may differ.
+        let mut map = headers(&[
+            ("ce-specversion", "1.0"),
+            ("ce-id", "a"),
+            ("ce-source", "/s"),
+            ("ce-type", "t"),
+            ("x-app", "1"),
+        ]);
+        map.insert("X-App", "2");
+        assert!(decode(Some(&map), b"").is_ok());
     }
 
     #[test]
