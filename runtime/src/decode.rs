@@ -202,9 +202,10 @@ impl<'a> Headers<'a> {
             if let Some(value) = values.last() {
                 let name: &str = name.as_ref();
                 let name = name.to_ascii_lowercase();
+                // Only headers the decoder reads are compared, so the
+                // common message pays one prefix check per header.
                 let read = name.starts_with("ce-") || name == "content-type";
-                let clash = out.iter().any(|(n, v)| *n == name && *v != value.as_str());
-                if read && clash {
+                if read && out.iter().any(|(n, v)| *n == name && *v != value.as_str()) {
                     return Err(DecodeError::AmbiguousHeader(name));
                 }
                 out.push((name, value.as_str()));

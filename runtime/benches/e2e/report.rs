@@ -214,10 +214,6 @@ impl Report {
                     row(&mut t, "plain", &c.plain);
                 }
                 let ratios = |t: &mut String, name: &str, b: &Measurement| {
-                    let cpu = |i: usize| match (r.cpu_us_per_event, b.cpu_us_per_event) {
-                        (Some(r), Some(b)) => ratio(r[i], b[i]),
-                        _ => "-".into(),
-                    };
                     let _ = writeln!(
                         t,
                         "{:<8} {:<22} {:<8} {:>9} {:>8} {:>8} {:>8} {:>8} {:>7} {:>7}",
@@ -229,8 +225,8 @@ impl Report {
                         ratio(r.p90_ms, b.p90_ms),
                         ratio(r.p99_ms, b.p99_ms),
                         ratio(r.max_ms, b.max_ms),
-                        cpu(0),
-                        cpu(1)
+                        cpu_ratio(r, b, 0),
+                        cpu_ratio(r, b, 1)
                     );
                 };
                 ratios(&mut t, "÷native", b);
@@ -347,22 +343,25 @@ impl Report {
             ("plain counter", Some(&state.plain)),
             ("payment (runtime)", payment.map(|c| &c.runtime[0])),
         ];
-        for (name, other) in against {
-            let (Some(other), s) = (other, &state.saturation) else {
-                continue;
-            };
-            let cpu = |i: usize| match (s.cpu_us_per_event, other.cpu_us_per_event) {
-                (Some(a), Some(b)) => ratio(a[i], b[i]),
-                _ => "-".into(),
-            };
+        let s = &state.saturation;
+        for (name, other) in against.into_iter().filter_map(|(n, o)| Some((n, o?))) {
             let _ = writeln!(
                 t,
                 "  runtime against {name}: events/s {}  cpu/ev {}  nats/ev {}",
                 ratio(s.throughput, other.throughput),
-                cpu(0),
-                cpu(1)
+                cpu_ratio(s, other, 0),
+                cpu_ratio(s, other, 1)
             );
         }
+    }
+}
+
+/// The ratio of `a`'s to `b`'s CPU per event (0: the system, 1: the
+/// server), where both were measured.
+fn cpu_ratio(a: &Measurement, b: &Measurement, i: usize) -> String {
+    match (a.cpu_us_per_event, b.cpu_us_per_event) {
+        (Some(a), Some(b)) => ratio(a[i], b[i]),
+        _ => "-".into(),
     }
 }
 
