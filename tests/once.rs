@@ -185,7 +185,7 @@ async fn writing_a_dead_letter_twice_stores_it_once() {
     // is not yet acked, so the next delivery writes the dead letter again.
     let nats = NatsServer::start();
     let js = nats.jetstream().await;
-    eventhost::outcome::dead_letter::ensure_stream(&js)
+    eventhost::outcome::dead_letter::ensure_stream(&js, 1)
         .await
         .unwrap();
     js.create_stream(jetstream::stream::Config {

@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, ensure};
 use serde::Deserialize;
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RuntimeConfig {
     /// NATS URL; `--nats` overrides it.
@@ -20,6 +20,10 @@ pub struct RuntimeConfig {
     pub creds: Option<PathBuf>,
     /// CA certificates (PEM) to trust for the server; `--tls-ca` overrides it.
     pub tls_ca: Option<PathBuf>,
+    /// Copies JetStream keeps of every stream and bucket the runtime
+    /// creates (1..=5): 3 in a three-node cluster. Default 1.
+    #[serde(default = "one_replica")]
+    pub replicas: usize,
     #[serde(default)]
     pub streams: Vec<StreamDeclaration>,
     #[serde(default)]
@@ -46,6 +50,23 @@ pub struct BucketDeclaration {
 
 fn one() -> i64 {
     1
+}
+
+fn one_replica() -> usize {
+    1
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig {
+            nats_url: None,
+            creds: None,
+            tls_ca: None,
+            replicas: 1,
+            streams: Vec::new(),
+            buckets: Vec::new(),
+        }
+    }
 }
 
 /// A JetStream stream the runtime creates, or updates to this shape.
@@ -82,6 +103,11 @@ impl RuntimeConfig {
 
     pub fn parse(text: &str) -> Result<Self> {
         let config: RuntimeConfig = toml::from_str(text)?;
+        ensure!(
+            (1..=5).contains(&config.replicas),
+            "`replicas` must be between 1 and 5 (JetStream's limit), got {}",
+            config.replicas
+        );
         for stream in &config.streams {
             crate::subject::validate_consumer_name(&stream.name)
                 .with_context(|| format!("stream name {:?}", stream.name))?;
@@ -137,6 +163,7 @@ mod tests {
         let config = RuntimeConfig::parse(
             r#"
             nats_url = "nats://127.0.0.1:4222"
+            replicas = 3
             [[streams]]
             name = "CHECKOUT"
             subjects = ["orders.>", "payments.>"]
@@ -150,6 +177,8 @@ mod tests {
             "#,
         )
         .unwrap();
+        assert_eq!(config.replicas, 3);
+        assert_eq!(RuntimeConfig::parse("").unwrap().replicas, 1);
         assert_eq!(config.buckets[0].history, 5);
         assert_eq!(
             config.buckets[0].max_value_size,
@@ -160,6 +189,13 @@ mod tests {
             config.streams[0].max_age,
             Some(Duration::from_secs(7 * 86400))
         );
+    }
+
+    #[test]
+    fn the_deployment_recipes_config_is_valid() {
+        let config = RuntimeConfig::parse(include_str!("../../deploy/systemd/eventhost.toml"))
+            .expect("deploy/systemd/eventhost.toml");
+        assert_eq!(config.replicas, 3);
     }
 
     #[test]
@@ -178,6 +214,8 @@ mod tests {
                 "unknown field",
             ),
             ("[[buckets]]\nname = \"a.b\"", "not a valid bucket name"),
+            ("replicas = 0", "between 1 and 5"),
+            ("replicas = 7", "between 1 and 5"),
             ("[[buckets]]\nname = \"a\"\nhistory = 0", "history"),
             ("[[buckets]]\nname = \"a\"\nttl = \"1d\"", "unknown field"),
             // Found by the runtime_config fuzz target's property (a

@@ -1,4 +1,11 @@
 //! Connecting to NATS and declaring the configured streams.
+//!
+//! A runtime in a cluster is given every server's URL (comma-separated), so
+//! it can connect while any of them is up; the client then learns the rest
+//! of the cluster from the server it reached. Everything the runtime creates
+//! (streams, buckets, the dead-letter stream, the deploy bucket) gets the
+//! configured replica count: R3 in a three-node cluster survives the loss of
+//! any one node.
 
 use std::path::PathBuf;
 
@@ -7,10 +14,79 @@ use async_nats::jetstream::{self, stream};
 
 use crate::config::{BucketDeclaration, Storage, StreamDeclaration};
 
+/// How many copies JetStream keeps of what the runtime creates.
+///
+/// Exactly-once rests on compare-and-set writes
+/// (`Nats-Expected-Last-Subject-Sequence`). On a replicated stream, servers
+/// before the fixes for nats-io/nats-server#4320 (2.9.21) and #5794 (the
+/// same check for "the subject is empty", 2.10.20) check it before the write
+/// is agreed on, not as part of it, so two concurrent writes expecting the
+/// same revision can both be stored: a lost update, or an event claimed
+/// twice (a three-node test cluster on 2.9.10 showed both). On such a
+/// server the buckets written that way stay at one copy, which trades the
+/// loss of a node for a pause (their node's restart) and never for a wrong
+/// count; streams only appended to get the configured replicas.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Replication {
+    /// Streams only appended to: inputs, outputs, dead letters, deployed
+    /// files, announcements.
+    pub data: usize,
+    /// Buckets written with compare-and-set: key-value state, idempotency
+    /// records, leases, deploy pointers, state generations.
+    pub compare_and_set: usize,
+}
+
+/// The first release with both fixes (see [`Replication`]).
+const SAFE_REPLICATED_CAS: (u64, u64, u64) = (2, 10, 20);
+
+impl Replication {
+    pub fn single() -> Self {
+        Replication {
+            data: 1,
+            compare_and_set: 1,
+        }
+    }
+
+    /// `replicas` copies of everything, unless the server `version` cannot
+    /// replicate compare-and-set safely.
+    pub fn for_server(replicas: usize, version: &str) -> Self {
+        let safe = parse_version(version).is_some_and(|v| v >= SAFE_REPLICATED_CAS);
+        Replication {
+            data: replicas,
+            compare_and_set: if safe { replicas } else { 1 },
+        }
+    }
+
+    /// For the server `client` is connected to; warns when it had to hold
+    /// compare-and-set buckets at one copy.
+    pub fn for_client(replicas: usize, client: &async_nats::Client) -> Self {
+        let version = client.server_info().version;
+        let replication = Self::for_server(replicas, &version);
+        if replication.compare_and_set < replication.data {
+            tracing::warn!(server = %version, replicas,
+                "this nats-server cannot replicate compare-and-set writes safely \
+                 (nats-io/nats-server#4320, fixed in 2.10.20): key-value buckets, idempotency \
+                 records and leases keep one copy; upgrade the servers to replicate them");
+        }
+        replication
+    }
+}
+
+fn parse_version(version: &str) -> Option<(u64, u64, u64)> {
+    let core = version.split(['-', '+']).next()?;
+    let mut parts = core.split('.').map(|p| p.parse::<u64>().ok());
+    Some((
+        parts.next()??,
+        parts.next()??,
+        parts.next().flatten().unwrap_or(0),
+    ))
+}
+
 /// Where NATS is and how to authenticate to it.
 #[derive(Debug, Clone)]
 pub struct NatsEndpoint {
-    /// `nats://[user:pass@|token@]host:port`; `tls://` requires TLS.
+    /// `nats://[user:pass@|token@]host:port`; `tls://` requires TLS. Several
+    /// servers of one cluster are separated by commas.
     pub url: String,
     /// A credentials file (JWT and NKey seed).
     pub creds: Option<PathBuf>,
@@ -30,13 +106,15 @@ impl NatsEndpoint {
 
     /// The URL without secrets, for logs.
     pub fn display_url(&self) -> String {
-        redact(&self.url)
+        let urls: Vec<String> = self.url.split(',').map(|u| redact(u.trim())).collect();
+        urls.join(",")
     }
 
     /// Connects. After the first connection the client reconnects on its own;
     /// losing and regaining the server is logged.
     pub async fn connect(&self) -> Result<async_nats::Client> {
-        let url = self.url.as_str();
+        let urls: Vec<&str> = self.url.split(',').map(str::trim).collect();
+        let url = urls[0];
         let mut options = async_nats::ConnectOptions::new()
             .name("eventhost")
             .event_callback(|event| async move {
@@ -75,13 +153,20 @@ impl NatsEndpoint {
         if let Some(ca) = &self.tls_ca {
             options = options.add_root_certificates(ca.clone()).require_tls(true);
         }
-        if url.starts_with("tls://") {
+        if urls.iter().any(|u| u.starts_with("tls://")) {
             options = options.require_tls(true);
         }
+        let servers = urls
+            .iter()
+            .map(|u| {
+                u.parse::<async_nats::ServerAddr>()
+                    .with_context(|| format!("invalid NATS URL {}", redact(u)))
+            })
+            .collect::<Result<Vec<_>>>()?;
         options
-            .connect(url)
+            .connect(servers)
             .await
-            .with_context(|| format!("cannot connect to NATS at {}", redact(url)))
+            .with_context(|| format!("cannot connect to NATS at {}", self.display_url()))
     }
 }
 
@@ -100,8 +185,63 @@ pub fn redact(url: &str) -> String {
     }
 }
 
+/// Creates a stream, or updates it to `config`, as a fleet needs it: a
+/// stream that already has this shape is left alone, so that restarting many
+/// runtimes writes nothing; and when two runtimes create one stream at the
+/// same moment (nats-server 2.9 may leave the loser's request unanswered
+/// until it times out), the loser finds it made.
+pub async fn declare_stream(js: &jetstream::Context, config: stream::Config) -> Result<()> {
+    if let Ok(mut existing) = js.get_stream(&config.name).await {
+        let info = existing.info().await?;
+        if !differs(&info.config, &config) {
+            return Ok(());
+        }
+        js.update_stream(config).await?;
+        return Ok(());
+    }
+    match js.create_stream(config.clone()).await {
+        Ok(_) => Ok(()),
+        Err(err) => match js.get_stream(&config.name).await {
+            Ok(_) => Ok(()),
+            Err(_) => Err(err.into()),
+        },
+    }
+}
+
+/// Whether `wanted` asks for anything `existing` lacks, in the fields
+/// eventhost sets. Zero means "the server's default" for the fields whose
+/// default the server stores as something else.
+fn differs(existing: &stream::Config, wanted: &stream::Config) -> bool {
+    let mut merged = existing.clone();
+    merged.subjects = wanted.subjects.clone();
+    merged.storage = wanted.storage;
+    merged.num_replicas = wanted.num_replicas.max(1);
+    merged.max_age = wanted.max_age;
+    merged.allow_rollup = wanted.allow_rollup;
+    merged.deny_delete = wanted.deny_delete;
+    merged.allow_direct = wanted.allow_direct;
+    merged.discard = wanted.discard;
+    if wanted.description.is_some() {
+        merged.description = wanted.description.clone();
+    }
+    if !wanted.duplicate_window.is_zero() {
+        merged.duplicate_window = wanted.duplicate_window;
+    }
+    if wanted.max_messages_per_subject != 0 {
+        merged.max_messages_per_subject = wanted.max_messages_per_subject;
+    }
+    if wanted.max_message_size != 0 {
+        merged.max_message_size = wanted.max_message_size;
+    }
+    merged != *existing
+}
+
 /// Creates each stream, or updates it to the declared shape. Idempotent.
-pub async fn ensure_streams(js: &jetstream::Context, streams: &[StreamDeclaration]) -> Result<()> {
+pub async fn ensure_streams(
+    js: &jetstream::Context,
+    streams: &[StreamDeclaration],
+    replicas: usize,
+) -> Result<()> {
     for declared in streams {
         let mut config = stream::Config {
             name: declared.name.clone(),
@@ -110,6 +250,7 @@ pub async fn ensure_streams(js: &jetstream::Context, streams: &[StreamDeclaratio
             // Reads by subject (the event store, `eventhost dlq`) use
             // direct gets: any replica answers, no consumer is made.
             allow_direct: true,
+            num_replicas: replicas,
             ..Default::default()
         };
         if let Some(max_age) = declared.max_age {
@@ -118,7 +259,7 @@ pub async fn ensure_streams(js: &jetstream::Context, streams: &[StreamDeclaratio
         if let Some(window) = declared.duplicate_window {
             config.duplicate_window = window;
         }
-        js.create_or_update_stream(config)
+        declare_stream(js, config)
             .await
             .with_context(|| format!("declaring stream {}", declared.name))?;
         tracing::info!(stream = %declared.name, subjects = ?declared.subjects, "stream ready");
@@ -137,7 +278,11 @@ fn storage(storage: Storage) -> stream::StorageType {
 /// stream is declared by hand, as NATS clients lay buckets out, because
 /// async-nats' own bucket creation first queries account info in a shape
 /// NATS 2.9 does not answer with.
-pub async fn ensure_buckets(js: &jetstream::Context, buckets: &[BucketDeclaration]) -> Result<()> {
+pub async fn ensure_buckets(
+    js: &jetstream::Context,
+    buckets: &[BucketDeclaration],
+    replicas: usize,
+) -> Result<()> {
     for declared in buckets {
         let name = &declared.name;
         let max_age = declared.max_age.unwrap_or_default();
@@ -152,6 +297,7 @@ pub async fn ensure_buckets(js: &jetstream::Context, buckets: &[BucketDeclaratio
             deny_delete: true,
             allow_direct: true,
             discard: stream::DiscardPolicy::New,
+            num_replicas: replicas,
             ..Default::default()
         };
         if let Some(size) = declared.max_value_size {
@@ -162,7 +308,7 @@ pub async fn ensure_buckets(js: &jetstream::Context, buckets: &[BucketDeclaratio
         if !max_age.is_zero() {
             config.duplicate_window = max_age.min(std::time::Duration::from_secs(120));
         }
-        js.create_or_update_stream(config)
+        declare_stream(js, config)
             .await
             .with_context(|| format!("declaring key-value bucket {name}"))?;
         tracing::info!(bucket = %name, history = declared.history, "bucket ready");
@@ -173,6 +319,19 @@ pub async fn ensure_buckets(js: &jetstream::Context, buckets: &[BucketDeclaratio
 #[cfg(test)]
 mod tests {
     use super::redact;
+
+    #[test]
+    fn compare_and_set_buckets_are_replicated_only_where_the_server_makes_it_safe() {
+        use super::Replication;
+        let r = |v| Replication::for_server(3, v);
+        assert_eq!(r("2.9.10").compare_and_set, 1);
+        assert_eq!(r("2.9.25").compare_and_set, 1);
+        assert_eq!(r("2.10.19").compare_and_set, 1);
+        assert_eq!(r("2.10.20").compare_and_set, 3);
+        assert_eq!(r("2.11.0-beta.1").compare_and_set, 3);
+        assert_eq!(r("garbage").compare_and_set, 1);
+        assert!([r("2.9.10"), r("2.12.1")].iter().all(|x| x.data == 3));
+    }
 
     #[test]
     fn secrets_never_reach_logs() {

@@ -26,7 +26,7 @@ use async_nats::jetstream::{self, consumer::pull, stream};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-use crate::dispatch::Dispatcher;
+use crate::dispatch::{Dispatcher, Services};
 use crate::manifest::HandlerManifest;
 use crate::metrics::Metrics;
 use crate::sandbox::{HandlerSpec, Sandbox};
@@ -65,19 +65,23 @@ impl Generation {
 }
 
 /// Creates the generations bucket if it is missing.
-pub async fn declare(js: &jetstream::Context) -> Result<()> {
+pub async fn declare(js: &jetstream::Context, replicas: usize) -> Result<()> {
     let name = GENERATIONS_BUCKET;
-    js.create_or_update_stream(stream::Config {
-        name: kv::stream(name),
-        description: Some("eventhost: the current state generation of each handler".into()),
-        subjects: vec![format!("$KV.{name}.>")],
-        max_messages_per_subject: 1,
-        allow_rollup: true,
-        deny_delete: true,
-        allow_direct: true,
-        discard: stream::DiscardPolicy::New,
-        ..Default::default()
-    })
+    crate::nats::declare_stream(
+        js,
+        stream::Config {
+            name: kv::stream(name),
+            description: Some("eventhost: the current state generation of each handler".into()),
+            subjects: vec![format!("$KV.{name}.>")],
+            max_messages_per_subject: 1,
+            allow_rollup: true,
+            deny_delete: true,
+            allow_direct: true,
+            discard: stream::DiscardPolicy::New,
+            num_replicas: replicas,
+            ..Default::default()
+        },
+    )
     .await
     .context("declaring the generations bucket")?;
     Ok(())
@@ -142,7 +146,8 @@ pub async fn rebuild(
     if owned.is_empty() {
         bail!("handler {name} writes no key-value bucket: there is no read model to rebuild");
     }
-    declare(js).await?;
+    let replicas = declared_replicas(js).await;
+    declare(js, replicas).await?;
     let store: Arc<dyn Store> = Arc::new(NatsStore::new(js.clone()));
     let (old, revision) = current(&*store, name).await?;
     let number = old.number + 1;
@@ -160,16 +165,17 @@ pub async fn rebuild(
 
     let (mut manifest, mut version) = (source.manifest.clone(), source.version.clone());
     next.apply(&mut manifest, &mut version);
-    let dispatcher = load(
-        js,
-        store.clone(),
-        name,
-        &version,
-        &manifest,
-        &next,
-        &source.wasm,
-    )
-    .await?;
+    let services = Services {
+        js: js.clone(),
+        store,
+        metrics: Arc::new(Metrics::new()),
+        replicas,
+        // The rebuild is the only consumer of the new generation's
+        // consumers: no lease to hold.
+        leases: None,
+    };
+    let store = services.store.clone();
+    let dispatcher = load(&services, name, &version, &manifest, &next, &source.wasm).await?;
     let stop = CancellationToken::new();
     let running = tokio::spawn(dispatcher.clone().run(stop.clone()));
     let caught_up = wait_until_caught_up(js, dispatcher.bindings(), &mut progress).await;
@@ -195,19 +201,31 @@ pub async fn rebuild(
     Ok(next)
 }
 
+/// The replicas the runtimes gave the generations bucket (1 when no runtime
+/// declared it yet): a rebuild's buckets get as many.
+async fn declared_replicas(js: &jetstream::Context) -> usize {
+    match js.get_stream(kv::stream(GENERATIONS_BUCKET)).await {
+        Ok(mut stream) => stream
+            .info()
+            .await
+            .map_or(1, |info| info.config.num_replicas.max(1)),
+        Err(_) => 1,
+    }
+}
+
 /// Compiles the handler against the new generation's buckets and consumer.
 async fn load(
-    js: &jetstream::Context,
-    store: Arc<dyn Store>,
+    services: &Services,
     name: &str,
     version: &str,
     manifest: &HandlerManifest,
     generation: &Generation,
     wasm: &[u8],
 ) -> Result<Arc<Dispatcher>> {
+    let (js, store) = (&services.js, services.store.clone());
     let bindings = ConsumerBinding::resolve(js, name, manifest).await?;
     let capabilities =
-        crate::runtime::resolve_capabilities(js, store.clone(), name, manifest, generation).await?;
+        crate::runtime::resolve_capabilities(js, store, name, manifest, generation).await?;
     let spec = HandlerSpec {
         name: name.to_string(),
         version: version.to_string(),
@@ -216,16 +234,7 @@ async fn load(
     };
     let sandbox = Sandbox::new(None)?;
     let (component, _) = sandbox.load(wasm, spec)?;
-    let metrics = Arc::new(Metrics::new());
-    Dispatcher::new(
-        component,
-        manifest.clone(),
-        bindings,
-        js.clone(),
-        store,
-        metrics,
-    )
-    .await
+    Dispatcher::new(component, manifest.clone(), bindings, services).await
 }
 
 /// Makes `to` a bucket of the same shape as `from` (history, age, storage).
@@ -240,7 +249,7 @@ async fn copy_bucket_shape(js: &jetstream::Context, from: &str, to: &str) -> Res
     config.description = Some(format!(
         "eventhost: key-value bucket {to} (rebuilt from {from})"
     ));
-    js.create_or_update_stream(config)
+    crate::nats::declare_stream(js, config)
         .await
         .with_context(|| format!("creating bucket {to}"))?;
     Ok(())

@@ -76,7 +76,7 @@ pub async fn serve(
     let concurrency = manifest.limits.concurrency;
     let js = jetstream::new(async_nats::connect(nats_url).await?);
     let consumer = manifest.consumer_name(name);
-    dedup::declare(&js, &consumer, manifest.idempotency.window).await?;
+    dedup::declare(&js, &consumer, manifest.idempotency.window, 1).await?;
     let store = Arc::new(NatsStore::new(js.clone()));
     let lease = source::claim_lease(&manifest.limits);
     let processed = ProcessedEvents::new(store.clone(), &consumer, lease);

@@ -78,14 +78,15 @@ pub fn subject(handler: &str) -> String {
 }
 
 /// Creates the dead-letter stream, or updates it to this shape.
-pub async fn ensure_stream(js: &jetstream::Context) -> Result<()> {
-    js.create_or_update_stream(stream::Config {
+pub async fn ensure_stream(js: &jetstream::Context, replicas: usize) -> Result<()> {
+    crate::nats::declare_stream(js, stream::Config {
         name: STREAM.to_string(),
         description: Some("eventhost: events no handler could handle".into()),
         subjects: vec![format!("{SUBJECT_PREFIX}.>")],
         storage: stream::StorageType::File,
         duplicate_window: DUPLICATE_WINDOW,
         allow_direct: true,
+        num_replicas: replicas,
         ..Default::default()
     })
     .await

@@ -95,23 +95,32 @@ pub fn bucket_name(consumer: &str) -> String {
 /// Declares (creates or reconfigures) the consumer's bucket. The stream is
 /// declared by hand: async-nats' own bucket creation first queries account
 /// info in a shape NATS 2.9 does not answer with.
-pub async fn declare(js: &jetstream::Context, consumer: &str, window: Duration) -> Result<()> {
+pub async fn declare(
+    js: &jetstream::Context,
+    consumer: &str,
+    window: Duration,
+    replicas: usize,
+) -> Result<()> {
     let bucket = bucket_name(consumer);
-    js.create_or_update_stream(stream::Config {
-        name: kv::stream(&bucket),
-        description: Some(format!(
-            "eventhost: events consumer {consumer} has processed"
-        )),
-        subjects: vec![format!("$KV.{bucket}.>")],
-        max_messages_per_subject: 1,
-        max_age: window,
-        storage: stream::StorageType::File,
-        allow_rollup: true,
-        deny_delete: true,
-        allow_direct: true,
-        discard: stream::DiscardPolicy::New,
-        ..Default::default()
-    })
+    crate::nats::declare_stream(
+        js,
+        stream::Config {
+            name: kv::stream(&bucket),
+            description: Some(format!(
+                "eventhost: events consumer {consumer} has processed"
+            )),
+            subjects: vec![format!("$KV.{bucket}.>")],
+            max_messages_per_subject: 1,
+            max_age: window,
+            storage: stream::StorageType::File,
+            allow_rollup: true,
+            deny_delete: true,
+            allow_direct: true,
+            discard: stream::DiscardPolicy::New,
+            num_replicas: replicas,
+            ..Default::default()
+        },
+    )
     .await
     .with_context(|| format!("declaring the idempotency bucket {bucket}"))?;
     Ok(())
