@@ -11,12 +11,17 @@
 //! `ordering = "key"` the event's worker retries it in place while its key's
 //! later events wait (see [`crate::policy::ordering`]).
 //!
+//! An ordered handler's consumer is pulled by one runtime of the fleet at a
+//! time, the holder of its lease (see [`owned`] and [`crate::fleet::lease`]).
+//!
 //! Shutdown stops the pulls, hands messages that were fetched but not started
 //! back to JetStream (a NAK, so another replica gets them within seconds
 //! rather than after the ack wait), then waits for every started attempt to
 //! finish and settle.
 
 mod attempt;
+mod owned;
+mod receive;
 
 use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex};
@@ -24,30 +29,44 @@ use std::time::Duration;
 
 use anyhow::Result;
 use async_nats::jetstream::{self, Message};
-use cloudevents::AttributesReader;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, Span};
 
-use crate::decode::{self, Decoded};
-use crate::failure::DeadLetterReason;
+use crate::decode::Decoded;
+use crate::fleet::lease::Leases;
 use crate::manifest::{HandlerManifest, Ordering};
 use crate::metrics::{HandlerMetrics, Metrics, Outcome};
 use crate::outcome::{self, Committer, Settle};
 use crate::policy::dedup::{self, ProcessedEvents};
-use crate::policy::ordering::{KeyedQueue, partition_key};
+use crate::policy::ordering::KeyedQueue;
 use crate::sandbox::HandlerComponent;
 use crate::source::{self, ConsumerBinding, PULL_EXPIRES, Pull};
 use crate::store::Store;
 use crate::trace::TraceContext;
 use attempt::Next;
+use receive::Work;
 
 /// Longest pause between attempts to (re)open a consumer.
 const MAX_REOPEN_BACKOFF: Duration = Duration::from_secs(5);
 /// How often held messages' ack timers are reset; well under the shortest
 /// ack wait (30 s).
 const KEEP_ALIVE: Duration = Duration::from_secs(10);
+
+/// What every handler of one runtime shares.
+#[derive(Clone)]
+pub struct Services {
+    pub js: jetstream::Context,
+    pub store: Arc<dyn Store>,
+    pub metrics: Arc<Metrics>,
+    /// Replicas of the idempotency bucket a dispatcher declares (see
+    /// [`crate::nats::Replication`]).
+    pub replicas: usize,
+    /// Leases of ordered consumers. `None` consumes them without one, for a
+    /// single process such as `eventhost projection rebuild`.
+    pub leases: Option<Arc<Leases>>,
+}
 
 /// A loaded handler and what it consumes.
 pub struct Dispatcher {
@@ -56,6 +75,7 @@ pub struct Dispatcher {
     bindings: Vec<ConsumerBinding>,
     js: jetstream::Context,
     store: Arc<dyn Store>,
+    leases: Option<Arc<Leases>>,
     processed: ProcessedEvents,
     /// The largest message the server takes: a commit plan must fit.
     max_record: usize,
@@ -83,13 +103,18 @@ impl Dispatcher {
         component: HandlerComponent,
         manifest: HandlerManifest,
         bindings: Vec<ConsumerBinding>,
-        js: jetstream::Context,
-        store: Arc<dyn Store>,
-        metrics: Arc<Metrics>,
+        services: &Services,
     ) -> Result<Arc<Self>> {
+        let Services {
+            js,
+            store,
+            metrics,
+            replicas,
+            leases,
+        } = services.clone();
         let spec = component.spec();
         let consumer = manifest.consumer_name(&spec.name);
-        dedup::declare(&js, &consumer, manifest.idempotency.window).await?;
+        dedup::declare(&js, &consumer, manifest.idempotency.window, replicas).await?;
         let lease = source::claim_lease(&manifest.limits);
         let processed = ProcessedEvents::new(store.clone(), &consumer, lease);
         let origins: Vec<String> = (spec.capabilities.http.iter())
@@ -112,6 +137,7 @@ impl Dispatcher {
             bindings,
             js,
             store,
+            leases,
             processed,
             max_record,
             waiting: KeyedQueue::default(),
@@ -162,6 +188,11 @@ impl Dispatcher {
         self.consuming
             .iter()
             .all(|c| c.load(AtomicOrdering::Relaxed))
+    }
+
+    /// Events taken and not yet settled.
+    pub fn in_flight(&self) -> i64 {
+        self.metrics.in_flight.get()
     }
 
     /// The most recent failure's description, if any.
@@ -226,11 +257,30 @@ impl Dispatcher {
         self.stopped.cancel();
     }
 
+    /// Consumes one binding until `shutdown`: at once, or for an ordered
+    /// handler in a fleet, whenever this runtime holds its lease.
     async fn pull(
         self: Arc<Self>,
         binding: usize,
         permits: Arc<Semaphore>,
         in_flight: TaskTracker,
+        shutdown: CancellationToken,
+    ) {
+        match self.leases.clone() {
+            Some(leases) if self.ordered() => {
+                self.pull_owned(&leases, binding, permits, shutdown).await
+            }
+            _ => self.consume(binding, permits, &in_flight, shutdown).await,
+        }
+    }
+
+    /// Pulls from one binding's consumer until `shutdown`, spawning each
+    /// message's processing on `in_flight`.
+    async fn consume(
+        self: &Arc<Self>,
+        binding: usize,
+        permits: Arc<Semaphore>,
+        in_flight: &TaskTracker,
         shutdown: CancellationToken,
     ) {
         let consuming = &self.consuming[binding];
@@ -268,10 +318,15 @@ impl Dispatcher {
                 };
                 match next {
                     Ok(message) => {
+                        // Read here, in delivery order: the tasks spawned
+                        // below may start in any order.
+                        let Some(work) = self.receive(message) else {
+                            continue; // Queued behind its key; the permit goes back.
+                        };
                         let this = self.clone();
                         let (permits, shutdown) = (permits.clone(), shutdown.clone());
                         in_flight.spawn(async move {
-                            this.process(message, permits, permit, shutdown).await;
+                            this.process(work, permits, permit, shutdown).await;
                         });
                     }
                     Err(err) => {
@@ -286,88 +341,37 @@ impl Dispatcher {
         }
     }
 
-    /// Takes one message to its settlement (or, with ordering, into its
-    /// key's queue).
+    /// Takes one received message to its settlement (with ordering: its
+    /// key's events, one after another).
     async fn process(
         &self,
-        message: Message,
+        work: Work,
         permits: Arc<Semaphore>,
         permit: OwnedSemaphorePermit,
         shutdown: CancellationToken,
     ) {
-        let spec = self.component.spec();
-        self.metrics.received.inc();
         let in_flight = self.metrics.in_flight.clone();
         in_flight.inc();
         let _done = scopeguard(move || {
             in_flight.dec();
         });
-        let limit = self.manifest.limits.max_event_size;
-        let unreadable = if message.payload.len() as u64 > limit.as_u64() {
-            Err((
-                DeadLetterReason::TooLarge,
-                format!(
-                    "the payload is {} bytes, over the handler's limit of {limit}",
-                    message.payload.len()
-                ),
-            ))
-        } else {
-            decode::decode(message.headers.as_ref(), &message.payload).map_err(|reason| {
-                let why = format!("not a valid CloudEvent: {reason}");
-                (DeadLetterReason::InvalidEvent, why)
-            })
-        };
-        let input = match unreadable {
-            Ok(input) => input,
-            Err((kind, reason)) => {
-                let span = tracing::info_span!("event", handler = %spec.name,
-                    version = %spec.version, nats_subject = %message.subject);
-                let attempts = delivery_count(&message);
-                let next = self
-                    .dead_letter_unread(&message, kind, &reason, attempts)
-                    .instrument(span)
-                    .await;
-                if let Next::Again { delay, .. } = next {
-                    outcome::settle(&message, Settle::Retry { delay }).await;
-                }
-                return;
+        let held = match work {
+            Work::Unreadable(unreadable) => return self.refuse(unreadable).await,
+            Work::Key(key, held) => {
+                return self.work_key(&key, held, permits, permit, &shutdown).await;
             }
+            Work::Event(held) => held,
         };
-        let mut trace = TraceContext::for_event(&input.event);
-        let span = tracing::info_span!("event",
-            handler = %spec.name,
-            version = %spec.version,
-            event_id = %input.event.id(),
-            event_type = %input.event.ty(),
-            nats_subject = %message.subject,
-            delivery = message.info().map(|i| i.delivered).unwrap_or_default(),
-            attempt = tracing::field::Empty,
-            trace_id = %trace.trace_id,
-            span_id = %trace.span_id,
-            parent_span_id = trace.parent_span_id.as_deref(),
-        );
-        trace.attach(&span);
-        if self.ordered() {
-            let key = partition_key(&input.event, &message.subject);
-            let held = Held {
-                message,
-                input,
-                trace,
-                span,
-            };
-            return self.work_key(&key, held, permits, permit, &shutdown).await;
-        }
-        let next = self
-            .attempt(&message, &input, &trace, 0)
-            .instrument(span)
+        let next = (self.attempt(&held.message, &held.input, &held.trace, 0))
+            .instrument(held.span.clone())
             .await;
         if let Next::Again { delay, .. } = next {
-            outcome::settle(&message, Settle::Retry { delay }).await;
+            outcome::settle(&held.message, Settle::Retry { delay }).await;
         }
     }
 
-    /// Handles `held` and then every event that queues up behind it for
-    /// `key`, one at a time, unless another worker already has the key.
+    /// Handles `held`, whose key this task now works, and then every event
+    /// that queues up behind it for `key`, one at a time.
     async fn work_key(
         &self,
         key: &str,
@@ -376,9 +380,7 @@ impl Dispatcher {
         permit: OwnedSemaphorePermit,
         shutdown: &CancellationToken,
     ) {
-        let Some(mut held) = self.waiting.admit(key, held) else {
-            return; // Queued behind the key's worker; the permit goes back.
-        };
+        let mut held = held;
         let mut permit = Some(permit);
         loop {
             let span = held.span.clone();

@@ -113,15 +113,51 @@ impl ConsumerBinding {
             .get_stream(&self.stream)
             .await
             .with_context(|| format!("looking up stream {}", self.stream))?;
-        stream
-            .create_consumer(self.config.clone())
+        let mut config = self.config.clone();
+        // A rewound consumer starts at a sequence, and the server does not
+        // let a deliver policy change: keep the one it has.
+        if let Ok(existing) = stream.consumer_info(&self.durable).await {
+            config.deliver_policy = existing.config.deliver_policy;
+        }
+        stream.create_consumer(config).await.with_context(|| {
+            format!(
+                "creating consumer {} on stream {} for {:?}",
+                self.durable, self.stream, self.filter_subject
+            )
+        })?;
+        Ok(())
+    }
+
+    /// Makes the consumer deliver again everything past its ack floor, in
+    /// stream order, if anything past it was delivered: a new lease holder
+    /// of an ordered handler takes over what its predecessor held (see
+    /// [`crate::dispatch`]). A missing consumer is left for `open` to create.
+    pub async fn rewind(&self, js: &jetstream::Context) -> Result<()> {
+        let stream = js
+            .get_stream(&self.stream)
             .await
-            .with_context(|| {
-                format!(
-                    "creating consumer {} on stream {} for {:?}",
-                    self.durable, self.stream, self.filter_subject
-                )
-            })?;
+            .with_context(|| format!("looking up stream {}", self.stream))?;
+        let Ok(info) = stream.consumer_info(&self.durable).await else {
+            return Ok(());
+        };
+        let floor = info.ack_floor.stream_sequence;
+        if info.delivered.stream_sequence <= floor {
+            return Ok(());
+        }
+        stream
+            .delete_consumer(&self.durable)
+            .await
+            .with_context(|| format!("deleting consumer {} to rewind it", self.durable))?;
+        let mut config = self.config.clone();
+        config.deliver_policy = jetstream::consumer::DeliverPolicy::ByStartSequence {
+            start_sequence: floor + 1,
+        };
+        stream
+            .create_consumer(config)
+            .await
+            .with_context(|| format!("recreating consumer {} at {}", self.durable, floor + 1))?;
+        tracing::info!(consumer = %self.durable, from = floor + 1,
+            unacked = info.num_ack_pending, "rewound the consumer to its ack floor");
         Ok(())
     }
 
