@@ -27,6 +27,7 @@ pub mod dlq;
 pub mod encode;
 pub mod failpoint;
 pub mod failure;
+pub mod fleet;
 pub mod manifest;
 pub mod metrics;
 pub mod nats;

@@ -76,16 +76,7 @@ pub fn read(wasm_path: &Path) -> Result<PluginSource> {
         .and_then(|s| s.to_str())
         .unwrap_or_default()
         .to_string();
-    let ok_name = !name.is_empty()
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
-    if !ok_name {
-        bail!(
-            "{}: handler names are letters, digits, `-` and `_`",
-            wasm_path.display()
-        );
-    }
+    validate_name(&name).with_context(|| wasm_path.display().to_string())?;
     let manifest_path = wasm_path.with_extension("toml");
     if !manifest_path.exists() {
         bail!(
@@ -109,8 +100,21 @@ pub fn read(wasm_path: &Path) -> Result<PluginSource> {
     })
 }
 
+/// Handler names become consumer, bucket and file names: letters, digits,
+/// `-` and `_`.
+pub fn validate_name(name: &str) -> Result<()> {
+    let ok_name = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if !ok_name {
+        bail!("handler names are letters, digits, `-` and `_`, not {name:?}");
+    }
+    Ok(())
+}
+
 /// The first 12 hex digits of SHA-256 over the component and the manifest.
-fn content_version(wasm: &[u8], manifest: &[u8]) -> String {
+pub fn content_version(wasm: &[u8], manifest: &[u8]) -> String {
     let mut hash = Sha256::new();
     hash.update((wasm.len() as u64).to_le_bytes());
     hash.update(wasm);

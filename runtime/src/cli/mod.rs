@@ -1,8 +1,10 @@
 //! The `eventhost` command line: `run` the host, the `publish` / `tail`
 //! helpers that drive a walkthrough by hand, `dlq` for dead letters, `kv`
-//! for handler state and `invoke` to run a handler locally.
+//! for handler state, `invoke` to run a handler locally, and `deploy`,
+//! `ls`, `undeploy`, `rollback` and `status` for a fleet.
 
 mod dlq;
+mod fleet;
 mod invoke;
 mod kv;
 mod new;
@@ -38,8 +40,9 @@ pub struct Cli {
 
 #[derive(Debug, Args)]
 pub struct Global {
-    /// NATS server URL (`nats://user:pass@host:port`, `tls://…` for TLS).
-    /// Default: the config file's `nats_url`, else nats://127.0.0.1:4222.
+    /// NATS server URL (`nats://user:pass@host:port`, `tls://…` for TLS);
+    /// several servers of a cluster separated by commas. Default: the config
+    /// file's `nats_url`, else nats://127.0.0.1:4222.
     #[arg(long, global = true, env = "EVENTHOST_NATS_URL")]
     pub nats: Option<String>,
     /// NATS credentials file.
@@ -48,6 +51,10 @@ pub struct Global {
     /// PEM file of CA certificates to trust for the NATS server (implies TLS).
     #[arg(long, global = true, env = "EVENTHOST_NATS_TLS_CA")]
     pub tls_ca: Option<PathBuf>,
+    /// The deploy bucket (`deploy`, `ls`, `undeploy`, `rollback`, `status`,
+    /// and `run --deployed`).
+    #[arg(long, global = true, default_value = eventhost::fleet::deploy::DEFAULT_BUCKET, env = "EVENTHOST_DEPLOY_BUCKET")]
+    pub deploy_bucket: String,
     /// Log format.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "EVENTHOST_LOG_FORMAT")]
     pub log_format: LogFormat,
@@ -66,6 +73,10 @@ pub enum Command {
         /// Directory of `<name>.wasm` + `<name>.toml` handler pairs.
         #[arg(long, default_value = "plugins")]
         plugins: PathBuf,
+        /// Run the handlers deployed through NATS (`eventhost deploy`) to
+        /// the deploy bucket, and follow it, instead of a directory.
+        #[arg(long, conflicts_with = "plugins")]
+        deployed: bool,
         /// Runtime config file (NATS URL, streams to declare).
         #[arg(long)]
         config: Option<PathBuf>,
@@ -145,6 +156,17 @@ pub enum Command {
     /// Create a handler project (Rust, Python or JavaScript/TypeScript) that
     /// builds with `./build.sh` and tests itself with `./test.sh`.
     New(new::NewArgs),
+    /// Store a handler version in the deploy bucket; every runtime started
+    /// with `run --deployed` switches to it (or refuses it, if broken).
+    Deploy(fleet::DeployArgs),
+    /// List the deployed handlers, their versions and the ones kept.
+    Ls,
+    /// Stop a deployed handler on every runtime, and delete its versions.
+    Undeploy { name: String },
+    /// Go back to a deployed handler's previous version.
+    Rollback { name: String },
+    /// Print the runtimes on this NATS and what each runs.
+    Status,
     /// Read models: rebuild a projection from its source stream.
     Projection {
         #[command(subcommand)]
@@ -185,6 +207,7 @@ impl Cli {
         match self.command {
             Command::Run {
                 plugins,
+                deployed,
                 config,
                 cache_dir,
                 no_cache,
@@ -204,6 +227,7 @@ impl Cli {
                 };
                 let options = RuntimeOptions {
                     plugins_dir: plugins,
+                    deploy_bucket: deployed.then(|| self.global.deploy_bucket.clone()),
                     watch: !no_watch,
                     admin_addr,
                     cache_dir: match no_cache {
@@ -312,6 +336,15 @@ impl Cli {
             Command::Dlq { command } => dlq::execute(command, &nats).await,
             Command::Kv { command } => kv::execute(command, &nats).await,
             Command::Invoke(args) => invoke::execute(args).await,
+            Command::Deploy(args) => fleet::deploy(args, &nats, &self.global.deploy_bucket).await,
+            Command::Ls => fleet::ls(&nats, &self.global.deploy_bucket).await,
+            Command::Undeploy { name } => {
+                fleet::undeploy(&name, &nats, &self.global.deploy_bucket).await
+            }
+            Command::Rollback { name } => {
+                fleet::rollback(&name, &nats, &self.global.deploy_bucket).await
+            }
+            Command::Status => fleet::status(&nats, &self.global.deploy_bucket).await,
             Command::New(args) => new::execute(args),
             Command::Projection {
                 command: ProjectionCommand::Rebuild { handler, plugins },

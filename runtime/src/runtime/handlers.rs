@@ -19,9 +19,9 @@ use async_nats::jetstream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::dispatch::Dispatcher;
+use crate::dispatch::{Dispatcher, Services};
 use crate::manifest::HandlerManifest;
-use crate::metrics::{Metrics, NameLabels};
+use crate::metrics::NameLabels;
 use crate::plugins::{self, Discovered, PluginSource};
 use crate::projection::{self, Generation};
 use crate::sandbox::{Capabilities, HandlerSpec, Sandbox, eventstore, http, keyvalue};
@@ -45,9 +45,7 @@ pub struct Slot {
 /// Every handler this process runs.
 pub struct HandlerSet {
     sandbox: Arc<Sandbox>,
-    js: jetstream::Context,
-    store: Arc<dyn Store>,
-    metrics: Arc<Metrics>,
+    services: Services,
     /// Cancelled at shutdown; every handler's stop token is a child of it.
     shutdown: CancellationToken,
     board: Board,
@@ -56,18 +54,10 @@ pub struct HandlerSet {
 }
 
 impl HandlerSet {
-    pub fn new(
-        sandbox: Arc<Sandbox>,
-        js: jetstream::Context,
-        store: Arc<dyn Store>,
-        metrics: Arc<Metrics>,
-        shutdown: CancellationToken,
-    ) -> Self {
+    pub fn new(sandbox: Arc<Sandbox>, services: Services, shutdown: CancellationToken) -> Self {
         HandlerSet {
             sandbox,
-            js,
-            store,
-            metrics,
+            services,
             shutdown,
             board: Board::default(),
             tasks: TaskTracker::new(),
@@ -128,7 +118,8 @@ impl HandlerSet {
                     "new version refused; the running version keeps serving"),
                 None => tracing::error!(error = %err, "handler not loaded"),
             }
-            self.metrics
+            self.services
+                .metrics
                 .reload_failures
                 .get_or_create(&NameLabels::new(&name))
                 .inc();
@@ -160,20 +151,22 @@ impl HandlerSet {
         // Both reload series exist from the first load, at zero, so that
         // "no reload failed" is told apart from "not exported".
         let labels = NameLabels::new(&name);
-        let _created = self.metrics.reloads.get_or_create(&labels);
-        let _created = self.metrics.reload_failures.get_or_create(&labels);
+        let _created = self.services.metrics.reloads.get_or_create(&labels);
+        let _created = self.services.metrics.reload_failures.get_or_create(&labels);
         let old_stop = slot.stop.replace(stop);
         if let Some(old) = slot.current.replace(dispatcher.clone()) {
             tracing::info!(handler = %name, from = %old.version(), to = %dispatcher.version(),
                 "handler reloaded");
-            self.metrics
+            self.services
+                .metrics
                 .reloads
                 .get_or_create(&NameLabels::new(&name))
                 .inc();
             if old.consumer() != dispatcher.consumer() {
                 // A new state generation: the old one's consumers feed
                 // nothing any more once it has drained.
-                self.tasks.spawn(retire_consumers(self.js.clone(), old));
+                self.tasks
+                    .spawn(retire_consumers(self.services.js.clone(), old));
             }
         }
         if let Some(old_stop) = old_stop {
@@ -191,7 +184,7 @@ impl HandlerSet {
         if writes_state.is_none_or(|kv| kv.read_write.is_empty()) {
             return Ok((source, Generation::default()));
         }
-        let (generation, _) = projection::current(&*self.store, &source.name).await?;
+        let (generation, _) = projection::current(&*self.services.store, &source.name).await?;
         generation.apply(&mut source.manifest, &mut source.version);
         Ok((source, generation))
     }
@@ -207,14 +200,14 @@ impl HandlerSet {
         } = source;
         let context = || format!("handler {name} ({})", wasm_path.display());
         let started = std::time::Instant::now();
-        let js = &self.js;
+        let js = &self.services.js;
         let bindings = ConsumerBinding::resolve(js, &name, &manifest)
             .await
             .with_context(context)?;
         check_publish_targets(js, &manifest.publish)
             .await
             .with_context(context)?;
-        let store = self.store.clone();
+        let store = self.services.store.clone();
         let capabilities = resolve_capabilities(js, store, &name, &manifest, &generation)
             .await
             .with_context(context)?;
@@ -233,8 +226,7 @@ impl HandlerSet {
             .with_context(context)?;
         tracing::info!(handler = %name, %version, compile_ms = started.elapsed().as_millis() as u64,
             compiled_cache = cache.as_str(), "handler loaded");
-        let (store, metrics) = (self.store.clone(), self.metrics.clone());
-        Dispatcher::new(component, manifest, bindings, js.clone(), store, metrics)
+        Dispatcher::new(component, manifest, bindings, &self.services)
             .await
             .with_context(context)
     }

@@ -1,6 +1,7 @@
 //! The function host as a whole: connect, declare streams, load every
-//! handler in the plugins directory, run them until shutdown, and follow the
-//! directory while running (hot reload).
+//! handler in the plugins directory (or deployed to a deploy bucket), run
+//! them until shutdown, follow the directory or bucket while running (hot
+//! reload), and announce what runs to the fleet.
 //!
 //! A handler that cannot load (bad manifest, broken component, a subject no
 //! stream captures) is reported and skipped; the others still run. A broken
@@ -14,24 +15,34 @@ mod reload;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use async_nats::jetstream;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::RuntimeConfig;
+use crate::dispatch::Services;
+use crate::fleet;
+use crate::fleet::announce::{self, Announcement, HandlerState};
+use crate::fleet::deploy::{self, DeployBucket};
+use crate::fleet::follow::Mirror;
+use crate::fleet::lease::Leases;
 use crate::metrics::Metrics;
-use crate::nats::NatsEndpoint;
+use crate::nats::{NatsEndpoint, Replication};
 use crate::sandbox::{CompiledCache, Sandbox};
-use crate::store::NatsStore;
-use handlers::HandlerSet;
+use crate::store::{NatsStore, Store};
 pub(crate) use handlers::resolve_capabilities;
+use handlers::{Board, HandlerSet};
 pub use reload::RELOAD_SUBJECT;
 
 /// Everything `eventhost run` needs.
 #[derive(Debug, Clone)]
 pub struct RuntimeOptions {
     pub plugins_dir: PathBuf,
+    /// Run the handlers deployed to this deploy bucket instead of the
+    /// plugins directory.
+    pub deploy_bucket: Option<String>,
     /// Where compiled components are cached; `None` compiles every time.
     pub cache_dir: Option<PathBuf>,
     /// Reload when the plugins directory changes.
@@ -48,56 +59,100 @@ pub async fn run(options: RuntimeOptions, shutdown: CancellationToken) -> Result
     let client = options.nats.connect().await?;
     tracing::info!(url = %options.nats.display_url(), "connected to NATS");
     let js = jetstream::new(client.clone());
-    crate::nats::ensure_streams(&js, &options.config.streams).await?;
-    crate::outcome::dead_letter::ensure_stream(&js).await?;
+    let replication = Replication::for_client(options.config.replicas, &client);
+    declare_patiently(&js, &options.config, replication, &shutdown).await?;
 
-    crate::nats::ensure_buckets(&js, &options.config.buckets).await?;
-    crate::projection::declare(&js).await?;
-
+    let host = deploy::host_name();
+    let id = fleet::runtime_id(&host);
     let sandbox = Arc::new(Sandbox::new(options.cache_dir.map(CompiledCache::new))?);
-    let metrics = Arc::new(Metrics::new());
-    let store = Arc::new(NatsStore::new(js.clone()));
-    let mut handlers = HandlerSet::new(
-        sandbox,
-        js.clone(),
-        store,
-        metrics.clone(),
-        shutdown.clone(),
-    );
+    let store: Arc<dyn Store> = Arc::new(NatsStore::new(js.clone()));
+    let leases = Leases::new(store.clone(), &id, &host);
+    let services = Services {
+        js: js.clone(),
+        store: store.clone(),
+        metrics: Arc::new(Metrics::new()),
+        replicas: replication.compare_and_set,
+        leases: Some(leases.clone()),
+    };
+    let mut handlers = HandlerSet::new(sandbox, services.clone(), shutdown.clone());
     // Up before the handlers load, so probes see "not ready" rather than
     // nothing while components compile.
     let admin_stop = CancellationToken::new();
     let admin = match options.admin_addr {
         Some(addr) => {
             let state = admin::AdminState {
-                metrics,
+                metrics: services.metrics.clone(),
                 board: handlers.board(),
                 client: client.clone(),
-                js,
+                js: js.clone(),
             };
             Some(admin::serve(addr, state, admin_stop.clone()).await?)
         }
         None => None,
     };
-    handlers.reconcile(&options.plugins_dir).await;
+    let mut mirror = match &options.deploy_bucket {
+        Some(bucket) => {
+            let bucket = DeployBucket::declare(&js, bucket, replication).await?;
+            let mut mirror = Mirror::new(bucket)?;
+            mirror.sync().await;
+            Some(mirror)
+        }
+        None => None,
+    };
+    let (dir, source) = match &mirror {
+        Some(mirror) => (
+            mirror.dir().to_path_buf(),
+            format!("deploy bucket {}", mirror.bucket().name()),
+        ),
+        None => (
+            options.plugins_dir.clone(),
+            format!("plugins directory {}", options.plugins_dir.display()),
+        ),
+    };
+    handlers.reconcile(&dir).await;
     if handlers.names().is_empty() {
-        tracing::warn!(dir = %options.plugins_dir.display(), "no handlers loaded");
+        tracing::warn!(from = %source, "no handlers loaded");
     }
-    tracing::info!(handlers = ?handlers.names(), watch = options.watch, "runtime ready");
+    tracing::info!(runtime = %id, handlers = ?handlers.names(), from = %source, "runtime ready");
 
+    let announcing = CancellationToken::new();
+    let identity = Identity {
+        runtime: id.clone(),
+        host,
+        source,
+        started_at: chrono::Utc::now(),
+    };
+    let describe = {
+        let (board, leases) = (handlers.board(), leases.clone());
+        move || identity.describe(&board, &leases)
+    };
+    let announcer = tokio::spawn(announce::announce(store, id, describe, announcing.clone()));
+
+    let deploy_changes = mirror.as_ref().map(|m| m.bucket().changes_subject());
+    let watch_dir = options.watch && mirror.is_none();
     let mut triggers =
-        reload::Triggers::start(&client, options.plugins_dir.clone(), options.watch).await?;
+        reload::Triggers::start(&client, dir.clone(), watch_dir, deploy_changes).await?;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
             trigger = triggers.next() => {
-                tracing::info!(trigger, "reloading plugins");
-                handlers.reconcile(&options.plugins_dir).await;
+                let changed = match &mut mirror {
+                    Some(mirror) => mirror.sync().await,
+                    None => true,
+                };
+                // The bucket's own triggers matter only when they changed
+                // something; a reload asked for by hand always runs.
+                if changed || !trigger.starts_with("deploy") {
+                    tracing::info!(trigger, "reloading handlers");
+                    handlers.reconcile(&dir).await;
+                }
             }
         }
     }
     drop(triggers);
     handlers.wait().await;
+    announcing.cancel();
+    let _ = announcer.await;
     admin_stop.cancel();
     if let Some(admin) = admin {
         let _ = admin.await;
@@ -109,4 +164,90 @@ pub async fn run(options: RuntimeOptions, shutdown: CancellationToken) -> Result
         .context("flushing final acks to NATS")?;
     tracing::info!("shut down cleanly");
     Ok(())
+}
+
+/// How long start-up waits for JetStream to take the declarations.
+const DECLARE_PATIENCE: Duration = Duration::from_secs(60);
+
+/// [`declare`], tried again for a while: a cluster starting at the same
+/// time as the runtime answers only once it has elected its leaders, and a
+/// busy server may time a request out. A declaration JetStream keeps
+/// refusing (a subject another stream captures, say) fails after
+/// [`DECLARE_PATIENCE`] with its error.
+async fn declare_patiently(
+    js: &jetstream::Context,
+    config: &RuntimeConfig,
+    replication: Replication,
+    shutdown: &CancellationToken,
+) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + DECLARE_PATIENCE;
+    let mut pause = Duration::from_millis(250);
+    loop {
+        let err = match declare(js, config, replication).await {
+            Ok(()) => return Ok(()),
+            Err(err) if tokio::time::Instant::now() + pause > deadline => return Err(err),
+            Err(err) => err,
+        };
+        tracing::warn!(error = format!("{err:#}"), retry_in = ?pause,
+            "JetStream did not take the declarations yet");
+        tokio::select! {
+            _ = shutdown.cancelled() => return Err(err),
+            _ = tokio::time::sleep(pause) => {}
+        }
+        pause = (pause * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// Declares every stream and bucket the runtime needs, with the configured
+/// replicas. Idempotent.
+async fn declare(
+    js: &jetstream::Context,
+    config: &RuntimeConfig,
+    replication: Replication,
+) -> Result<()> {
+    let Replication {
+        data,
+        compare_and_set,
+    } = replication;
+    crate::nats::ensure_streams(js, &config.streams, data).await?;
+    crate::outcome::dead_letter::ensure_stream(js, data).await?;
+    crate::nats::ensure_buckets(js, &config.buckets, compare_and_set).await?;
+    crate::projection::declare(js, compare_and_set).await?;
+    fleet::lease::declare(js, compare_and_set).await?;
+    announce::declare(js, data).await
+}
+
+/// Who this runtime is, for its announcements.
+struct Identity {
+    runtime: String,
+    host: String,
+    source: String,
+    started_at: chrono::DateTime<chrono::Utc>,
+}
+
+impl Identity {
+    fn describe(&self, board: &Board, leases: &Leases) -> Announcement {
+        let handlers = {
+            let board = board.lock().expect("never poisoned");
+            (board.iter())
+                .map(|(name, slot)| HandlerState {
+                    name: name.clone(),
+                    version: slot.current.as_ref().map(|d| d.version().to_string()),
+                    in_flight: slot.current.as_ref().map_or(0, |d| d.in_flight()),
+                    refused: slot.refused.clone(),
+                })
+                .collect()
+        };
+        Announcement {
+            runtime: self.runtime.clone(),
+            host: self.host.clone(),
+            pid: std::process::id(),
+            eventhost: env!("CARGO_PKG_VERSION").to_string(),
+            source: self.source.clone(),
+            started_at: self.started_at,
+            at: chrono::Utc::now(),
+            handlers,
+            leases: leases.held(),
+        }
+    }
 }

@@ -10,7 +10,11 @@
 //!   version keeps serving until the copy completes);
 //! - SIGHUP;
 //! - a message on [`RELOAD_SUBJECT`], which `eventhost reload` sends, for
-//!   places where neither files nor signals reach the runtime.
+//!   places where neither files nor signals reach the runtime;
+//! - with `--deployed`, a change to the deploy bucket's pointers: the
+//!   runtime listens on their subject (every JetStream write is also a
+//!   core NATS message), and also looks every [`DEPLOY_POLL`] in case it
+//!   missed one while disconnected.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -26,6 +30,8 @@ use crate::plugins;
 pub const RELOAD_SUBJECT: &str = "eventhost.control.reload";
 /// How often the plugins directory is looked at.
 const POLL: Duration = Duration::from_millis(500);
+/// How often the deploy bucket is looked at without being told.
+const DEPLOY_POLL: Duration = Duration::from_secs(30);
 
 /// The reload triggers of one runtime; dropping it stops them.
 pub struct Triggers {
@@ -34,7 +40,14 @@ pub struct Triggers {
 }
 
 impl Triggers {
-    pub async fn start(client: &async_nats::Client, dir: PathBuf, watch: bool) -> Result<Self> {
+    /// `deploy_changes`: the subject of the deploy bucket's pointers, when
+    /// the runtime runs deployed handlers.
+    pub async fn start(
+        client: &async_nats::Client,
+        dir: PathBuf,
+        watch: bool,
+        deploy_changes: Option<String>,
+    ) -> Result<Self> {
         let (fire, fired) = mpsc::channel(16);
         let mut tasks = Vec::new();
 
@@ -58,6 +71,29 @@ impl Triggers {
             }
         }));
 
+        if let Some(subject) = deploy_changes {
+            let mut changes = client
+                .subscribe(subject)
+                .await
+                .context("subscribing to deploy bucket changes")?;
+            let tx = fire.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut poll = tokio::time::interval(DEPLOY_POLL);
+                poll.tick().await;
+                loop {
+                    let trigger = tokio::select! {
+                        change = changes.next() => match change {
+                            Some(_) => "deploy bucket changed",
+                            None => return,
+                        },
+                        _ = poll.tick() => "deploy bucket poll",
+                    };
+                    if tx.send(trigger).await.is_err() {
+                        return;
+                    }
+                }
+            }));
+        }
         if watch {
             tasks.push(tokio::spawn(poll_directory(dir, fire)));
         }
