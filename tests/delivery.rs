@@ -4,7 +4,7 @@
 
 mod support;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use async_nats::HeaderMap;
@@ -368,17 +368,7 @@ async fn key_ordering_holds_under_retries_while_keys_run_in_parallel() {
         WAIT,
     )
     .await;
-    let mut order: BTreeMap<String, Vec<u64>> = BTreeMap::new();
-    for stored in &done {
-        let key = stored.data()["key"].as_str().unwrap().to_string();
-        order
-            .entry(key)
-            .or_default()
-            .push(stored.data()["seq"].as_u64().unwrap());
-    }
-    for key in KEYS {
-        assert_eq!(order[key], (0..PER_KEY).collect::<Vec<_>>(), "key {key}");
-    }
+    assert_each_key_in_order(&done, &KEYS, PER_KEY);
     assert_eq!(runtime.outcomes("retried").len(), KEYS.len() * 2);
 
     // Different keys ran at the same time: some two invocations of

@@ -69,3 +69,20 @@ pub async fn outputs_by_input(js: &jetstream::Context, expected: usize) -> BTree
     }
     counts
 }
+
+/// Every key's `chaos.done` outputs carry the `seq` 0, 1, … `per_key - 1`,
+/// in that order: the order the outputs were stored in is the order the
+/// key's events were handled in.
+pub fn assert_each_key_in_order(done: &[Stored], keys: &[&str], per_key: u64) {
+    let mut order: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for stored in done {
+        let key = stored.data()["key"].as_str().unwrap().to_string();
+        order
+            .entry(key)
+            .or_default()
+            .push(stored.data()["seq"].as_u64().unwrap());
+    }
+    for key in keys {
+        assert_eq!(order[*key], (0..per_key).collect::<Vec<_>>(), "key {key}");
+    }
+}

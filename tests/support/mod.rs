@@ -7,6 +7,7 @@
 #![allow(dead_code)] // each test binary uses a different part of this module
 
 pub mod chaos;
+pub mod cluster;
 
 use std::collections::BTreeMap;
 use std::net::{TcpListener, TcpStream};
@@ -294,6 +295,27 @@ impl Runtime {
         args: &[&str],
         env: &[(&str, &str)],
     ) -> Self {
+        let plugins = plugins.path().to_str().unwrap();
+        let args = [&["--plugins", plugins], args].concat();
+        let runtime = Self::launch(url, &args, TEST_STREAMS, env);
+        runtime.wait_consuming(consumers);
+        runtime
+    }
+
+    /// Waits until the runtime has opened `consumers` consumers. A Python
+    /// or JavaScript component takes about half a minute to compile on
+    /// first use (then the shared cache has it).
+    pub fn wait_consuming(&self, consumers: usize) {
+        wait_until(
+            "the runtime to start consuming",
+            Duration::from_secs(240),
+            || self.logs_with_message("consuming").len() >= consumers,
+        );
+    }
+
+    /// Starts `eventhost run` with `args` and the runtime config `config`,
+    /// without waiting for anything.
+    pub fn launch(url: &str, args: &[&str], config: &str, env: &[(&str, &str)]) -> Self {
         // One compiled-code cache for the whole test run, inside target/,
         // unless the test brings its own.
         let shared_cache = repo_root().join("target/compiled-cache");
@@ -304,13 +326,13 @@ impl Runtime {
         let admin_port = free_port();
         let admin_addr = format!("127.0.0.1:{admin_port}");
         args.extend(["--admin-addr", &admin_addr]);
+        let config_text = config;
         let config = tempfile::NamedTempFile::new().unwrap();
-        std::fs::write(config.path(), TEST_STREAMS).unwrap();
+        std::fs::write(config.path(), config_text).unwrap();
         let log = tempfile::NamedTempFile::new().unwrap();
         let log_path = log.path().to_path_buf();
         let child = Command::new(env!("CARGO_BIN_EXE_eventhost"))
-            .args(["--log-format", "json", "run", "--nats", url, "--plugins"])
-            .arg(plugins.path())
+            .args(["--log-format", "json", "run", "--nats", url])
             .arg("--config")
             .arg(config.path())
             .args(args)
@@ -320,21 +342,13 @@ impl Runtime {
             .stderr(log.reopen().unwrap())
             .spawn()
             .unwrap();
-        let runtime = Runtime {
+        Runtime {
             child,
             admin_port,
             log_path,
             _log: log,
             _config: config,
-        };
-        // A Python or JavaScript component takes about half a minute to
-        // compile on first use (then the shared cache has it).
-        wait_until(
-            "the runtime to start consuming",
-            Duration::from_secs(240),
-            || runtime.logs_with_message("consuming").len() >= consumers,
-        );
-        runtime
+        }
     }
 
     /// `GET` on the admin server: (status code, body).
