@@ -38,6 +38,11 @@ const STATE_KEYS: u64 = 1024;
 /// Deletes every stream (inputs, outputs, idempotency buckets, dead letters)
 /// and declares the benchmark's two, so each measurement starts from empty.
 pub async fn reset(js: &jetstream::Context) -> Result<()> {
+    reset_with_replicas(js, 1).await
+}
+
+/// Like [`reset`], with streams and bucket of `replicas` copies (a cluster).
+pub async fn reset_with_replicas(js: &jetstream::Context, replicas: usize) -> Result<()> {
     let mut names = js.stream_names();
     let mut all = Vec::new();
     while let Some(name) = names.next().await {
@@ -59,6 +64,7 @@ pub async fn reset(js: &jetstream::Context) -> Result<()> {
         js.create_stream(jetstream::stream::Config {
             name: name.to_string(),
             subjects: subjects.into_iter().map(String::from).collect(),
+            num_replicas: replicas,
             ..Default::default()
         })
         .await
@@ -72,7 +78,7 @@ pub async fn reset(js: &jetstream::Context) -> Result<()> {
         max_age: None,
         max_value_size: None,
     };
-    eventhost::nats::ensure_buckets(js, &[bucket]).await?;
+    eventhost::nats::ensure_buckets(js, &[bucket], replicas).await?;
     Ok(())
 }
 

@@ -10,6 +10,8 @@
 //!   throughput at saturation for a plain at-least-once native consumer;
 //! - scaling with 1, 2 and 4 events in flight per handler, and with two
 //!   runtime processes sharing the consumer;
+//! - a fleet: throughput with one, two and three runtime processes against
+//!   a three-node cluster with R3 streams and buckets;
 //! - resident memory with 1 and with 20 handlers loaded;
 //! - a state-writing workload (`counter`: one key-value write and one output
 //!   per event), against a plain native consumer doing the same writes;
@@ -36,7 +38,7 @@ use async_nats::jetstream;
 use baseline::Guarantees;
 use load::Measurement;
 use native::Workload;
-use processes::{NatsServer, Process};
+use processes::{NatsCluster, NatsServer, Process};
 use report::{Comparison, Report, Scaling, StateRun};
 
 /// How much load each measurement offers.
@@ -51,7 +53,7 @@ struct Settings {
     sections: Vec<&'static str>,
 }
 
-const SECTIONS: [&str; 4] = ["compare", "state", "scaling", "memory"];
+const SECTIONS: [&str; 5] = ["compare", "state", "scaling", "fleet", "memory"];
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -123,6 +125,7 @@ async fn run(settings: &Settings) -> Result<Report> {
     let bench = Bench {
         nats_url: nats.url.clone(),
         work: work.clone(),
+        config: None,
     };
     let mut report = Report::new(&nats.url).await?;
 
@@ -250,6 +253,10 @@ async fn run(settings: &Settings) -> Result<Report> {
         });
     }
 
+    if settings.sections.contains(&"fleet") {
+        report.fleet = fleet(settings, &work).await?;
+    }
+
     if !settings.sections.contains(&"memory") {
         report.load_sandbox(&target_dir().join("criterion"));
         return Ok(report);
@@ -270,6 +277,50 @@ async fn run(settings: &Settings) -> Result<Report> {
     drop(native);
     report.load_sandbox(&target_dir().join("criterion"));
     Ok(report)
+}
+
+/// The payment workload at saturation with 1, 2 and 3 runtime processes
+/// against a three-node cluster (streams, buckets, dead letters: R3).
+async fn fleet(settings: &Settings, work: &Path) -> Result<Vec<(usize, f64)>> {
+    let cluster = NatsCluster::start(work, 3)?;
+    let urls: Vec<async_nats::ServerAddr> = (cluster.url.split(','))
+        .map(|u| u.parse())
+        .collect::<Result<_, _>>()?;
+    let client = async_nats::ConnectOptions::new().connect(urls).await?;
+    let js = jetstream::new(client);
+    let config = work.join("fleet.toml");
+    std::fs::write(&config, "replicas = 3\n")?;
+    let bench = Bench {
+        nats_url: cluster.url.clone(),
+        work: work.to_path_buf(),
+        config: Some(config),
+    };
+    let workload = Workload::Payment;
+    let mut figures = Vec::new();
+    for processes in 1..=3 {
+        eprintln!("== fleet: {processes} runtime process(es), three-node cluster");
+        // The cluster elects its meta leader in the first seconds.
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while let Err(err) = load::reset_with_replicas(&js, 3).await {
+            anyhow::ensure!(
+                std::time::Instant::now() < deadline,
+                "cluster not ready: {err:#}"
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        let runtimes = bench.runtime(&[(workload, "payment", 16)], processes)?;
+        load::saturation(&js, workload, 200)
+            .await
+            .context("warming up")?;
+        let measured = load::saturation(&js, workload, settings.scaling_events).await?;
+        drop(runtimes);
+        figures.push((processes, measured.throughput));
+    }
+    eprintln!(
+        "   cluster CPU used: {:.1} s",
+        cluster.cpu_time()?.as_secs_f64()
+    );
+    Ok(figures)
 }
 
 /// Saturation rounds per workload in the comparison. Two cores shared by
@@ -329,6 +380,8 @@ async fn warm_then_saturate(
 struct Bench {
     nats_url: String,
     work: PathBuf,
+    /// The runtime config file, if any (`replicas` in a cluster).
+    config: Option<PathBuf>,
 }
 
 impl Bench {
@@ -369,6 +422,9 @@ impl Bench {
                     .arg(&plugins)
                     .arg("--cache-dir")
                     .arg(&cache);
+                if let Some(config) = &self.config {
+                    command.arg("--config").arg(config);
+                }
                 let log = self
                     .work
                     .join(format!("runtime-{}-{i}.log", uuid::Uuid::new_v4().simple()));

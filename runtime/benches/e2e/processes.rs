@@ -161,3 +161,56 @@ impl NatsServer {
         })
     }
 }
+
+/// A three-node `nats-server` cluster (routes on loopback, a store per
+/// node) of the benchmark's own.
+pub struct NatsCluster {
+    pub nodes: Vec<Process>,
+    /// Every node's URL, comma-separated, as the runtime takes them.
+    pub url: String,
+    _stores: Vec<TempDir>,
+}
+
+impl NatsCluster {
+    pub fn start(logs: &Path, size: usize) -> Result<Self> {
+        let ports: Vec<(u16, u16)> = (0..size)
+            .map(|_| Ok((free_port()?, free_port()?)))
+            .collect::<Result<_>>()?;
+        let routes: Vec<String> = (ports.iter())
+            .map(|(_, route)| format!("nats://127.0.0.1:{route}"))
+            .collect();
+        let (mut nodes, mut stores) = (Vec::new(), Vec::new());
+        for (i, (port, route)) in ports.iter().enumerate() {
+            let store = tempfile::tempdir()?;
+            let mut command = Command::new("nats-server");
+            command
+                .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+                .arg(store.path())
+                .args(["--server_name", &format!("n{i}"), "--cluster_name", "bench"])
+                .arg("--cluster")
+                .arg(format!("nats://127.0.0.1:{route}"))
+                .arg("--routes")
+                .arg(routes.join(","));
+            let log = logs.join(format!("cluster-n{i}.log"));
+            nodes.push(Process::start(command, &log, "Server is ready")?);
+            stores.push(store);
+        }
+        let urls: Vec<String> = (ports.iter())
+            .map(|(port, _)| format!("nats://127.0.0.1:{port}"))
+            .collect();
+        Ok(NatsCluster {
+            nodes,
+            url: urls.join(","),
+            _stores: stores,
+        })
+    }
+
+    /// CPU time all nodes have used so far.
+    pub fn cpu_time(&self) -> Result<Duration> {
+        let mut total = Duration::ZERO;
+        for node in &self.nodes {
+            total += node.cpu_time()?;
+        }
+        Ok(total)
+    }
+}

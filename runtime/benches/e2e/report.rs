@@ -18,6 +18,9 @@ pub struct Report {
     pub comparisons: Vec<Comparison>,
     /// Saturation throughput (events/s) of the payment workload by set-up.
     pub scaling: Vec<Scaling>,
+    /// Runtime processes → saturation throughput (events/s) of the payment
+    /// workload against a three-node cluster with R3 streams and buckets.
+    pub fleet: Vec<(usize, f64)>,
     /// Handlers loaded → resident memory of an idle runtime.
     pub memory: Vec<(usize, Rss)>,
     pub baseline_idle_rss: Option<Rss>,
@@ -103,6 +106,7 @@ impl Report {
             },
             comparisons: Vec::new(),
             scaling: Vec::new(),
+            fleet: Vec::new(),
             memory: Vec::new(),
             baseline_idle_rss: None,
             sandbox: Vec::new(),
@@ -259,6 +263,20 @@ impl Report {
                 "  {:<28} runtime {:>7.0}   native {:>7}   ratio {:>6}",
                 s.setup, s.runtime, native, r
             );
+        }
+        if let Some((_, one)) = self.fleet.first() {
+            let _ = writeln!(
+                t,
+                "\nfleet (payment, three-node cluster, R3; saturation events/s; two cores \
+                 run the cluster, the publisher and every runtime: a trend, not capacity)"
+            );
+            for (processes, throughput) in &self.fleet {
+                let _ = writeln!(
+                    t,
+                    "  {processes} runtime process(es)  {throughput:>7.0}   ÷1 process {:>6}",
+                    ratio(*throughput, *one)
+                );
+            }
         }
         let _ = writeln!(t, "\nresident memory (MiB)");
         for (handlers, rss) in &self.memory {
