@@ -148,8 +148,10 @@ impl DeadLetter<'_> {
         let mut headers = HeaderMap::new();
         if let Some(original) = original {
             for (name, values) in original.iter() {
-                let name_str: &str = name.as_ref();
-                if name_str.to_ascii_lowercase().starts_with("nats-") {
+                // The queue's own names, in any case, are written below: an
+                // original's `Ce-dlqattempts` beside our `ce-dlqattempts`
+                // would make the letter an ambiguous CloudEvent.
+                if is_added_header(name.as_ref()) {
                     continue;
                 }
                 for value in values {
@@ -238,6 +240,53 @@ mod tests {
         for name in ["ce-id", "Content-Type", "ce-type"] {
             assert!(!is_added_header(name), "{name}");
         }
+    }
+
+    /// Found by the dead_letter fuzz target: an original binary event
+    /// carrying `Ce-dlqattempts` got our `ce-dlqattempts` beside it, two
+    /// values of one attribute in different cases, which the decoder
+    /// refuses: the letter was no longer a CloudEvent.
+    #[test]
+    fn an_original_header_with_one_of_the_queues_names_in_another_case_is_replaced() {
+        let mut original = HeaderMap::new();
+        original.insert("Ce-dlqattempts", "2.0");
+        original.insert("EVENTHOST-ERROR", "theirs");
+        original.insert("ce-specversion", "1.0");
+        original.insert("ce-id", "o-1");
+        original.insert("ce-source", "/t");
+        original.insert("ce-type", "t");
+        let time = DateTime::from_timestamp_millis(0).unwrap();
+        let letter = DeadLetter {
+            handler: "h",
+            version: "v",
+            reason: DeadLetterReason::InvalidEvent,
+            error: "ours",
+            attempts: 3,
+            first_failure: time,
+            last_failure: time,
+            mode: Some(ContentMode::Binary),
+            record: None,
+        };
+        let headers = letter.headers(Some(&original), "orders.created", "ORDERS", 7);
+        let values = |wanted: &str| -> Vec<String> {
+            let named = headers.iter().filter(|(n, _)| {
+                let n: &str = n.as_ref();
+                n.eq_ignore_ascii_case(wanted)
+            });
+            named
+                .flat_map(|(_, v)| v.iter().map(|v| v.to_string()))
+                .collect()
+        };
+        assert_eq!(values("ce-dlqattempts"), ["3"]);
+        assert_eq!(values("eventhost-error"), ["ours"]);
+        let decoded = crate::decode::decode(Some(&headers), b"").expect("still a CloudEvent");
+        assert_eq!(
+            decoded
+                .event
+                .extension("dlqattempts")
+                .map(|v| v.to_string()),
+            Some("3".into())
+        );
     }
 
     /// Found by the dead_letter fuzz target: an original header named
