@@ -39,7 +39,14 @@ fn parse(message: &RawMessage) -> (String, Stored) {
 async fn concurrent_commands_from_two_replicas_keep_every_account_consistent() {
     let nats = NatsServer::start();
     let plugins = Plugins::new();
-    plugins.install_example("account");
+    // Without ordering, so that both replicas take commands of one account
+    // at once and the event store's optimistic concurrency is what keeps
+    // each account consistent. (With the example's `ordering = "key"` one
+    // replica at a time holds the consumer: tests/fleet.rs.)
+    let manifest = std::fs::read_to_string(repo_root().join("examples/account/handler.toml"))
+        .unwrap()
+        .replace("ordering = \"key\"", "ordering = \"none\"");
+    plugins.install("account", "account", &manifest);
     let a = Runtime::start(&nats, &plugins, 1);
     let b = Runtime::start(&nats, &plugins, 1);
     let js = nats.jetstream().await;
