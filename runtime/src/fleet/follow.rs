@@ -11,7 +11,10 @@
 //!
 //! The directory is a temporary one per process: it is a cache of the
 //! bucket (two runtimes on one machine must not share it), and the compiled
-//! cache still spares recompiling what another start already compiled.
+//! cache still spares recompiling what another start already compiled. Its
+//! name carries the process id, so that a start can remove what a process
+//! that was killed left behind (an interpreter's component weighs tens of
+//! MB).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -19,6 +22,27 @@ use std::path::Path;
 use anyhow::{Context, Result};
 
 use super::deploy::DeployBucket;
+
+const PREFIX: &str = "eventhost-deployed-";
+
+/// Removes the mirrors in `temp` of processes that are gone.
+fn remove_abandoned(temp: &Path) {
+    let Ok(entries) = std::fs::read_dir(temp) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let pid = name
+            .strip_prefix(PREFIX)
+            .and_then(|rest| rest.split('-').next());
+        let Some(pid) = pid.and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
 
 /// A deploy bucket mirrored into a local directory.
 pub struct Mirror {
@@ -30,8 +54,9 @@ pub struct Mirror {
 
 impl Mirror {
     pub fn new(bucket: DeployBucket) -> Result<Self> {
+        remove_abandoned(&std::env::temp_dir());
         let dir = tempfile::Builder::new()
-            .prefix("eventhost-deployed-")
+            .prefix(&format!("{PREFIX}{}-", std::process::id()))
             .tempdir()
             .context("creating the directory deployed handlers are mirrored into")?;
         Ok(Mirror {
@@ -112,8 +137,31 @@ impl Mirror {
     }
 
     fn remove(&self, name: &str) {
+        // Best effort: a file that is already gone is what was wanted.
         for ext in ["wasm", "toml"] {
             let _ = std::fs::remove_file(self.dir().join(format!("{name}.{ext}")));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mirrors_of_processes_that_are_gone_are_removed() {
+        let temp = tempfile::tempdir().unwrap();
+        let mine = temp
+            .path()
+            .join(format!("{PREFIX}{}-abc", std::process::id()));
+        // Linux pids stay below 2^22.
+        let gone = temp.path().join(format!("{PREFIX}4294967-abc"));
+        let other = temp.path().join("eventhost-deployed-notapid");
+        for dir in [&mine, &gone, &other] {
+            std::fs::create_dir(dir).unwrap();
+        }
+        remove_abandoned(temp.path());
+        assert!(mine.exists() && other.exists());
+        assert!(!gone.exists());
     }
 }
