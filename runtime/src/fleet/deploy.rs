@@ -120,7 +120,7 @@ impl DeployBucket {
             let Some(name) = key.strip_prefix("handler.") else {
                 continue;
             };
-            if let Some((deployment, _)) = self.pointer(name).await? {
+            if let (Some(deployment), _) = self.pointer(name).await? {
                 deployed.insert(name.to_string(), deployment);
             }
         }
@@ -141,9 +141,8 @@ impl DeployBucket {
         self.put(&object_name(name, &version, "toml"), manifest)
             .await?;
         let (current, revision) = match self.pointer(name).await? {
-            Some((current, _)) if current.version == version => return Ok(current),
-            Some((current, revision)) => (Some(current), revision),
-            None => (None, self.revision(name).await?),
+            (Some(current), _) if current.version == version => return Ok(current),
+            pointer => pointer,
         };
         let mut previous: Vec<String> = current
             .map(|c| std::iter::once(c.version).chain(c.previous).collect())
@@ -164,7 +163,7 @@ impl DeployBucket {
     /// Points `name` back at the version before the current one, and
     /// forgets the current one.
     pub async fn rollback(&self, name: &str) -> Result<Deployment> {
-        let Some((current, revision)) = self.pointer(name).await? else {
+        let (Some(current), revision) = self.pointer(name).await? else {
             bail!("{name} is not deployed");
         };
         let Some((version, older)) = current.previous.split_first() else {
@@ -188,7 +187,7 @@ impl DeployBucket {
     /// Stops `name` everywhere (each runtime drains it) and deletes its
     /// files. Returns what was deployed.
     pub async fn undeploy(&self, name: &str) -> Result<Deployment> {
-        let Some((current, revision)) = self.pointer(name).await? else {
+        let (Some(current), revision) = self.pointer(name).await? else {
             bail!("{name} is not deployed");
         };
         self.point(name, None, revision).await?;
@@ -212,25 +211,20 @@ impl DeployBucket {
         Ok(Artifact { wasm, manifest })
     }
 
-    /// The handler's pointer and its revision; `None` when not deployed.
-    async fn pointer(&self, name: &str) -> Result<Option<(Deployment, u64)>> {
+    /// The handler's pointer (`None` when not deployed) and the key's
+    /// revision, deleted or not: what the next write expects.
+    async fn pointer(&self, name: &str) -> Result<(Option<Deployment>, u64)> {
         let entry = kv::entry(&self.store, &self.name, &pointer_key(name))
             .await
             .map_err(store_error)?;
-        let Some(value) = entry.value else {
-            return Ok(None);
+        let deployment = match entry.value {
+            Some(value) => Some(
+                serde_json::from_slice(&value)
+                    .with_context(|| format!("the deployment record of {name} is not readable"))?,
+            ),
+            None => None,
         };
-        let deployment = serde_json::from_slice(&value)
-            .with_context(|| format!("the deployment record of {name} is not readable"))?;
-        Ok(Some((deployment, entry.revision)))
-    }
-
-    /// The pointer key's revision, deleted or not (what a create expects).
-    async fn revision(&self, name: &str) -> Result<u64> {
-        let entry = kv::entry(&self.store, &self.name, &pointer_key(name))
-            .await
-            .map_err(store_error)?;
-        Ok(entry.revision)
+        Ok((deployment, entry.revision))
     }
 
     /// Writes (or, for `None`, deletes) the pointer if it is still at
