@@ -16,9 +16,9 @@
 //! may run again, so what is counted is the `succeeded` lines, which a
 //! runtime writes only after the commit and the ack (a successor that
 //! finishes a cut-off commit without running the handler writes one too,
-//! marked `resumed`). At most one per event, and none missing except where a
-//! kill cut off the line of a commit that had landed: at most the events a
-//! killed runtime had in flight.
+//! marked `resumed`, which is not a run). At most one run per event, and
+//! none missing except where a kill cut off the line of a commit that had
+//! landed: at most the events a killed runtime had in flight.
 //!
 //! Availability: the longest time in which no replica settled any event
 //! while events were pending, outside the windows where nats-server itself
