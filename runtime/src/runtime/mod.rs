@@ -140,10 +140,8 @@ pub async fn run(options: RuntimeOptions, shutdown: CancellationToken) -> Result
                     Some(mirror) => mirror.sync().await,
                     None => true,
                 };
-                // The bucket's own triggers matter only when they changed
-                // something; a reload asked for by hand always runs.
-                if changed || !trigger.starts_with("deploy") {
-                    tracing::info!(trigger, "reloading handlers");
+                if changed || !trigger.is_deploy_bucket() {
+                    tracing::info!(%trigger, "reloading handlers");
                     handlers.reconcile(&dir).await;
                 }
             }

@@ -33,9 +33,43 @@ const POLL: Duration = Duration::from_millis(500);
 /// How often the deploy bucket is looked at without being told.
 const DEPLOY_POLL: Duration = Duration::from_secs(30);
 
+/// What asked for a reload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    Hangup,
+    /// `eventhost reload`, on [`RELOAD_SUBJECT`].
+    Request,
+    DirectoryChanged,
+    DeployBucketChanged,
+    DeployBucketPoll,
+}
+
+impl Trigger {
+    /// Whether the trigger only says "look at the deploy bucket": it calls
+    /// for a reload only if the mirror changed, unlike one asked for by hand.
+    pub fn is_deploy_bucket(self) -> bool {
+        matches!(
+            self,
+            Trigger::DeployBucketChanged | Trigger::DeployBucketPoll
+        )
+    }
+}
+
+impl std::fmt::Display for Trigger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Trigger::Hangup => "SIGHUP",
+            Trigger::Request => "eventhost reload",
+            Trigger::DirectoryChanged => "plugins directory changed",
+            Trigger::DeployBucketChanged => "deploy bucket changed",
+            Trigger::DeployBucketPoll => "deploy bucket poll",
+        })
+    }
+}
+
 /// The reload triggers of one runtime; dropping it stops them.
 pub struct Triggers {
-    fired: mpsc::Receiver<&'static str>,
+    fired: mpsc::Receiver<Trigger>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -56,7 +90,7 @@ impl Triggers {
         let tx = fire.clone();
         tasks.push(tokio::spawn(async move {
             while hangup.recv().await.is_some() {
-                let _ = tx.send("SIGHUP").await;
+                let _ = tx.send(Trigger::Hangup).await;
             }
         }));
 
@@ -67,7 +101,7 @@ impl Triggers {
         let tx = fire.clone();
         tasks.push(tokio::spawn(async move {
             while requests.next().await.is_some() {
-                let _ = tx.send("eventhost reload").await;
+                let _ = tx.send(Trigger::Request).await;
             }
         }));
 
@@ -83,10 +117,10 @@ impl Triggers {
                 loop {
                     let trigger = tokio::select! {
                         change = changes.next() => match change {
-                            Some(_) => "deploy bucket changed",
+                            Some(_) => Trigger::DeployBucketChanged,
                             None => return,
                         },
-                        _ = poll.tick() => "deploy bucket poll",
+                        _ = poll.tick() => Trigger::DeployBucketPoll,
                     };
                     if tx.send(trigger).await.is_err() {
                         return;
@@ -100,9 +134,14 @@ impl Triggers {
         Ok(Triggers { fired, tasks })
     }
 
-    /// Waits for the next trigger and says which it was.
-    pub async fn next(&mut self) -> &'static str {
-        self.fired.recv().await.unwrap_or("closed")
+    /// Waits for the next trigger and says which it was. The SIGHUP task
+    /// never ends, so the channel never closes while `self` lives; should it
+    /// close, no trigger comes again.
+    pub async fn next(&mut self) -> Trigger {
+        match self.fired.recv().await {
+            Some(trigger) => trigger,
+            None => std::future::pending().await,
+        }
     }
 }
 
@@ -112,12 +151,12 @@ impl Drop for Triggers {
     }
 }
 
-async fn poll_directory(dir: PathBuf, fire: mpsc::Sender<&'static str>) {
+async fn poll_directory(dir: PathBuf, fire: mpsc::Sender<Trigger>) {
     let mut settle = Settle::new(plugins::fingerprint(&dir));
     loop {
         tokio::time::sleep(POLL).await;
         if settle.changed(plugins::fingerprint(&dir))
-            && fire.send("plugins directory changed").await.is_err()
+            && fire.send(Trigger::DirectoryChanged).await.is_err()
         {
             return;
         }
