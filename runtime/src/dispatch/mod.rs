@@ -9,7 +9,7 @@
 //! a delayed NAK: JetStream keeps the event meanwhile and redelivers it here
 //! or to another replica, and other events keep flowing. With
 //! `ordering = "key"` the event's worker retries it in place while its key's
-//! later events wait (see [`crate::policy::ordering`]).
+//! later events wait (see [`keyed`]).
 //!
 //! An ordered handler's consumer is pulled by one runtime of the fleet at a
 //! time, the holder of its lease (see [`owned`] and [`crate::fleet::lease`]).
@@ -20,6 +20,8 @@
 //! finish and settle.
 
 mod attempt;
+mod dead_letter;
+mod keyed;
 mod owned;
 mod receive;
 
@@ -369,93 +371,6 @@ impl Dispatcher {
             outcome::settle(&held.message, Settle::Retry { delay }).await;
         }
     }
-
-    /// Handles `held`, whose key this task now works, and then every event
-    /// that queues up behind it for `key`, one at a time.
-    async fn work_key(
-        &self,
-        key: &str,
-        held: Held,
-        permits: Arc<Semaphore>,
-        permit: OwnedSemaphorePermit,
-        shutdown: &CancellationToken,
-    ) {
-        let mut held = held;
-        let mut permit = Some(permit);
-        loop {
-            let span = held.span.clone();
-            let finished = self
-                .in_order(&held, &permits, &mut permit, shutdown)
-                .instrument(span)
-                .await;
-            if !finished || shutdown.is_cancelled() {
-                // Hand back what is left of this key, in order.
-                let handed_back = if finished { None } else { Some(held) };
-                let delay = PULL_EXPIRES;
-                for held in handed_back
-                    .into_iter()
-                    .chain(std::iter::from_fn(|| self.waiting.next(key)))
-                {
-                    outcome::settle(&held.message, Settle::Retry { delay }).await;
-                }
-                return;
-            }
-            match self.waiting.next(key) {
-                Some(next) => held = next,
-                None => return,
-            }
-        }
-    }
-
-    /// Attempts `held` until it is settled, waiting out each backoff in
-    /// place. Returns `false` if shutdown cut a wait short.
-    async fn in_order(
-        &self,
-        held: &Held,
-        permits: &Arc<Semaphore>,
-        permit: &mut Option<OwnedSemaphorePermit>,
-        shutdown: &CancellationToken,
-    ) -> bool {
-        let mut failed = 0;
-        loop {
-            if permit.is_none() {
-                *permit = Some(permits.clone().acquire_owned().await.expect("never closed"));
-            }
-            match self
-                .attempt(&held.message, &held.input, &held.trace, failed)
-                .await
-            {
-                Next::Settled => return true,
-                Next::Again {
-                    delay,
-                    failed: attempt_failed,
-                } => {
-                    failed += u32::from(attempt_failed);
-                    // Other keys may use the permit while this one waits.
-                    *permit = None;
-                    if !hold(&held.message, delay, shutdown).await {
-                        return false;
-                    }
-                }
-            }
-        }
-    }
-
-    /// Resets the ack timers of events waiting for their key, until `stop`.
-    async fn keep_waiting_alive(self: Arc<Self>, stop: CancellationToken) {
-        loop {
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = tokio::time::sleep(KEEP_ALIVE) => {}
-            }
-            let mut waiting = Vec::new();
-            self.waiting
-                .for_each_waiting(|held| waiting.push(held.message.clone()));
-            for message in &waiting {
-                outcome::keep_alive(message).await;
-            }
-        }
-    }
 }
 
 /// Runs `f` when dropped, however the scope is left.
@@ -475,23 +390,6 @@ fn scopeguard(f: impl FnOnce()) -> impl Drop {
 fn delivery_count(message: &Message) -> u32 {
     let delivered = message.info().map(|i| i.delivered).unwrap_or(1);
     u32::try_from(delivered).unwrap_or(u32::MAX).max(1)
-}
-
-/// Waits `delay` while keeping `message` from being redelivered. Returns
-/// `false` if `shutdown` came first.
-async fn hold(message: &Message, delay: Duration, shutdown: &CancellationToken) -> bool {
-    let until = tokio::time::Instant::now() + delay;
-    loop {
-        let now = tokio::time::Instant::now();
-        if now >= until {
-            return true;
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => return false,
-            _ = tokio::time::sleep((until - now).min(KEEP_ALIVE)) => {}
-        }
-        outcome::keep_alive(message).await;
-    }
 }
 
 /// NAKs every message already buffered in the pull, without waiting for more.
