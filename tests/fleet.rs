@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use serde_json::json;
-use support::chaos::{assert_each_key_in_order, chaos_manifest, outputs_by_input};
+use support::chaos::{assert_each_key_in_order, chaos_manifest, done_outputs, outputs_by_input};
 use support::cluster::NatsCluster;
 use support::*;
 
@@ -180,15 +180,7 @@ async fn send_ok(js: &jetstream::Context, prefix: &str, count: usize, pace: Dura
 
 /// The tag of the output of each input.
 async fn tags(js: &jetstream::Context, expected: usize) -> BTreeMap<String, String> {
-    let done = collect(
-        js,
-        "CHAOS",
-        "chaos.done",
-        expected,
-        Duration::from_secs(120),
-    )
-    .await;
-    (done.iter())
+    (done_outputs(js, expected).await.iter())
         .map(|s| {
             let data = s.data();
             (
@@ -363,7 +355,7 @@ async fn key_order_holds_across_two_runtimes_through_retries_and_a_kill() {
     );
     first.kill();
 
-    let done = collect(&js, "CHAOS", "chaos.done", total, Duration::from_secs(120)).await;
+    let done = done_outputs(&js, total).await;
     assert_each_key_in_order(&done, &KEYS, PER_KEY);
     assert!(
         !successful_runs(&[&second], "chaos").is_empty(),

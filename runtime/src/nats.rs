@@ -274,10 +274,30 @@ fn storage(storage: Storage) -> stream::StorageType {
     }
 }
 
-/// Creates each key-value bucket, or updates it to the declared shape. The
-/// stream is declared by hand, as NATS clients lay buckets out, because
-/// async-nats' own bucket creation first queries account info in a shape
-/// NATS 2.9 does not answer with.
+/// The stream of key-value bucket `name` as NATS clients lay buckets out:
+/// one message per key, rollups, no deletes of history, direct gets, and
+/// writes refused rather than old keys dropped when full. Callers add
+/// history, age, storage and the duplicate window.
+///
+/// Buckets are declared by hand with it because async-nats' own bucket
+/// creation first queries account info in a shape NATS 2.9 does not answer
+/// with.
+pub fn bucket_stream(name: &str, description: String, replicas: usize) -> stream::Config {
+    stream::Config {
+        name: crate::store::kv::stream(name),
+        description: Some(description),
+        subjects: vec![format!("$KV.{name}.>")],
+        max_messages_per_subject: 1,
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        discard: stream::DiscardPolicy::New,
+        num_replicas: replicas,
+        ..Default::default()
+    }
+}
+
+/// Creates each key-value bucket, or updates it to the declared shape.
 pub async fn ensure_buckets(
     js: &jetstream::Context,
     buckets: &[BucketDeclaration],
@@ -286,19 +306,12 @@ pub async fn ensure_buckets(
     for declared in buckets {
         let name = &declared.name;
         let max_age = declared.max_age.unwrap_or_default();
+        let description = format!("eventhost: key-value bucket {name}");
         let mut config = stream::Config {
-            name: crate::store::kv::stream(name),
-            description: Some(format!("eventhost: key-value bucket {name}")),
-            subjects: vec![format!("$KV.{name}.>")],
             max_messages_per_subject: declared.history,
             max_age,
             storage: storage(declared.storage),
-            allow_rollup: true,
-            deny_delete: true,
-            allow_direct: true,
-            discard: stream::DiscardPolicy::New,
-            num_replicas: replicas,
-            ..Default::default()
+            ..bucket_stream(name, description, replicas)
         };
         if let Some(size) = declared.max_value_size {
             config.max_message_size = i32::try_from(size.as_u64()).unwrap_or(i32::MAX);

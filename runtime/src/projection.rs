@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use async_nats::jetstream::{self, consumer::pull, stream};
+use async_nats::jetstream::{self, consumer::pull};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
@@ -67,23 +67,11 @@ impl Generation {
 /// Creates the generations bucket if it is missing.
 pub async fn declare(js: &jetstream::Context, replicas: usize) -> Result<()> {
     let name = GENERATIONS_BUCKET;
-    crate::nats::declare_stream(
-        js,
-        stream::Config {
-            name: kv::stream(name),
-            description: Some("eventhost: the current state generation of each handler".into()),
-            subjects: vec![format!("$KV.{name}.>")],
-            max_messages_per_subject: 1,
-            allow_rollup: true,
-            deny_delete: true,
-            allow_direct: true,
-            discard: stream::DiscardPolicy::New,
-            num_replicas: replicas,
-            ..Default::default()
-        },
-    )
-    .await
-    .context("declaring the generations bucket")?;
+    let description = "eventhost: the current state generation of each handler".into();
+    let config = crate::nats::bucket_stream(name, description, replicas);
+    crate::nats::declare_stream(js, config)
+        .await
+        .context("declaring the generations bucket")?;
     Ok(())
 }
 

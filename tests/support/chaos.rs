@@ -52,16 +52,21 @@ pub fn inputs_of(stored: &[Stored]) -> BTreeSet<String> {
     data_values(stored, "input")
 }
 
-/// Every event's inputs were handled: the `chaos.done` outputs, one per id.
-pub async fn outputs_by_input(js: &jetstream::Context, expected: usize) -> BTreeMap<String, usize> {
-    let done = collect(
+/// The first `expected` `chaos.done` outputs, waiting up to two minutes.
+pub async fn done_outputs(js: &jetstream::Context, expected: usize) -> Vec<Stored> {
+    collect(
         js,
         "CHAOS",
         "chaos.done",
         expected,
         Duration::from_secs(120),
     )
-    .await;
+    .await
+}
+
+/// Every event's inputs were handled: the `chaos.done` outputs, one per id.
+pub async fn outputs_by_input(js: &jetstream::Context, expected: usize) -> BTreeMap<String, usize> {
+    let done = done_outputs(js, expected).await;
     let mut counts = BTreeMap::new();
     for stored in &done {
         let input = stored.data()["input"].as_str().unwrap().to_string();

@@ -92,9 +92,8 @@ pub fn bucket_name(consumer: &str) -> String {
     format!("processed-{consumer}")
 }
 
-/// Declares (creates or reconfigures) the consumer's bucket. The stream is
-/// declared by hand: async-nats' own bucket creation first queries account
-/// info in a shape NATS 2.9 does not answer with.
+/// Declares (creates or reconfigures) the consumer's bucket, kept for the
+/// idempotency `window`.
 pub async fn declare(
     js: &jetstream::Context,
     consumer: &str,
@@ -102,23 +101,13 @@ pub async fn declare(
     replicas: usize,
 ) -> Result<()> {
     let bucket = bucket_name(consumer);
+    let description = format!("eventhost: events consumer {consumer} has processed");
     crate::nats::declare_stream(
         js,
         stream::Config {
-            name: kv::stream(&bucket),
-            description: Some(format!(
-                "eventhost: events consumer {consumer} has processed"
-            )),
-            subjects: vec![format!("$KV.{bucket}.>")],
-            max_messages_per_subject: 1,
             max_age: window,
             storage: stream::StorageType::File,
-            allow_rollup: true,
-            deny_delete: true,
-            allow_direct: true,
-            discard: stream::DiscardPolicy::New,
-            num_replicas: replicas,
-            ..Default::default()
+            ..crate::nats::bucket_stream(&bucket, description, replicas)
         },
     )
     .await
