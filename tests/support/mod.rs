@@ -43,6 +43,14 @@ pub fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool
 
 // ---------------------------------------------------------------- NATS
 
+/// The nats-server the tests run: the one `scripts/lib.sh` pins and names in
+/// `EVENTHOST_NATS_SERVER` (the compatibility run points it at Debian's
+/// 2.9.10), else whichever `nats-server` is on PATH.
+pub fn nats_server_command() -> Command {
+    let binary = std::env::var_os("EVENTHOST_NATS_SERVER").unwrap_or_else(|| "nats-server".into());
+    Command::new(binary)
+}
+
 /// A `nats-server -js` of the test's own, killed on drop.
 pub struct NatsServer {
     child: Option<Child>,
@@ -70,7 +78,7 @@ impl NatsServer {
     }
 
     fn spawn(&mut self) {
-        let child = Command::new("nats-server")
+        let child = nats_server_command()
             .args([
                 "-a",
                 "127.0.0.1",

@@ -141,7 +141,7 @@ impl NatsServer {
     pub fn start(logs: &Path) -> Result<Self> {
         let port = free_port()?;
         let store = tempfile::tempdir()?;
-        let mut command = Command::new("nats-server");
+        let mut command = nats_server();
         command
             .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
             .arg(store.path());
@@ -160,6 +160,12 @@ impl NatsServer {
             _store: store,
         })
     }
+}
+
+/// The nats-server to run: the one `scripts/lib.sh` pins and names in
+/// `EVENTHOST_NATS_SERVER` (or another named there), else `nats-server`.
+fn nats_server() -> Command {
+    Command::new(std::env::var_os("EVENTHOST_NATS_SERVER").unwrap_or_else(|| "nats-server".into()))
 }
 
 /// A three-node `nats-server` cluster (routes on loopback, a store per
@@ -182,7 +188,7 @@ impl NatsCluster {
         let (mut nodes, mut stores) = (Vec::new(), Vec::new());
         for (i, (port, route)) in ports.iter().enumerate() {
             let store = tempfile::tempdir()?;
-            let mut command = Command::new("nats-server");
+            let mut command = nats_server();
             command
                 .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
                 .arg(store.path())
