@@ -229,7 +229,9 @@ impl Dispatcher {
     }
 
     /// Runs the handler and commits what it did, again with fresh state
-    /// after each lost race, up to [`MAX_CONFLICT_RERUNS`] times.
+    /// after each lost race, up to [`MAX_CONFLICT_RERUNS`] times (then the
+    /// attempt fails). A read of state an unfinished commit wrote is waited
+    /// out instead, and never fails the attempt.
     async fn run_and_commit(
         &self,
         message: &Message,
@@ -238,7 +240,7 @@ impl Dispatcher {
         mut lease: Lease,
         attempt: u32,
     ) -> Next {
-        let mut conflicts = 0;
+        let (mut conflicts, mut waits) = (0, 0);
         loop {
             let invocation = self
                 .component
@@ -280,7 +282,26 @@ impl Dispatcher {
                 Err(Stop::Failed(failure)) => {
                     return self.failed(message, input, lease, failure, attempt).await;
                 }
-                Err(Stop::Interrupted(Interruption::Conflict(lost))) => lost,
+                Err(Stop::Interrupted(Interruption::Conflict(under_way))) => {
+                    // It read a value of a commit still under way, which is
+                    // no race of its own to lose: wait for that commit in
+                    // place. One whose runtime died ends only when its
+                    // event's claim runs out (about the ack wait), so past a
+                    // few waits the event goes back, as the host's trouble,
+                    // without counting an attempt.
+                    waits += 1;
+                    self.metrics
+                        .conflict(self.store_label(&under_way.store))
+                        .inc();
+                    if waits > MAX_CONFLICT_RERUNS {
+                        tracing::info!(waiting_for = %under_way.what, "state of an unfinished commit; retrying later");
+                        self.release(lease).await;
+                        return Next::host_trouble();
+                    }
+                    tokio::time::sleep(policy::conflict_delay(waits)).await;
+                    outcome::keep_alive(message).await;
+                    continue;
+                }
                 Err(Stop::Interrupted(Interruption::StoreUnavailable(why))) => {
                     tracing::warn!(error = %why, "state unavailable; retrying");
                     self.release(lease).await;

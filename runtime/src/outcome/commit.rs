@@ -12,14 +12,15 @@
 //!    finishes or undoes this same plan instead of running the handler.
 //! 3. **Apply the writes** in plan order. Each is a publish with
 //!    `Nats-Expected-Last-Subject-Sequence`, a `Nats-Msg-Id` of
-//!    `<commit>-<index>` and an `Eventhost-Commit` header. Re-applying after
-//!    a crash is therefore harmless: JetStream acks a repeated id as a
-//!    duplicate before it looks at the expectation, and past its duplicate
-//!    window the write is recognised by its id in the stored message.
-//!    With a single write, that write *is* the decision. With several, each
-//!    also carries `Eventhost-Pending` (where the record is), and readers
-//!    inside eventhost treat it as not there until the record leaves
-//!    `committing` (see [`crate::store::record::is_settled`]).
+//!    `<commit>-<index>`, an `Eventhost-Commit` header and
+//!    `Eventhost-Pending` (where the record is). Readers inside eventhost
+//!    treat a pending write as not there until the record leaves
+//!    `committing` (see [`crate::store::record::is_settled`]), so no other
+//!    commit builds on it meanwhile. Re-applying after a crash is therefore
+//!    harmless on every server: a refused repeat (current servers check the
+//!    expectation before the id; 2.9 acks the id as a duplicate first) is
+//!    recognised as ours by its id in the message the subject ends with.
+//!    With a single write, that write *is* the decision.
 //! 4. **A lost race** (a key or subject changed since it was read) moves the
 //!    record to `aborting`, undoes the writes already applied (a key gets its
 //!    prior value back, an appended event is deleted), and hands the event
@@ -81,7 +82,7 @@ impl Committer<'_> {
                 return Err(CommitError::Refused { lease, failure });
             }
             failpoint::hit("commit.published");
-            return self.done(lease, version).await;
+            return self.done(lease, version, false).await;
         }
         let size = serde_json::to_vec(&plan).map_or(usize::MAX, |v| v.len());
         if size > self.max_record {
@@ -123,7 +124,7 @@ impl Committer<'_> {
             .await
             .map_err(CommitError::Unavailable)?;
         failpoint::hit("commit.published");
-        self.done(lease, version).await
+        self.done(lease, version, plan.marks_pending()).await
     }
 
     /// Undoes whatever of `plan` is applied, then holds the event again so
@@ -151,10 +152,18 @@ impl Committer<'_> {
             .map_err(CommitError::Unavailable)
     }
 
-    async fn done(&self, lease: Lease, version: &str) -> Result<(), CommitError> {
-        // The effects are all in: a failure here only means a later copy of
-        // the event finds `committing` and re-applies the plan, harmlessly.
+    async fn done(&self, lease: Lease, version: &str, pending: bool) -> Result<(), CommitError> {
+        // Without state writes the effects are all in: a failure here only
+        // means a later copy of the event runs again and its outputs are
+        // deduplicated. With state writes, the input must not be acked: its
+        // writes stay pending (unreadable to other commits) until a later
+        // copy of the event finds `committing` and finishes the plan.
         if let Err(err) = self.records.done(lease, version).await {
+            if pending {
+                return Err(CommitError::Unavailable(
+                    err.context("recording the success of an applied commit"),
+                ));
+            }
             tracing::warn!(error = format!("{err:#}"), "could not record the success");
         }
         failpoint::hit("commit.done");

@@ -70,6 +70,9 @@ pub struct Lease {
     key: String,
     revision: u64,
     pub history: FailureHistory,
+    /// Whether taking this claim counted a run in `history.attempts` (a
+    /// resumed commit does not): what [`ProcessedEvents::release`] takes back.
+    counted_run: bool,
 }
 
 impl Lease {
@@ -152,6 +155,7 @@ impl ProcessedEvents {
                         key,
                         revision,
                         history,
+                        counted_run: true,
                     }));
                 }
                 Err(StoreError::WrongLastSequence) => {}
@@ -212,6 +216,7 @@ impl ProcessedEvents {
                         key,
                         revision,
                         history,
+                        counted_run: interrupted.is_none(),
                     };
                     return Ok(match interrupted {
                         None => Claim::Acquired(lease),
@@ -270,9 +275,13 @@ impl ProcessedEvents {
     }
 
     /// Gives the claim up without counting an attempt (the host, not the
-    /// handler, could not finish).
+    /// handler, could not finish): the run this claim started is taken
+    /// back out of the count, so host trouble never uses up retries.
     pub async fn release(&self, lease: Lease) -> Result<()> {
-        let history = lease.history.clone();
+        let mut history = lease.history.clone();
+        if lease.counted_run {
+            history.attempts = history.attempts.saturating_sub(1);
+        }
         self.advance(lease, &Record::Failed { history })
             .await
             .map(drop)
@@ -449,6 +458,19 @@ mod tests {
             panic!("takeover")
         };
         assert_eq!(second.history.attempts, 2);
+    }
+
+    #[tokio::test]
+    async fn a_released_claim_gives_its_attempt_back() {
+        let (_, records) = records(Duration::from_secs(30));
+        let e = event("/a", "1");
+        for _ in 0..3 {
+            let Claim::Acquired(lease) = records.claim(&e).await.unwrap() else {
+                panic!("claim")
+            };
+            assert_eq!(lease.history.attempts, 1, "host trouble used up an attempt");
+            records.release(lease).await.unwrap();
+        }
     }
 
     #[tokio::test]

@@ -1,11 +1,15 @@
 //! An in-memory [`Store`] with JetStream's semantics, for tests.
 //!
-//! It keeps the two publish checks the state guarantees rest on, in the
-//! server's order: a repeated `Nats-Msg-Id` is acked as a duplicate with the
-//! original's sequence (the window never closes here), then the expected
-//! last subject sequence is checked. [`MemoryStore::cut_after`] lets a test
-//! stop the store after a number of writes, which is what a runtime killed
-//! at that point of a commit leaves behind.
+//! It keeps the two publish checks the state guarantees rest on, in either
+//! order a supported server uses ([`CheckOrder`]): nats-server 2.9 acks a
+//! repeated `Nats-Msg-Id` as a duplicate with the original's sequence before
+//! it checks the expected last subject sequence; current servers (2.15.1,
+//! pinned by `tests/state.rs`) check the expectation first, so a repeat of
+//! an applied conditional write is refused as a wrong sequence. The commit
+//! must be right under both, and its tests run under both.
+//! [`MemoryStore::cut_after`] lets a test stop the store after a number of
+//! writes, which is what a runtime killed at that point of a commit leaves
+//! behind.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
@@ -21,8 +25,19 @@ pub struct MemoryStore {
     inner: Mutex<Inner>,
 }
 
+/// Which of a publish's two checks the modelled server makes first.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum CheckOrder {
+    /// nats-server 2.9: a duplicate id is acked before any expectation.
+    #[default]
+    DuplicateFirst,
+    /// Current servers (seen on 2.15.1): the expectation is checked first.
+    ExpectationFirst,
+}
+
 #[derive(Default)]
 struct Inner {
+    order: CheckOrder,
     streams: Vec<MemoryStream>,
     /// Writes allowed before the store stops answering; `None`: no limit.
     writes_left: Option<usize>,
@@ -42,6 +57,13 @@ struct MemoryStream {
 impl MemoryStore {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A store that checks a publish's conditions in `order`.
+    pub fn with_order(order: CheckOrder) -> Self {
+        let store = Self::default();
+        store.lock().order = order;
+        store
     }
 
     /// A stream capturing `subjects` (wildcards allowed).
@@ -141,16 +163,19 @@ impl Inner {
             .ok_or_else(|| {
                 StoreError::Unavailable(format!("no stream captures {}", message.subject))
             })?;
-        if let Some(sequence) = message.msg_id.as_ref().and_then(|id| stream.ids.get(id)) {
-            return Ok(PubAck {
-                sequence: *sequence,
-                duplicate: true,
-            });
-        }
-        if let Some(expected) = message.expected_last_subject_sequence
-            && stream.last_on(&message.subject) != expected
-        {
-            return Err(StoreError::WrongLastSequence);
+        let duplicate = message.msg_id.as_ref().and_then(|id| stream.ids.get(id));
+        let duplicate = duplicate.map(|&sequence| PubAck {
+            sequence,
+            duplicate: true,
+        });
+        let wrong_sequence = message
+            .expected_last_subject_sequence
+            .is_some_and(|expected| stream.last_on(&message.subject) != expected);
+        match (self.order, duplicate, wrong_sequence) {
+            (CheckOrder::DuplicateFirst, Some(ack), _) => return Ok(ack),
+            (_, _, true) => return Err(StoreError::WrongLastSequence),
+            (CheckOrder::ExpectationFirst, Some(ack), false) => return Ok(ack),
+            (_, None, false) => {}
         }
         stream.last_sequence += 1;
         let sequence = stream.last_sequence;

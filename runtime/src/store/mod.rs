@@ -11,11 +11,14 @@
 //! see what a crash at that point leaves behind.
 //!
 //! The two conditions JetStream checks on a publish are the whole basis of
-//! exactly-once state (checked against nats-server 2.9.10): a `Nats-Msg-Id`
-//! seen within the stream's duplicate window is acked as a duplicate
-//! *before* any expectation is checked, with the sequence of the original;
-//! and `Nats-Expected-Last-Subject-Sequence` refuses the message unless the
+//! exactly-once state: a `Nats-Msg-Id` seen within the stream's duplicate
+//! window is acked as a duplicate with the sequence of the original; and
+//! `Nats-Expected-Last-Subject-Sequence` refuses the message unless the
 //! subject's last message has that sequence (0: the subject is empty).
+//! Which check comes first changed between server versions (see
+//! [`CheckOrder`]; `tests/state.rs` pins it on each supported server), so
+//! nothing may rest on the order: a commit recognises its own writes by
+//! reading them back, never by the answer to a repeated publish.
 
 pub mod kv;
 mod memory;
@@ -27,7 +30,7 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
 
-pub use memory::MemoryStore;
+pub use memory::{CheckOrder, MemoryStore};
 pub use nats::NatsStore;
 
 /// A message to store.

@@ -32,7 +32,7 @@ use super::{Store, StoreError, StoreResult, kv};
 
 /// On every message a commit writes: the commit's id.
 pub const COMMIT_HEADER: &str = "Eventhost-Commit";
-/// On the writes of a commit that has several: where its record is
+/// On every state write of a commit: where its record is
 /// (`<bucket>/<key>`). Until that record says the commit is over, readers
 /// inside eventhost treat the write as not yet there (see [`is_settled`]).
 pub const PENDING_HEADER: &str = "Eventhost-Pending";
@@ -128,10 +128,16 @@ pub struct CommitPlan {
 }
 
 impl CommitPlan {
-    /// Whether the writes must be marked pending until the commit ends.
-    /// A single write is the commit's decision by itself and is never undone.
+    /// Whether the writes must be marked pending until the commit ends:
+    /// always, when there are any. Even a single write, which is the
+    /// commit's decision by itself and is never undone, must not be written
+    /// over by another commit while this one is unfinished, or a resumer
+    /// could not tell its own applied write from a lost race: only the key's
+    /// last message can be read back, and a repeated publish is answered
+    /// "duplicate" by nats-server 2.9 but "wrong last sequence" by current
+    /// servers.
     pub fn marks_pending(&self) -> bool {
-        self.writes.len() > 1
+        !self.writes.is_empty()
     }
 }
 
@@ -308,7 +314,7 @@ mod tests {
         assert!(json.contains("\"last_kind\":\"conflict\""), "{json}");
         let back: Record = serde_json::from_str(&json).unwrap();
         assert_eq!(back.commit_in_progress(), Some(&plan));
-        assert!(!plan.marks_pending());
+        assert!(plan.marks_pending(), "a single write is pending too");
     }
 
     #[test]

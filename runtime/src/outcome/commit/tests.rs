@@ -10,10 +10,13 @@ use cloudevents::{EventBuilder, EventBuilderV10};
 
 use super::*;
 use crate::policy::dedup::{Claim, Interrupted, bucket_name};
-use crate::store::MemoryStore;
 use crate::store::record::{PlannedMessage, PriorValue, Record, is_settled};
+use crate::store::{CheckOrder, MemoryStore};
 
 const LEASE: Duration = Duration::from_millis(20);
+
+/// Both orders a supported nats-server checks a publish's conditions in.
+const ORDERS: [CheckOrder; 2] = [CheckOrder::DuplicateFirst, CheckOrder::ExpectationFirst];
 
 struct World {
     store: Arc<MemoryStore>,
@@ -22,7 +25,11 @@ struct World {
 
 impl World {
     fn new() -> Self {
-        let store = Arc::new(MemoryStore::new());
+        Self::with(CheckOrder::default())
+    }
+
+    fn with(order: CheckOrder) -> Self {
+        let store = Arc::new(MemoryStore::with_order(order));
         store.add_bucket("state");
         store.add_bucket(&bucket_name("c"));
         store.add_stream("EVENTS", &["ev.>"]);
@@ -136,10 +143,53 @@ async fn a_single_write_commits_with_its_outputs() {
     assert_eq!(w.value("counter").await.as_deref(), Some(&b"2"[..]));
     assert_eq!(w.outputs(), 2);
     assert!(matches!(w.record().await, Record::Done { .. }));
-    // A single write is its own decision: it carries no pending mark.
+    // A single write is its own decision, and pending until it is done.
     let entry = kv::entry(&*w.store, "state", "counter").await.unwrap();
     assert_eq!(entry.header(COMMIT_HEADER), Some(plan.id.as_str()));
-    assert_eq!(entry.header(PENDING_HEADER), None);
+    assert!(entry.header(PENDING_HEADER).is_some());
+    assert!(is_settled(&*w.store, &entry.headers).await.unwrap());
+}
+
+#[tokio::test]
+async fn a_single_applied_write_stays_unreadable_until_a_resumer_finishes_it() {
+    // The defect current servers exposed: a counter's write applied, the
+    // runtime killed before `done`, another commit built on the value, and
+    // the resumer (refused as a wrong sequence, since the key had moved on)
+    // took its own write for a lost race and ran the handler again.
+    for order in ORDERS {
+        let w = World::with(order);
+        let rev = w.put("counter", "10").await;
+        let lease = w.lease().await;
+        let plan = plan(&lease, vec![set("counter", "11", rev, Some("10"))]);
+        w.store.cut_after(2); // the plan and the write land; then the runtime dies
+        assert!(w.committer().commit(lease, plan, "v1").await.is_err());
+        w.store.reconnect();
+        let entry = kv::entry(&*w.store, "state", "counter").await.unwrap();
+        let settled = is_settled(&*w.store, &entry.headers).await.unwrap();
+        assert!(!settled, "{order:?}: another commit could build on it");
+        tokio::time::sleep(LEASE * 2).await;
+        let Claim::Resume(lease, Interrupted::Committing(found)) =
+            w.records.claim(&event()).await.unwrap()
+        else {
+            panic!("{order:?}: not resumed")
+        };
+        w.committer().finish(lease, &found, "v1").await.unwrap();
+        assert_eq!(w.value("counter").await.as_deref(), Some(&b"11"[..]));
+        assert_eq!(w.outputs(), 2, "{order:?}");
+        assert!(is_settled(&*w.store, &entry.headers).await.unwrap());
+    }
+}
+
+#[tokio::test]
+async fn a_commit_whose_success_cannot_be_recorded_is_not_reported_done() {
+    // Its writes stay pending until the record says done: acking the input
+    // now would leave them unreadable for the whole idempotency window.
+    let w = World::new();
+    let lease = w.lease().await;
+    let plan = plan(&lease, vec![set("a", "1", 0, None)]);
+    w.store.cut_after(4); // the plan, the write, both outputs; not `done`
+    let result = w.committer().commit(lease, plan, "v1").await;
+    assert!(matches!(result, Err(CommitError::Unavailable(_))));
 }
 
 #[tokio::test]
@@ -243,35 +293,39 @@ async fn assert_applied_once(w: &World) {
 #[tokio::test]
 async fn a_crash_after_any_write_is_finished_exactly_once() {
     // Writes a full commit makes: the plan, 4 state writes, 2 outputs, done.
-    // Losing only the last (`done`) still succeeds: the effects are all in,
-    // and a later copy re-applies the plan harmlessly.
-    for cut in 0..8 {
-        let w = World::new();
-        let lease = w.lease().await;
-        let plan = crash_plan(&w, &lease).await;
-        w.store.cut_after(cut);
-        let first = w.committer().commit(lease, plan.clone(), "v1").await;
-        assert_eq!(first.is_err(), cut < 7, "cut after {cut} writes");
-        recover(&w).await;
-        assert_applied_once(&w).await;
+    // Losing only the last (`done`) is a failure too: the writes stay
+    // pending until a later copy of the event re-applies the plan.
+    for order in ORDERS {
+        for cut in 0..8 {
+            let w = World::with(order);
+            let lease = w.lease().await;
+            let plan = crash_plan(&w, &lease).await;
+            w.store.cut_after(cut);
+            let first = w.committer().commit(lease, plan.clone(), "v1").await;
+            assert!(first.is_err(), "{order:?}: cut after {cut} writes");
+            recover(&w).await;
+            assert_applied_once(&w).await;
+        }
     }
 }
 
 #[tokio::test]
 async fn a_resumed_commit_recognises_its_writes_past_the_duplicate_window() {
-    let w = World::new();
-    let lease = w.lease().await;
-    let plan = crash_plan(&w, &lease).await;
-    w.store.cut_after(5); // plan + 4 writes; no outputs
-    assert!(
-        w.committer()
-            .commit(lease, plan.clone(), "v1")
-            .await
-            .is_err()
-    );
-    w.store.forget_ids();
-    recover(&w).await;
-    assert_applied_once(&w).await;
+    for order in ORDERS {
+        let w = World::with(order);
+        let lease = w.lease().await;
+        let plan = crash_plan(&w, &lease).await;
+        w.store.cut_after(5); // plan + 4 writes; no outputs
+        assert!(
+            w.committer()
+                .commit(lease, plan.clone(), "v1")
+                .await
+                .is_err()
+        );
+        w.store.forget_ids();
+        recover(&w).await;
+        assert_applied_once(&w).await;
+    }
 }
 
 #[tokio::test]
