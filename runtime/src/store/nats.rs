@@ -71,17 +71,13 @@ impl NatsStore {
         if let Some(sequence) = message.expected_last_subject_sequence {
             publish = publish.expected_last_subject_sequence(sequence);
         }
-        let classify = |err: context::PublishError| match err.kind() {
-            PublishErrorKind::WrongLastSequence => StoreError::WrongLastSequence,
-            _ => unavailable(err),
-        };
         let ack = self
             .js
             .send_publish(message.subject, publish)
             .await
-            .map_err(classify)?
+            .map_err(|err| classify_publish_error(&err))?
             .await
-            .map_err(classify)?;
+            .map_err(|err| classify_publish_error(&err))?;
         Ok(PubAck {
             sequence: ack.sequence,
             duplicate: ack.duplicate,
@@ -126,6 +122,28 @@ impl NatsStore {
             }
         };
         Ok(found.map(stored))
+    }
+}
+
+/// What a refused or failed publish means to the state code. Lost races are
+/// conflicts, whichever way the server words them: 10071 (wrong last
+/// sequence) and 10164 (a write to that subject is in flight, nats-server
+/// 2.11+; async-nats reports it as a generic error). Everything else,
+/// 10163 (a new stream leader not caught up yet) among it, is the store
+/// being unavailable for now: the host's trouble, tried again later. The
+/// server's error code stays in the message of what is not a conflict.
+pub(super) fn classify_publish_error(err: &context::PublishError) -> StoreError {
+    if err.kind() == PublishErrorKind::WrongLastSequence {
+        return StoreError::WrongLastSequence;
+    }
+    let code = std::error::Error::source(err)
+        .and_then(|source| source.downcast_ref::<jetstream::Error>())
+        .map(|error| error.error_code());
+    match code {
+        Some(ErrorCode::STREAM_WRONG_LAST_SEQUENCE)
+        | Some(ErrorCode::STREAM_WRONG_LAST_SEQUENCE_CONSTANT) => StoreError::WrongLastSequence,
+        Some(ErrorCode(code)) => unavailable(format!("{err} (JetStream error {code})")),
+        None => unavailable(err),
     }
 }
 
@@ -199,5 +217,57 @@ impl Store for NatsStore {
             Ok(all)
         }
         .boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A publish error as async-nats builds it from the server's answer.
+    fn refused(answer: &str) -> context::PublishError {
+        let error: jetstream::Error = serde_json::from_str(answer).unwrap();
+        let kind = match error.error_code() {
+            ErrorCode::STREAM_WRONG_LAST_SEQUENCE => PublishErrorKind::WrongLastSequence,
+            _ => PublishErrorKind::Other,
+        };
+        context::PublishError::with_source(kind, error)
+    }
+
+    #[test]
+    fn lost_races_are_conflicts_in_every_wording() {
+        for answer in [
+            r#"{"code":400,"err_code":10071,"description":"wrong last sequence: 7"}"#,
+            r#"{"code":400,"err_code":10164,"description":"wrong last sequence: 7 (in-flight)"}"#,
+        ] {
+            assert_eq!(
+                classify_publish_error(&refused(answer)),
+                StoreError::WrongLastSequence,
+                "{answer}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_leader_not_caught_up_is_retryable_host_trouble_with_its_code() {
+        let answer = r#"{"code":503,"err_code":10163,"description":"expected last sequence per subject temporarily unavailable"}"#;
+        let StoreError::Unavailable(message) = classify_publish_error(&refused(answer)) else {
+            panic!("not unavailable")
+        };
+        assert!(message.contains("10163"), "{message}");
+    }
+
+    #[test]
+    fn an_unknown_refusal_keeps_its_code() {
+        let answer = r#"{"code":400,"err_code":10999,"description":"something new"}"#;
+        let StoreError::Unavailable(message) = classify_publish_error(&refused(answer)) else {
+            panic!("not unavailable")
+        };
+        assert!(message.contains("10999"), "{message}");
+        let timed_out = context::PublishError::new(PublishErrorKind::TimedOut);
+        assert!(matches!(
+            classify_publish_error(&timed_out),
+            StoreError::Unavailable(_)
+        ));
     }
 }
