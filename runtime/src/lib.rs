@@ -37,6 +37,7 @@ pub mod policy;
 pub mod projection;
 pub mod runtime;
 pub mod sandbox;
+pub mod server;
 pub mod source;
 pub mod store;
 pub mod subject;

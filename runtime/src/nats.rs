@@ -13,31 +13,24 @@ use anyhow::{Context, Result};
 use async_nats::jetstream::{self, stream};
 
 use crate::config::{BucketDeclaration, Storage, StreamDeclaration};
+use crate::server::{Servers, UnsupportedServer};
 
 /// How many copies JetStream keeps of what the runtime creates.
 ///
-/// Exactly-once rests on compare-and-set writes
-/// (`Nats-Expected-Last-Subject-Sequence`). On a replicated stream, servers
-/// before the fixes for nats-io/nats-server#4320 (2.9.21) and #5794 (the
-/// same check for "the subject is empty", 2.10.20) check it before the write
-/// is agreed on, not as part of it, so two concurrent writes expecting the
-/// same revision can both be stored: a lost update, or an event claimed
-/// twice (a three-node test cluster on 2.9.10 showed both). On such a
-/// server the buckets written that way stay at one copy, which trades the
-/// loss of a node for a pause (their node's restart) and never for a wrong
-/// count; streams only appended to get the configured replicas.
+/// Everything gets the configured count: streams only appended to (inputs,
+/// outputs, dead letters, deployed files, announcements) and the buckets
+/// written with compare-and-set (key-value state, idempotency records,
+/// leases, deploy pointers, state generations) alike. More than one copy is
+/// allowed only on servers that replicate compare-and-set safely; on older
+/// ones the runtime refuses to start (see [`crate::server`]) rather than
+/// keep fewer copies than asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Replication {
-    /// Streams only appended to: inputs, outputs, dead letters, deployed
-    /// files, announcements.
+    /// Streams only appended to.
     pub data: usize,
-    /// Buckets written with compare-and-set: key-value state, idempotency
-    /// records, leases, deploy pointers, state generations.
+    /// Buckets written with compare-and-set.
     pub compare_and_set: usize,
 }
-
-/// The first release with both fixes (see [`Replication`]).
-const SAFE_REPLICATED_CAS: (u64, u64, u64) = (2, 10, 20);
 
 impl Replication {
     pub fn single() -> Self {
@@ -47,39 +40,25 @@ impl Replication {
         }
     }
 
-    /// `replicas` copies of everything, unless the server `version` cannot
-    /// replicate compare-and-set safely.
-    pub fn for_server(replicas: usize, version: &str) -> Self {
-        let safe = parse_version(version).is_some_and(|v| v >= SAFE_REPLICATED_CAS);
-        Replication {
+    /// `replicas` copies of everything, if `servers` can keep them safely.
+    pub fn checked(replicas: usize, servers: &Servers) -> Result<Self, UnsupportedServer> {
+        servers.check(replicas)?;
+        Ok(Replication {
             data: replicas,
-            compare_and_set: if safe { replicas } else { 1 },
-        }
+            compare_and_set: replicas,
+        })
     }
 
-    /// For the server `client` is connected to; warns when it had to hold
-    /// compare-and-set buckets at one copy.
-    pub fn for_client(replicas: usize, client: &async_nats::Client) -> Self {
-        let version = client.server_info().version;
-        let replication = Self::for_server(replicas, &version);
-        if replication.compare_and_set < replication.data {
-            tracing::warn!(server = %version, replicas,
-                "this nats-server cannot replicate compare-and-set writes safely \
-                 (nats-io/nats-server#4320, fixed in 2.10.20): key-value buckets, idempotency \
-                 records and leases keep one copy; upgrade the servers to replicate them");
-        }
-        replication
+    /// For the servers `client` (connected through `urls`) can see: reads
+    /// and logs their versions, and refuses what they cannot keep.
+    pub async fn for_client(
+        replicas: usize,
+        client: &async_nats::Client,
+        urls: &str,
+    ) -> Result<Self> {
+        let servers = crate::server::discover(client, urls).await;
+        Ok(Self::checked(replicas, &servers)?)
     }
-}
-
-fn parse_version(version: &str) -> Option<(u64, u64, u64)> {
-    let core = version.split(['-', '+']).next()?;
-    let mut parts = core.split('.').map(|p| p.parse::<u64>().ok());
-    Some((
-        parts.next()??,
-        parts.next()??,
-        parts.next().flatten().unwrap_or(0),
-    ))
 }
 
 /// Where NATS is and how to authenticate to it.
@@ -334,16 +313,20 @@ mod tests {
     use super::redact;
 
     #[test]
-    fn compare_and_set_buckets_are_replicated_only_where_the_server_makes_it_safe() {
+    fn every_stream_and_bucket_gets_the_replicas_asked_for_or_none_start() {
         use super::Replication;
-        let r = |v| Replication::for_server(3, v);
-        assert_eq!(r("2.9.10").compare_and_set, 1);
-        assert_eq!(r("2.9.25").compare_and_set, 1);
-        assert_eq!(r("2.10.19").compare_and_set, 1);
-        assert_eq!(r("2.10.20").compare_and_set, 3);
-        assert_eq!(r("2.11.0-beta.1").compare_and_set, 3);
-        assert_eq!(r("garbage").compare_and_set, 1);
-        assert!([r("2.9.10"), r("2.12.1")].iter().all(|x| x.data == 3));
+        use crate::server::Servers;
+        let on = |version: &str| Servers {
+            seen: vec![("127.0.0.1:4222".into(), version.into())],
+        };
+        let three = Replication::checked(3, &on("2.15.1")).unwrap();
+        assert_eq!((three.data, three.compare_and_set), (3, 3));
+        assert!(Replication::checked(3, &on("2.9.10")).is_err());
+        assert!(Replication::checked(3, &on("2.10.20")).is_err());
+        assert_eq!(
+            Replication::checked(1, &on("2.9.10")).unwrap(),
+            Replication::single()
+        );
     }
 
     #[test]

@@ -34,7 +34,7 @@ pub async fn deploy(args: DeployArgs, nats: &NatsEndpoint, bucket: &str) -> Resu
     let manifest = std::fs::read(&args.manifest)
         .with_context(|| format!("reading {}", args.manifest.display()))?;
     let client = nats.connect().await?;
-    let replication = Replication::for_client(args.replicas, &client);
+    let replication = Replication::for_client(args.replicas, &client, &nats.url).await?;
     let js = async_nats::jetstream::new(client);
     let bucket = DeployBucket::declare(&js, bucket, replication).await?;
     let deployment = bucket.deploy(&args.name, &wasm, &manifest).await?;

@@ -59,7 +59,8 @@ pub async fn run(options: RuntimeOptions, shutdown: CancellationToken) -> Result
     let client = options.nats.connect().await?;
     tracing::info!(url = %options.nats.display_url(), "connected to NATS");
     let js = jetstream::new(client.clone());
-    let replication = Replication::for_client(options.config.replicas, &client);
+    let replication =
+        Replication::for_client(options.config.replicas, &client, &options.nats.url).await?;
     declare_patiently(&js, &options.config, replication, &shutdown).await?;
 
     let host = deploy::host_name();

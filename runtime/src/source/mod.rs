@@ -21,6 +21,7 @@ use anyhow::{Context, Result};
 use async_nats::jetstream::{self, consumer::pull as pull_consumer};
 
 use crate::manifest::{HandlerManifest, Limits};
+use crate::server::ServerVersion;
 use crate::subject;
 
 /// Idle heartbeats let the client notice a dead pull (server restart, lost
@@ -132,6 +133,10 @@ impl ConsumerBinding {
     /// stream order, if anything past it was delivered: a new lease holder
     /// of an ordered handler takes over what its predecessor held (see
     /// [`crate::dispatch`]). A missing consumer is left for `open` to create.
+    ///
+    /// Servers with consumer reset (2.14+) do it in place, in one request;
+    /// older ones (or a reset refused) get the consumer deleted and created
+    /// again at the ack floor.
     pub async fn rewind(&self, js: &jetstream::Context) -> Result<()> {
         let stream = js
             .get_stream(&self.stream)
@@ -143,6 +148,18 @@ impl ConsumerBinding {
         let floor = info.ack_floor.stream_sequence;
         if info.delivered.stream_sequence <= floor {
             return Ok(());
+        }
+        let server = ServerVersion::parse(&js.client().server_info().version);
+        if server.is_some_and(ServerVersion::resets_consumers) {
+            match self.reset_to_ack_floor(js).await {
+                Ok(()) => {
+                    tracing::info!(consumer = %self.durable, from = floor + 1,
+                        unacked = info.num_ack_pending, "reset the consumer to its ack floor");
+                    return Ok(());
+                }
+                Err(err) => tracing::warn!(consumer = %self.durable, error = format!("{err:#}"),
+                    "consumer reset refused; recreating the consumer at its ack floor instead"),
+            }
         }
         stream
             .delete_consumer(&self.durable)
@@ -159,6 +176,21 @@ impl ConsumerBinding {
         tracing::info!(consumer = %self.durable, from = floor + 1,
             unacked = info.num_ack_pending, "rewound the consumer to its ack floor");
         Ok(())
+    }
+
+    /// `$JS.API.CONSUMER.RESET` with no sequence: back to the ack floor.
+    /// Sent by hand: async-nats has it only behind its `server_2_14`
+    /// feature, which changes requests older servers must still accept.
+    async fn reset_to_ack_floor(&self, js: &jetstream::Context) -> Result<()> {
+        let subject = format!("CONSUMER.RESET.{}.{}", self.stream, self.durable);
+        let answer: serde_json::Value = js
+            .request(subject, &serde_json::json!({}))
+            .await
+            .context("consumer reset request")?;
+        match answer.get("error") {
+            Some(error) => anyhow::bail!("the server refused the reset: {error}"),
+            None => Ok(()),
+        }
     }
 
     /// Creates the consumer and opens a continuous pull on it.
