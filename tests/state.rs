@@ -102,7 +102,7 @@ async fn every_count_is_exact_under_duplicates_replicas_and_a_sigkill() {
     doomed.kill();
     assert!(total(&before_kill) < EVENTS as u64, "killed mid-stream");
 
-    let _replacement = Runtime::start(&nats, &plugins, 1);
+    let replacement = Runtime::start(&nats, &plugins, 1);
     settled(&js).await;
     let counts = counts(&js).await;
     let expected = (EVENTS / KEYS) as u64;
@@ -113,13 +113,11 @@ async fn every_count_is_exact_under_duplicates_replicas_and_a_sigkill() {
     );
     assert_eq!(counts.len(), KEYS);
     assert_eq!(dead_letter_count(&js).await, 0);
-    // Runs that succeeded, as the runtimes logged them: at most one per event
-    // (a kill can lose the line of a run whose commit landed).
-    let runs = doomed.outcomes("succeeded").len() + survivor.outcomes("succeeded").len();
-    assert!(
-        runs <= EVENTS + 1,
-        "{runs} successful runs for {EVENTS} events"
-    );
+    // Runs that succeeded, as the runtimes logged them, per event: never two
+    // (the helper panics). A kill can lose the line of a run whose commit
+    // landed, so some events may show none.
+    let runs = successful_runs(&[&doomed, &survivor, &replacement], "counter");
+    assert!(runs.len() <= EVENTS, "{} events ran", runs.len());
     assert!(!survivor.outcomes("succeeded").is_empty());
 }
 
@@ -355,5 +353,79 @@ async fn an_event_has_one_outcome_and_a_replay_still_runs_it() {
         dead_letter_count(&js).await,
         2,
         "the replayed letter was replaced"
+    );
+}
+
+/// Pins what changed between server versions and what the commit must not
+/// rest on: which of a publish's two checks comes first. nats-server 2.9
+/// answers a repeated conditional write (same `Nats-Msg-Id`, same expected
+/// sequence) "duplicate"; current servers refuse it as a wrong sequence.
+/// The commit recognises its own writes by reading them back, so it is
+/// right under both (`runtime/src/outcome/commit/tests.rs` runs every crash
+/// under both orders); this test says which one the server at hand uses,
+/// and fails if a server answers in a third way.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_server_answers_a_repeated_conditional_write_as_its_version_says() {
+    let nats = NatsServer::start();
+    let js = nats.jetstream().await;
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: "PIN".into(),
+        subjects: vec!["pin.>".into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let write = || {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", "w-1");
+        headers.insert("Nats-Expected-Last-Subject-Sequence", "0");
+        js.publish_with_headers("pin.k", headers, "v".into())
+    };
+    let first = write().await.unwrap().await.unwrap();
+    assert!(!first.duplicate);
+    let repeat = write().await.unwrap().await;
+    let version = js.client().server_info().version;
+    let parsed = eventhost::server::ServerVersion::parse(&version).unwrap();
+    match repeat {
+        // 2.9.10 is known to ack, 2.15.1 to refuse; 2.10 is not pinned here.
+        Ok(ack) => {
+            assert!(ack.duplicate && ack.sequence == first.sequence, "{ack:?}");
+            assert!(
+                parsed.minor < 11,
+                "{version} acked the repeat as a duplicate"
+            );
+        }
+        Err(err) => {
+            use async_nats::jetstream::context::PublishErrorKind;
+            assert_eq!(err.kind(), PublishErrorKind::WrongLastSequence, "{err}");
+            assert!(parsed.minor >= 10, "{version} refused the repeat");
+        }
+    }
+}
+
+/// `replicas = 3` on a server that cannot replicate compare-and-set safely
+/// (older than 2.11) is refused at start, naming both versions, rather than
+/// run with fewer copies. Against the pinned server there is nothing to
+/// refuse: this test bites in the compatibility run (`scripts/test` runs
+/// this file against Debian's 2.9.10 too).
+#[tokio::test(flavor = "multi_thread")]
+async fn replicas_the_server_cannot_keep_safely_are_refused_at_start() {
+    let nats = NatsServer::start();
+    let version = nats.jetstream().await.client().server_info().version;
+    let parsed = eventhost::server::ServerVersion::parse(&version).unwrap();
+    if parsed.replicates_compare_and_set() {
+        println!("nats-server {version} replicates compare-and-set: nothing to refuse");
+        return;
+    }
+    let plugins = Plugins::new();
+    let config = format!("replicas = 3\n{TEST_STREAMS}");
+    let plugins_dir = plugins.path().to_str().unwrap();
+    let mut runtime = Runtime::launch(&nats.url(), &["--plugins", plugins_dir], &config, &[]);
+    let status = runtime.wait_for_exit(Duration::from_secs(30));
+    let log = runtime.raw_log();
+    assert!(status.is_some_and(|s| !s.success()), "it started: {log}");
+    assert!(
+        log.contains("needs nats-server 2.11.0") && log.contains(&parsed.to_string()),
+        "{log}"
     );
 }

@@ -1,7 +1,7 @@
 //! A nats-server cluster on loopback: one process per node, each with its
 //! own client port, route port and store directory, routed to every other.
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, stream};
@@ -48,7 +48,7 @@ impl NatsCluster {
             .map(|n| format!("nats://127.0.0.1:{}", n.route_port))
             .collect();
         let node = &mut self.nodes[i];
-        let child = Command::new("nats-server")
+        let child = super::nats_server_command()
             .args(["-a", "127.0.0.1", "-p", &node.port.to_string(), "-js"])
             .args([
                 "--server_name",
@@ -107,9 +107,13 @@ impl NatsCluster {
     }
 
     pub async fn jetstream(&self) -> jetstream::Context {
-        let urls: Vec<async_nats::ServerAddr> = (self.url().split(','))
-            .map(|u| u.parse().unwrap())
-            .collect();
+        self.jetstream_at(&self.url()).await
+    }
+
+    /// A client of the servers in `url` (comma-separated) only, at first.
+    pub async fn jetstream_at(&self, url: &str) -> jetstream::Context {
+        let urls: Vec<async_nats::ServerAddr> =
+            (url.split(',')).map(|u| u.parse().unwrap()).collect();
         let client = async_nats::ConnectOptions::new()
             .retry_on_initial_connect()
             .connect(urls)
@@ -142,6 +146,81 @@ impl NatsCluster {
         let i = self.nodes.iter().position(|n| n.name == name).unwrap();
         self.spawn(i);
     }
+
+    /// Stops node `name` as an operator would (SIGTERM: it hands its
+    /// leaderships over and exits cleanly).
+    pub fn terminate(&mut self, name: &str) {
+        let node = self.nodes.iter_mut().find(|n| n.name == name).unwrap();
+        if let Some(mut child) = node.child.take() {
+            signal(child.id(), "-TERM");
+            let _ = child.wait();
+        }
+    }
+
+    /// Freezes node `name` (SIGSTOP): its connections stay open and nothing
+    /// answers, as on the far side of a network partition.
+    pub fn pause(&self, name: &str) {
+        signal(self.pid(name), "-STOP");
+    }
+
+    /// Lets a paused node run again (SIGCONT).
+    pub fn resume(&self, name: &str) {
+        signal(self.pid(name), "-CONT");
+    }
+
+    fn pid(&self, name: &str) -> u32 {
+        let node = self.nodes.iter().find(|n| n.name == name).unwrap();
+        node.child.as_ref().expect("the node runs").id()
+    }
+
+    /// The names of the nodes, in order.
+    pub fn names(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| n.name.clone()).collect()
+    }
+
+    /// Node `name`'s URL alone.
+    pub fn node_url(&self, name: &str) -> String {
+        let node = self.nodes.iter().find(|n| n.name == name).unwrap();
+        format!("nats://127.0.0.1:{}", node.port)
+    }
+
+    /// Waits until each of `streams` has a leader and two followers that
+    /// are current: a node that came back has caught up, so losing another
+    /// one leaves a quorum.
+    pub async fn wait_current(&self, js: &jetstream::Context, streams: &[&str]) {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        for name in streams {
+            loop {
+                let current = match js.get_stream(*name).await {
+                    Ok(mut stream) => stream.info().await.ok().and_then(|info| {
+                        let cluster = info.cluster.as_ref()?;
+                        cluster.leader.as_ref()?;
+                        Some(
+                            cluster.replicas.len() == 2
+                                && cluster.replicas.iter().all(|p| p.current),
+                        )
+                    }),
+                    Err(_) => None,
+                };
+                if current == Some(true) {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{name} never had three current copies again"
+                );
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+    }
+}
+
+fn signal(pid: u32, which: &str) {
+    let status = std::process::Command::new("kill")
+        .args([which, &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill {which} {pid}");
 }
 
 impl Drop for NatsCluster {

@@ -915,22 +915,41 @@ pub fn parse_metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
 /// Every key of key-value bucket `bucket` with its value as JSON (a value
 /// that is not JSON as a string), read with a plain NATS client (not the
 /// runtime's code).
+/// A read that fails while a cluster elects a leader is tried again, for up
+/// to a minute.
 pub async fn bucket_json(
     js: &jetstream::Context,
     bucket: &str,
 ) -> std::collections::BTreeMap<String, Value> {
-    let store = js.get_key_value(bucket).await.unwrap();
-    let mut keys = store.keys().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match read_bucket_json(js, bucket).await {
+            Ok(all) => return all,
+            Err(err) if Instant::now() < deadline => {
+                eprintln!("reading bucket {bucket} failed ({err}); trying again");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(err) => panic!("reading bucket {bucket}: {err}"),
+        }
+    }
+}
+
+async fn read_bucket_json(
+    js: &jetstream::Context,
+    bucket: &str,
+) -> Result<std::collections::BTreeMap<String, Value>, async_nats::Error> {
+    let store = js.get_key_value(bucket).await?;
+    let mut keys = store.keys().await?;
     let mut all = std::collections::BTreeMap::new();
     while let Some(key) = keys.next().await {
-        let key = key.unwrap();
-        if let Some(value) = store.get(&key).await.unwrap() {
+        let key = key?;
+        if let Some(value) = store.get(&key).await? {
             let json = serde_json::from_slice(&value);
             let text = || Value::String(String::from_utf8_lossy(&value).into_owned());
             all.insert(key, json.unwrap_or_else(|_| text()));
         }
     }
-    all
+    Ok(all)
 }
 
 /// Waits until `check` holds for the async value `read` produces.
