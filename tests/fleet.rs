@@ -604,4 +604,17 @@ async fn key_order_holds_across_two_runtimes_through_retries_and_a_kill() {
             .logs_with_message("took over a lease its holder stopped renewing")
             .is_empty()
     );
+    // What the killed holder had taken came again: on servers with consumer
+    // reset, through a reset in place.
+    let version = js.client().server_info().version;
+    let resets = eventhost::server::ServerVersion::parse(&version).unwrap();
+    let rewound = if resets.resets_consumers() {
+        "reset the consumer to its ack floor"
+    } else {
+        "rewound the consumer to its ack floor"
+    };
+    assert!(
+        !second.logs_with_message(rewound).is_empty(),
+        "{version}: no {rewound:?}"
+    );
 }
