@@ -76,3 +76,48 @@ async fn a_crash_at_any_step_of_a_commit_applies_everything_once() {
     let runs = cases.iter().map(|(point, fill)| crash_at(point, *fill));
     futures::future::join_all(runs).await;
 }
+
+/// A commit's single write, applied by a runtime killed before the commit
+/// was recorded done, must not be built on by another event's commit before
+/// the successor finishes it. On current servers (which refuse a repeated
+/// conditional write instead of acking it as a duplicate) the successor
+/// could then no longer tell its own applied write from a lost race, and ran
+/// the handler a second time: the count came out one too high.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crashed_single_write_is_not_built_on_before_it_is_finished() {
+    let nats = NatsServer::start();
+    let plugins = Plugins::new();
+    plugins.install_example("counter");
+    let failpoints = [("EVENTHOST_FAILPOINTS", "commit.wrote:1")];
+    let mut doomed = Runtime::start_env(&nats.url(), &plugins, 1, &[], &failpoints);
+    let js = nats.jetstream().await;
+    let first = TestEvent::new("first", "com.example.count", json!({ "key": "k" }));
+    publish(&js, "counter.in", first.structured()).await;
+    let status = doomed.wait_for_exit(Duration::from_secs(30));
+    assert!(
+        status.is_some_and(|s| !s.success()) && doomed.raw_log().contains("failpoint commit.wrote"),
+        "the runtime did not crash after the write ({status:?})"
+    );
+    // The write is in; another event of the same key arrives before the
+    // successor can take the first one over (after the ack wait).
+    let second = TestEvent::new("second", "com.example.count", json!({ "key": "k" }));
+    publish(&js, "counter.in", second.structured()).await;
+    let successor = Runtime::start(&nats, &plugins, 1);
+    eventually(
+        "both events to settle",
+        SETTLE,
+        || consumer_state(&js, "COUNTER", "counter"),
+        |(pending, ack_pending, _)| *pending == 0 && *ack_pending == 0,
+    )
+    .await;
+    let state = bucket_json(&js, "counters").await;
+    assert_eq!(state["k"], 2, "each event counted once: {state:?}");
+    let runs = successful_runs(&[&successor], "counter");
+    assert_eq!(runs.get("second"), Some(&1), "{runs:?}");
+    let rerun = successor
+        .logs_with_message("the interrupted commit lost a race; running the handler again");
+    assert!(
+        rerun.is_empty(),
+        "the successor took its own write for a lost race"
+    );
+}
