@@ -22,19 +22,10 @@ async fn crash_at(point: &str, fill: usize) {
     let nats = NatsServer::start();
     let plugins = Plugins::new();
     plugins.install_example("counter");
-    let failpoints = [("EVENTHOST_FAILPOINTS", point)];
-    let mut doomed = Runtime::start_env(&nats.url(), &plugins, 1, &[], &failpoints);
     let js = nats.jetstream().await;
     let data = json!({ "key": "k", "fill": fill, "size": 3 });
     let event = TestEvent::new("crashing", "com.example.count", data);
-    publish(&js, "counter.in", event.structured()).await;
-    let status = doomed.wait_for_exit(Duration::from_secs(30));
-    let name = point.split(':').next().unwrap();
-    let crashed = doomed.raw_log().contains(&format!("failpoint {name}"));
-    assert!(
-        status.is_some_and(|s| !s.success()) && crashed,
-        "{point}: the runtime did not crash there ({status:?}); was it built with --features failpoints?"
-    );
+    crash_on(&nats, &plugins, point, &event).await;
 
     // The successor gets the event after the ack wait and finishes (or
     // redoes) the same commit.
@@ -57,6 +48,22 @@ async fn crash_at(point: &str, fill: usize) {
     assert_eq!(outputs[0].cloudevent()["data"]["value"], 1, "{point}");
     let handled = successor.outcomes("succeeded").len() + successor.outcomes("duplicate").len();
     assert_eq!(handled, 1, "{point}: the successor settled it once");
+}
+
+/// Starts a runtime that crashes at `point`, sends it `event`, and checks it
+/// died there.
+async fn crash_on(nats: &NatsServer, plugins: &Plugins, point: &str, event: &TestEvent) {
+    let failpoints = [("EVENTHOST_FAILPOINTS", point)];
+    let mut doomed = Runtime::start_env(&nats.url(), plugins, 1, &[], &failpoints);
+    let js = nats.jetstream().await;
+    publish(&js, "counter.in", event.structured()).await;
+    let status = doomed.wait_for_exit(Duration::from_secs(30));
+    let name = point.split(':').next().unwrap();
+    let crashed = doomed.raw_log().contains(&format!("failpoint {name}"));
+    assert!(
+        status.is_some_and(|s| !s.success()) && crashed,
+        "{point}: the runtime did not crash there ({status:?}); was it built with --features failpoints?"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -88,16 +95,9 @@ async fn a_crashed_single_write_is_not_built_on_before_it_is_finished() {
     let nats = NatsServer::start();
     let plugins = Plugins::new();
     plugins.install_example("counter");
-    let failpoints = [("EVENTHOST_FAILPOINTS", "commit.wrote:1")];
-    let mut doomed = Runtime::start_env(&nats.url(), &plugins, 1, &[], &failpoints);
     let js = nats.jetstream().await;
     let first = TestEvent::new("first", "com.example.count", json!({ "key": "k" }));
-    publish(&js, "counter.in", first.structured()).await;
-    let status = doomed.wait_for_exit(Duration::from_secs(30));
-    assert!(
-        status.is_some_and(|s| !s.success()) && doomed.raw_log().contains("failpoint commit.wrote"),
-        "the runtime did not crash after the write ({status:?})"
-    );
+    crash_on(&nats, &plugins, "commit.wrote:1", &first).await;
     // The write is in; another event of the same key arrives before the
     // successor can take the first one over (after the ack wait).
     let second = TestEvent::new("second", "com.example.count", json!({ "key": "k" }));

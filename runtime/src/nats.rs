@@ -26,27 +26,18 @@ use crate::server::{Servers, UnsupportedServer};
 /// keep fewer copies than asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Replication {
-    /// Streams only appended to.
-    pub data: usize,
-    /// Buckets written with compare-and-set.
-    pub compare_and_set: usize,
+    pub copies: usize,
 }
 
 impl Replication {
     pub fn single() -> Self {
-        Replication {
-            data: 1,
-            compare_and_set: 1,
-        }
+        Replication { copies: 1 }
     }
 
     /// `replicas` copies of everything, if `servers` can keep them safely.
     pub fn checked(replicas: usize, servers: &Servers) -> Result<Self, UnsupportedServer> {
         servers.check(replicas)?;
-        Ok(Replication {
-            data: replicas,
-            compare_and_set: replicas,
-        })
+        Ok(Replication { copies: replicas })
     }
 
     /// For the servers `client` (connected through `urls`) can see: reads
@@ -320,7 +311,7 @@ mod tests {
             seen: vec![("127.0.0.1:4222".into(), version.into())],
         };
         let three = Replication::checked(3, &on("2.15.1")).unwrap();
-        assert_eq!((three.data, three.compare_and_set), (3, 3));
+        assert_eq!(three.copies, 3);
         assert!(Replication::checked(3, &on("2.9.10")).is_err());
         assert!(Replication::checked(3, &on("2.10.20")).is_err());
         assert_eq!(

@@ -73,13 +73,13 @@ impl DeployBucket {
             max_age: None,
             max_value_size: None,
         };
-        crate::nats::ensure_buckets(js, &[pointers], replication.compare_and_set).await?;
+        crate::nats::ensure_buckets(js, &[pointers], replication.copies).await?;
         // The object store's stream, as NATS clients lay it out.
         let files = stream::Config {
             name: format!("OBJ_{name}"),
             description: Some("eventhost: deployed handler versions".into()),
             subjects: vec![format!("$O.{name}.C.>"), format!("$O.{name}.M.>")],
-            num_replicas: replication.data,
+            num_replicas: replication.copies,
             discard: stream::DiscardPolicy::New,
             allow_rollup: true,
             allow_direct: true,

@@ -72,7 +72,7 @@ pub async fn run(options: RuntimeOptions, shutdown: CancellationToken) -> Result
         js: js.clone(),
         store: store.clone(),
         metrics: Arc::new(Metrics::new()),
-        replicas: replication.compare_and_set,
+        replicas: replication.copies,
         leases: Some(leases.clone()),
     };
     let mut handlers = HandlerSet::new(sandbox, services.clone(), shutdown.clone());
@@ -204,16 +204,13 @@ async fn declare(
     config: &RuntimeConfig,
     replication: Replication,
 ) -> Result<()> {
-    let Replication {
-        data,
-        compare_and_set,
-    } = replication;
-    crate::nats::ensure_streams(js, &config.streams, data).await?;
-    crate::outcome::dead_letter::ensure_stream(js, data).await?;
-    crate::nats::ensure_buckets(js, &config.buckets, compare_and_set).await?;
-    crate::projection::declare(js, compare_and_set).await?;
-    fleet::lease::declare(js, compare_and_set).await?;
-    announce::declare(js, data).await
+    let Replication { copies } = replication;
+    crate::nats::ensure_streams(js, &config.streams, copies).await?;
+    crate::outcome::dead_letter::ensure_stream(js, copies).await?;
+    crate::nats::ensure_buckets(js, &config.buckets, copies).await?;
+    crate::projection::declare(js, copies).await?;
+    fleet::lease::declare(js, copies).await?;
+    announce::declare(js, copies).await
 }
 
 /// Who this runtime is, for its announcements.
