@@ -11,7 +11,7 @@
 //! published twice, in both content modes.
 //!
 //! Runs are counted from every incarnation's log, the killed ones' too
-//! (saved in `target/soak/seed-<seed>/`). The README promises at-least-once
+//! (saved in `target/soak/seed-<seed>/`). docs/guarantees.md promises at-least-once
 //! *invocations* but one committed outcome: a run cut off before its commit
 //! may run again, so what is counted is the `succeeded` lines, which a
 //! runtime writes only after the commit and the ack (a successor that

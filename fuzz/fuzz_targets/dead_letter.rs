@@ -11,8 +11,8 @@
 
 use chrono::{DateTime, Utc};
 use cloudevents::AttributesReader;
-use eventhost::decode::{ContentMode, decode};
-use eventhost::dlq::StoredDeadLetter;
+use eventhost::dead_letter_queue::StoredDeadLetter;
+use eventhost::event::decode::{ContentMode, decode};
 use eventhost::failure::DeadLetterReason;
 use eventhost::outcome::dead_letter::{DeadLetter, header};
 use eventhost_fuzz::{header_pairs, message};

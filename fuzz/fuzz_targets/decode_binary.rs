@@ -4,8 +4,8 @@
 //! and decode back to the same event.
 #![no_main]
 
-use eventhost::decode::{ContentMode, decode};
-use eventhost::encode::encode;
+use eventhost::event::decode::{ContentMode, decode};
+use eventhost::event::encode::encode;
 use eventhost_fuzz::{assert_same, message};
 use libfuzzer_sys::fuzz_target;
 

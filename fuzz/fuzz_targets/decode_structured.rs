@@ -4,8 +4,8 @@
 #![no_main]
 
 use async_nats::HeaderMap;
-use eventhost::decode::{ContentMode, decode};
-use eventhost::encode::encode;
+use eventhost::event::decode::{ContentMode, decode};
+use eventhost::event::encode::encode;
 use eventhost_fuzz::assert_same;
 use libfuzzer_sys::fuzz_target;
 

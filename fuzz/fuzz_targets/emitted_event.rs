@@ -17,11 +17,11 @@
 use std::sync::Arc;
 
 use cloudevents::{AttributesReader, AttributesWriter, EventBuilder, EventBuilderV10};
-use eventhost::decode::{ContentMode, Decoded, decode};
+use eventhost::event::decode::{ContentMode, Decoded, decode};
+use eventhost::event::trace::TraceContext;
 use eventhost::outcome::outputs::{Completion, complete, emitted_event_id, encode_emitted};
 use eventhost::sandbox::EmittedEvent;
 use eventhost::sandbox::emit::{EmitGrant, EmitMode, EmitState};
-use eventhost::trace::TraceContext;
 use eventhost_fuzz::{assert_same, fields, split};
 use libfuzzer_sys::fuzz_target;
 

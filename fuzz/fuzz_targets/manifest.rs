@@ -3,7 +3,7 @@
 //! can be computed, or fails with an error; it never panics.
 #![no_main]
 
-use eventhost::manifest::HandlerManifest;
+use eventhost::handler::manifest::HandlerManifest;
 use eventhost::sandbox::http::AllowedOrigin;
 use libfuzzer_sys::fuzz_target;
 

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use eventhost::config::RuntimeConfig;
+use eventhost::jetstream::config_file::RuntimeConfig;
 use libfuzzer_sys::fuzz_target;
 
 fn fits(duration: Option<Duration>, what: &str) {

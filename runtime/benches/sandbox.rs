@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 use cloudevents::{EventBuilder, EventBuilderV10};
 use criterion::{Criterion, criterion_group, criterion_main};
-use eventhost::manifest::HandlerManifest;
+use eventhost::handler::manifest::HandlerManifest;
 use eventhost::sandbox::{Capabilities, CompiledCache, HandlerComponent, HandlerSpec, Sandbox};
 use native::Workload;
 
@@ -49,15 +49,16 @@ fn load_from(
         version: "bench".into(),
         bounds: manifest.bounds(),
         capabilities: Capabilities {
-            emit: std::sync::Arc::new(manifest.emit_grant(name)),
-            config: manifest.config_values().expect("the example's config"),
-            keyvalue: None,
-            eventstore: None,
+            emit: Some(std::sync::Arc::new(manifest.emit_grant(name))),
+            config: Some(std::sync::Arc::new(
+                manifest.config_values().expect("the example's config"),
+            )),
             // Linked as granted (payment imports wasi:http); never called:
             // without `provider_url` the example only simulates its charge.
             http: manifest.http.as_ref().map(|section| {
                 eventhost::sandbox::http::resolve(section, name).expect("the example's [http]")
             }),
+            ..Capabilities::default()
         },
     };
     sandbox.load(&wasm, spec).expect("loading the component").0

@@ -37,7 +37,7 @@ pub enum FailureKind {
     /// size, keys written, bytes written, events read or appended).
     LimitExceeded,
     /// The invocation's state changes lost every optimistic-concurrency race
-    /// it was re-run for (see the commit in [`crate::outcome::commit`]).
+    /// it was re-run for (see the commit in [`crate::ledger::commit`]).
     Conflict,
     /// The guest succeeded, but the host could not store what it produced.
     /// Set by the host after the sandbox, never by it.

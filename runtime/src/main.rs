@@ -5,7 +5,7 @@ mod cli;
 use std::io::IsTerminal;
 
 use clap::Parser;
-use eventhost::telemetry::Exporter;
+use eventhost::host::telemetry::Exporter;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::prelude::*;
@@ -23,7 +23,7 @@ const INVOKE_LOG_FILTER: &str = "warn,guest=trace";
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let (filter, otlp) = match &cli.command {
-        cli::Command::Run { otlp_endpoint, .. } => (RUNTIME_LOG_FILTER, otlp_endpoint.clone()),
+        cli::Command::Run(args) => (RUNTIME_LOG_FILTER, args.otlp_endpoint.clone()),
         cli::Command::Invoke(_) => (INVOKE_LOG_FILTER, None),
         _ => (HELPER_LOG_FILTER, None),
     };

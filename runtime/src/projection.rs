@@ -27,7 +27,8 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use crate::dispatch::{Dispatcher, Services};
-use crate::manifest::HandlerManifest;
+use crate::handler::grants;
+use crate::handler::manifest::HandlerManifest;
 use crate::metrics::Metrics;
 use crate::sandbox::{HandlerSpec, Sandbox};
 use crate::source::ConsumerBinding;
@@ -68,8 +69,8 @@ impl Generation {
 pub async fn declare(js: &jetstream::Context, replicas: usize) -> Result<()> {
     let name = GENERATIONS_BUCKET;
     let description = "eventhost: the current state generation of each handler".into();
-    let config = crate::nats::bucket_stream(name, description, replicas);
-    crate::nats::declare_stream(js, config)
+    let config = crate::jetstream::declare::bucket_stream(name, description, replicas);
+    crate::jetstream::declare::declare_stream(js, config)
         .await
         .context("declaring the generations bucket")?;
     Ok(())
@@ -124,7 +125,7 @@ pub async fn rebuild(
     name: &str,
     mut progress: impl FnMut(Progress),
 ) -> Result<Generation> {
-    let source = crate::plugins::read(&plugins.join(format!("{name}.wasm")))?;
+    let source = crate::handler::plugins::read(&plugins.join(format!("{name}.wasm")))?;
     let owned = source
         .manifest
         .keyvalue
@@ -180,7 +181,7 @@ pub async fn rebuild(
         Err(err) => return Err(err).context("recording the new generation"),
     }
     let client = js.client();
-    let reload = Publish::new(crate::runtime::RELOAD_SUBJECT, "");
+    let reload = Publish::new(crate::fleet::RELOAD_SUBJECT, "");
     client
         .publish(reload.subject, reload.payload)
         .await
@@ -212,8 +213,8 @@ async fn load(
 ) -> Result<Arc<Dispatcher>> {
     let (js, store) = (&services.js, services.store.clone());
     let bindings = ConsumerBinding::resolve(js, name, manifest).await?;
-    let capabilities =
-        crate::runtime::resolve_capabilities(js, store, name, manifest, generation).await?;
+    let physical = |bucket: &str| generation.physical(bucket);
+    let capabilities = grants::resolve(name, manifest, store, &physical).await?;
     let spec = HandlerSpec {
         name: name.to_string(),
         version: version.to_string(),
@@ -237,7 +238,7 @@ async fn copy_bucket_shape(js: &jetstream::Context, from: &str, to: &str) -> Res
     config.description = Some(format!(
         "eventhost: key-value bucket {to} (rebuilt from {from})"
     ));
-    crate::nats::declare_stream(js, config)
+    crate::jetstream::declare::declare_stream(js, config)
         .await
         .with_context(|| format!("creating bucket {to}"))?;
     Ok(())

@@ -28,19 +28,21 @@
 //! returns `Ok`, so a handler that fails half-way publishes nothing. The same
 //! holds for state: writes to a key-value [`kv::Bucket`] and appends to the
 //! [`events`] store are buffered by the host and committed together with the
-//! emitted events, all or nothing, exactly once. The contract itself is the
+//! emitted events, all or nothing, exactly once within the host's
+//! idempotency window (the repository's `docs/guarantees.md` states the
+//! conditions). The contract itself is the
 //! WIT package in the repository's `wit/` folder (`eventhost:handler@0.2.0`).
 
 pub mod events;
 pub mod http;
 pub mod kv;
 
-// The README's Rust handlers, compiled and run as doc tests so they keep up
-// with the SDK. Only under rustdoc: a project `eventhost new` writes has no
-// README above its copy of the SDK.
+// The Rust guide's handlers (docs/guide/rust.md), compiled and run as doc
+// tests so they keep up with the SDK. Only under rustdoc: a project
+// `eventhost new` writes has no docs above its copy of the SDK.
 #[cfg(doctest)]
-#[doc = include_str!("../../README.md")]
-struct ReadmeExamples;
+#[doc = include_str!("../../docs/guide/rust.md")]
+struct GuideExamples;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;

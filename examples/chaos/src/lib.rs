@@ -58,7 +58,7 @@ enum Action {
     EmitFlood {
         count: usize,
     },
-    // Hostile guests (tests/hostile.rs).
+    // Hostile guests (tests/guarantees/sandbox/hostile.rs).
     /// Grow memory a page at a time, and keep asking once refused.
     GrowLoop,
     /// Emit `total` bytes of data split over `count` events (the host
@@ -73,7 +73,7 @@ enum Action {
         bytes: usize,
     },
     /// Emit on chaos.done with the extension `name` = "x", ignoring a
-    /// refusal (reserved names are refused, tests/outputs.rs).
+    /// refusal (reserved names are refused, tests/guarantees/delivery/outputs.rs).
     EmitExtension {
         name: String,
     },

@@ -13,7 +13,7 @@ use async_nats::HeaderMap;
 use async_nats::jetstream::{self, consumer};
 use bytes::Bytes;
 use cloudevents::{EventBuilder, EventBuilderV10};
-use eventhost::decode::ContentMode;
+use eventhost::event::decode::ContentMode;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 
@@ -71,14 +71,14 @@ pub async fn reset_with_replicas(js: &jetstream::Context, replicas: usize) -> Re
         .with_context(|| format!("creating stream {name}"))?;
     }
     // The state workload's bucket, laid out as the runtime declares one.
-    let bucket = eventhost::config::BucketDeclaration {
+    let bucket = eventhost::jetstream::config_file::BucketDeclaration {
         name: "counters".into(),
         history: 1,
-        storage: eventhost::config::Storage::File,
+        storage: eventhost::jetstream::config_file::Storage::File,
         max_age: None,
         max_value_size: None,
     };
-    eventhost::nats::ensure_buckets(js, &[bucket], replicas).await?;
+    eventhost::jetstream::declare::ensure_buckets(js, &[bucket], replicas).await?;
     Ok(())
 }
 
@@ -97,7 +97,7 @@ fn event(workload: Workload, run: &str, n: u64) -> Result<(HeaderMap, Bytes)> {
         .ty(ty)
         .data("application/json", data)
         .build()?;
-    eventhost::encode::encode(event, ContentMode::Binary)
+    eventhost::event::encode::encode(event, ContentMode::Binary)
 }
 
 /// What one measurement found.

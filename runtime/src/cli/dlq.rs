@@ -4,13 +4,13 @@ use anyhow::{Result, bail};
 use chrono::Utc;
 use clap::Subcommand;
 
-use eventhost::dlq::{DeadLetterQueue, StoredDeadLetter};
-use eventhost::nats::NatsEndpoint;
+use eventhost::dead_letter_queue::{DeadLetterQueue, StoredDeadLetter};
+use eventhost::jetstream::endpoint::NatsEndpoint;
 use eventhost::outcome::dead_letter::header;
 
 #[derive(Debug, Subcommand)]
 pub enum DlqCommand {
-    /// One line per dead letter: sequence, event id, type, error, attempts, age.
+    /// One line per dead letter: sequence, event id, type, attempts, age, error.
     List { handler: String },
     /// Everything about one dead letter: why it failed, then the original
     /// message's headers and payload.

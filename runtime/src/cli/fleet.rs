@@ -9,7 +9,8 @@ use clap::Args;
 
 use eventhost::fleet::announce;
 use eventhost::fleet::deploy::DeployBucket;
-use eventhost::nats::{NatsEndpoint, Replication};
+use eventhost::jetstream::declare::Replication;
+use eventhost::jetstream::endpoint::NatsEndpoint;
 use eventhost::store::NatsStore;
 
 #[derive(Debug, Args)]

@@ -19,18 +19,16 @@ use bytes::Bytes;
 use clap::Args;
 use serde_json::{Value, json};
 
-use eventhost::decode::{ContentMode, Decoded, decode};
-use eventhost::encode::encode;
-use eventhost::manifest::HandlerManifest;
+use eventhost::event::decode::{ContentMode, Decoded, decode};
+use eventhost::event::encode::encode;
+use eventhost::event::trace::TraceContext;
+use eventhost::handler::grants;
+use eventhost::handler::manifest::HandlerManifest;
+use eventhost::ledger::record::PlannedWrite;
 use eventhost::outcome::outputs::{Completion, complete, emitted_event_id};
-use eventhost::sandbox::eventstore::{EventStoreGrants, SubjectGrant};
-use eventhost::sandbox::keyvalue::KeyValueGrants;
-use eventhost::sandbox::{
-    Capabilities, CompiledCache, Effects, HandlerSpec, Invocation, Sandbox, Stop, http,
-};
-use eventhost::store::record::PlannedWrite;
+use eventhost::sandbox::emit::EmitGrant;
+use eventhost::sandbox::{CompiledCache, Effects, HandlerSpec, Invocation, Sandbox, Stop};
 use eventhost::store::{MemoryStore, Store, kv};
-use eventhost::trace::TraceContext;
 
 /// The in-memory stream that event-store grants read from and append to.
 const EVENT_STORE_STREAM: &str = "EVENTS";
@@ -39,7 +37,8 @@ const EVENT_STORE_STREAM: &str = "EVENTS";
 pub struct InvokeArgs {
     /// The handler component (`NAME.wasm`; NAME is the handler's name).
     wasm: PathBuf,
-    /// Its manifest. Default: NAME.toml beside the component.
+    /// Its manifest. Default: NAME.toml beside the component, else the
+    /// handler.toml of a project `eventhost new` made.
     #[arg(long)]
     manifest: Option<PathBuf>,
     /// The event, in structured CloudEvents JSON: a file, or `-` for stdin.
@@ -66,15 +65,16 @@ pub struct InvokeArgs {
 
 pub async fn execute(args: InvokeArgs) -> Result<()> {
     let name = handler_name(&args.wasm)?;
-    let manifest_path = (args.manifest.clone()).unwrap_or_else(|| args.wasm.with_extension("toml"));
+    let manifest_path = (args.manifest.clone()).unwrap_or_else(|| default_manifest(&args.wasm));
     let mut manifest = HandlerManifest::load(&manifest_path, &name)?;
     override_config(&mut manifest, &args.config)?;
     let input = read_event(&args.event)?;
     let wasm = std::fs::read(&args.wasm)
         .with_context(|| format!("reading component {}", args.wasm.display()))?;
 
-    let store = Arc::new(MemoryStore::new());
-    let capabilities = capabilities(&name, &manifest, store.clone())?;
+    let store = memory_store_for(&manifest);
+    let same_name = |bucket: &str| bucket.to_string();
+    let capabilities = grants::resolve(&name, &manifest, store.clone(), &same_name).await?;
     seed_state(&store, &manifest, &args.state).await?;
     let spec = HandlerSpec {
         name: name.clone(),
@@ -105,7 +105,7 @@ pub async fn execute(args: InvokeArgs) -> Result<()> {
         .await;
     let completion = Completion {
         handler: &name,
-        emit: &component.spec().capabilities.emit,
+        emit: EmitGrant::or_nothing(component.spec().capabilities.emit.as_ref()),
         input: &input,
         trace: &trace,
     };
@@ -119,6 +119,17 @@ pub async fn execute(args: InvokeArgs) -> Result<()> {
         Ok(_) => Ok(()),
         Err(Stop::Failed(failure)) => bail!("the handler failed ({})", failure.kind.as_str()),
         Err(Stop::Interrupted(why)) => bail!("the host interrupted the handler: {why:?}"),
+    }
+}
+
+/// NAME.toml beside NAME.wasm (a plugins directory), else the project's
+/// handler.toml (a scaffold).
+fn default_manifest(wasm: &Path) -> PathBuf {
+    let beside = wasm.with_extension("toml");
+    let project = wasm.with_file_name("handler.toml");
+    match !beside.exists() && project.exists() {
+        true => project,
+        false => beside,
     }
 }
 
@@ -158,46 +169,20 @@ fn read_event(source: &str) -> Result<Decoded> {
     decode(None, &bytes).with_context(|| format!("--event {source}: not a structured CloudEvent"))
 }
 
-/// The manifest's grants, with state kept in `store` rather than JetStream.
-fn capabilities(
-    name: &str,
-    manifest: &HandlerManifest,
-    store: Arc<MemoryStore>,
-) -> Result<Capabilities> {
-    let keyvalue = manifest.keyvalue.as_ref().map(|section| {
-        let grants = KeyValueGrants::new(section, store.clone(), str::to_string);
-        for bucket in &grants.buckets {
-            store.add_bucket(&bucket.physical);
+/// The world the manifest expects, in memory: every bucket it grants, and
+/// one stream holding every event-store subject it grants.
+fn memory_store_for(manifest: &HandlerManifest) -> Arc<MemoryStore> {
+    let store = Arc::new(MemoryStore::new());
+    if let Some(section) = &manifest.keyvalue {
+        for bucket in section.read_write.iter().chain(&section.read_only) {
+            store.add_bucket(bucket);
         }
-        Arc::new(grants)
-    });
-    let eventstore = manifest.eventstore.as_ref().map(|section| {
-        let subjects: Vec<SubjectGrant> = (section.patterns())
-            .map(|(pattern, append)| SubjectGrant {
-                pattern: pattern.clone(),
-                stream: EVENT_STORE_STREAM.into(),
-                append,
-            })
-            .collect();
-        let patterns: Vec<&str> = subjects.iter().map(|g| g.pattern.as_str()).collect();
+    }
+    if let Some(section) = &manifest.eventstore {
+        let patterns: Vec<&str> = section.patterns().map(|(p, _)| p.as_str()).collect();
         store.add_stream(EVENT_STORE_STREAM, &patterns);
-        Arc::new(EventStoreGrants {
-            subjects,
-            limits: section.clone(),
-            store: store.clone(),
-        })
-    });
-    let http = match &manifest.http {
-        Some(section) => Some(http::resolve(section, name)?),
-        None => None,
-    };
-    Ok(Capabilities {
-        emit: Arc::new(manifest.emit_grant(name)),
-        config: manifest.config_values()?,
-        keyvalue,
-        eventstore,
-        http,
-    })
+    }
+    store
 }
 
 async fn seed_state(

@@ -14,7 +14,7 @@ use bytes::Bytes;
 use clap::Subcommand;
 use futures::StreamExt;
 
-use eventhost::nats::NatsEndpoint;
+use eventhost::jetstream::endpoint::NatsEndpoint;
 
 #[derive(Debug, Subcommand)]
 pub enum KvCommand {

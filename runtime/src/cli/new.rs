@@ -34,7 +34,8 @@ pub enum Lang {
 }
 
 /// A file of the scaffold: its path in the project and its text, with
-/// `{{name}}` (and `{{crate}}`, the name as a Rust identifier) to fill in.
+/// `{{name}}` (and `{{crate}}`, the name as a Rust identifier; `{{memory}}`,
+/// the language's memory cap) to fill in.
 type Template = (&'static str, &'static str);
 
 /// `embed!("templates/x", "y")`: the repository file `templates/x` as
@@ -153,7 +154,7 @@ pub fn execute(args: NewArgs) -> Result<()> {
         Lang::Js => JS,
     });
     for (path, text) in files {
-        write(&project, path, &fill(text, &args.name))?;
+        write(&project, path, &fill(text, &args.name, args.lang))?;
     }
     if args.lang == Lang::Js {
         write(&project, "package.json", &js_package(&args.name)?)?;
@@ -203,9 +204,20 @@ fn check_name(name: &str) -> Result<()> {
     Ok(())
 }
 
-fn fill(text: &str, name: &str) -> String {
+fn fill(text: &str, name: &str, lang: Lang) -> String {
     text.replace("{{name}}", name)
         .replace("{{crate}}", &name.replace('-', "_"))
+        .replace("{{memory}}", memory(lang))
+}
+
+/// The manifest's memory cap: every Python and JavaScript instance carries
+/// its interpreter (see docs/guide/writing-handlers.md).
+fn memory(lang: Lang) -> &'static str {
+    match lang {
+        Lang::Rust => "16 MiB",
+        Lang::Python => "64 MiB",
+        Lang::Js => "32 MiB",
+    }
 }
 
 fn write(project: &Path, path: &str, text: &str) -> Result<()> {

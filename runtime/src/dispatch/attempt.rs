@@ -1,79 +1,53 @@
-//! One attempt at one event: claim → run → commit → settle.
+//! One attempt at one event: claim → run → commit, ending in a
+//! [`Settlement`] that the caller carries out (see [`super::settle`]).
 //!
 //! - **claim** the event's record: a copy already handled or dead-lettered
-//!   is acked and counted as a duplicate; a commit found half done is
-//!   finished (or undone) before anything else;
+//!   is a duplicate (acked); a commit found half done is finished (or
+//!   undone) before anything else;
 //! - **run** the handler in a fresh instance;
-//! - **commit** its effects ([`crate::outcome::commit`]); a lost race runs
+//! - **commit** its effects ([`crate::ledger::commit`]); a lost race runs
 //!   the handler again with fresh state, without using up an attempt;
-//! - **settle**: ack, or hand the failure to the retry policy (a delayed
-//!   NAK, or the dead-letter queue: [`super::dead_letter`]).
+//! - **decide**: ack, or hand the failure to the retry policy (a delayed
+//!   NAK, or the dead-letter queue: [`super::give_up`]).
+//!
+//! [`Attempts`] holds what an attempt needs (the component, the manifest's
+//! retry policy, the idempotency records, the store) and nothing of
+//! pulling or ordering, which stay with the [`super::Dispatcher`].
 
+use std::sync::Arc;
+use std::sync::Mutex;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::Message;
+use async_nats::jetstream;
 
-use super::Dispatcher;
-use crate::decode::Decoded;
+use super::settle::{Delivery, Settlement};
+use crate::event::decode::Decoded;
+use crate::event::trace::TraceContext;
 use crate::failure::{Conflict, DeadLetterReason, Failure, FailureKind};
-use crate::metrics::Outcome;
+use crate::handler::manifest::HandlerManifest;
+use crate::ledger::{Claim, CommitError, Committer, Interrupted, Lease, ProcessedEvents};
+use crate::metrics::{HandlerMetrics, Outcome};
+use crate::outcome;
 use crate::outcome::outputs::Completion;
-use crate::outcome::{self, CommitError, Settle, plan};
-use crate::policy::dedup::{Claim, Interrupted, Lease};
+use crate::outcome::plan::Written;
 use crate::policy::{self, HOST_RETRY_DELAY, MAX_CONFLICT_RERUNS, Verdict};
-use crate::sandbox::{Effects, Interruption, Invocation, Stop};
-use crate::store::record::{CommitPlan, PlannedWrite};
-use crate::trace::TraceContext;
+use crate::sandbox::emit::EmitGrant;
+use crate::sandbox::{Effects, HandlerComponent, Interruption, Invocation, Stop};
+use crate::store::Store;
 
-/// Where an event stands after an attempt.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Next {
-    /// Acked (handled, a duplicate, or dead-lettered): nothing more to do.
-    Settled,
-    /// Not settled: it must be tried again after `delay`. `failed` says
-    /// whether the handler failed (an attempt was used up) or the host
-    /// could not proceed.
-    Again { delay: Duration, failed: bool },
-}
-
-impl Next {
-    /// The host's own trouble: try again soon, without counting an attempt.
-    pub(super) fn host_trouble() -> Next {
-        Next::Again {
-            delay: HOST_RETRY_DELAY,
-            failed: false,
-        }
-    }
-}
-
-/// What a commit changes, for the metrics once it has: taken from the plan
-/// before the commit consumes it.
-struct Written {
-    /// (bucket, value bytes) per key written.
-    keys: Vec<(String, u64)>,
-    appended: u64,
-    emitted: usize,
-}
-
-impl Written {
-    fn of(plan: &CommitPlan) -> Self {
-        let mut written = Written {
-            keys: Vec::new(),
-            appended: 0,
-            emitted: plan.outputs.len(),
-        };
-        for write in &plan.writes {
-            match write {
-                PlannedWrite::Key { bucket, value, .. } => {
-                    let bytes = value.as_ref().map_or(0, |v| v.len() as u64);
-                    written.keys.push((bucket.clone(), bytes));
-                }
-                PlannedWrite::Event { .. } => written.appended += 1,
-            }
-        }
-        written
-    }
+/// Everything one handler's attempts need.
+pub(super) struct Attempts {
+    pub(super) component: HandlerComponent,
+    pub(super) manifest: HandlerManifest,
+    pub(super) js: jetstream::Context,
+    pub(super) store: Arc<dyn Store>,
+    pub(super) processed: ProcessedEvents,
+    /// The largest message the server takes: a commit plan must fit.
+    pub(super) max_record: usize,
+    pub(super) metrics: HandlerMetrics,
+    /// The last failure, for `GET /handlers`.
+    pub(super) last_error: Mutex<Option<String>>,
 }
 
 /// What the commit step came to.
@@ -84,23 +58,49 @@ enum Committed {
     /// A race was lost; the lease is held again for a re-run.
     Lost(Lease, Conflict),
     Failed(Lease, Failure),
-    Unavailable(anyhow::Error),
+    /// JetStream failed part-way (logged); whoever holds the event next
+    /// finishes the commit.
+    Unavailable,
 }
 
-impl Dispatcher {
+impl Attempts {
+    pub(super) fn name(&self) -> &str {
+        &self.component.spec().name
+    }
+
+    pub(super) fn version(&self) -> &str {
+        &self.component.spec().version
+    }
+
+    fn committer(&self) -> Committer<'_> {
+        Committer {
+            store: &*self.store,
+            records: &self.processed,
+            max_record: self.max_record,
+        }
+    }
+
+    pub(super) fn count(&self, outcome: Outcome) {
+        self.metrics.outcome(outcome).inc();
+    }
+
+    fn set_last_error(&self, error: String) {
+        *self.last_error.lock().expect("never poisoned") = Some(error);
+    }
+
     /// Makes one attempt. `failed_in_place` counts the failed attempts this
     /// process already made on this delivery (ordered handlers retry in
     /// place, where JetStream's delivery count does not move).
     pub(super) async fn attempt(
         &self,
-        message: &Message,
+        delivery: &Delivery,
         input: &Decoded,
         trace: &TraceContext,
         failed_in_place: u32,
-    ) -> Next {
-        let lease = match self.claim(message, input).await {
+    ) -> Settlement {
+        let lease = match self.claim(input).await {
             Ok(lease) => lease,
-            Err(next) => return next,
+            Err(settlement) => return settlement,
         };
         // The record counts every run started, across restarts and replicas;
         // ordered handlers retrying in place also count their own.
@@ -124,38 +124,32 @@ impl Dispatcher {
             };
             let attempts = attempt - 1;
             return self
-                .dead_letter_claimed(message, input, lease, reason, &error, attempts)
+                .dead_letter_claimed(delivery, input, lease, reason, &error, attempts)
                 .await;
         }
-        self.run_and_commit(message, input, trace, lease, attempt)
+        self.run_and_commit(delivery, input, trace, lease, attempt)
             .await
     }
 
     /// Claims the event, finishing or undoing a commit found half done.
     /// `Err` is a settled copy or a claim to try again later.
-    async fn claim(&self, message: &Message, input: &Decoded) -> Result<Lease, Next> {
+    async fn claim(&self, input: &Decoded) -> Result<Lease, Settlement> {
         let duplicate = |why: &str| {
             self.count(Outcome::Duplicate);
             tracing::info!(outcome = Outcome::Duplicate.as_str(), "{why}; skipped");
-            Next::Settled
+            Settlement::Ack
         };
         match self.processed.claim(&input.event).await {
             Ok(Claim::Acquired(lease)) => Ok(lease),
-            Ok(Claim::Resume(lease, interrupted)) => self.resume(message, lease, interrupted).await,
-            Ok(Claim::AlreadyHandled) => {
-                outcome::settle(message, Settle::Ack).await;
-                Err(duplicate("already handled"))
-            }
-            Ok(Claim::AlreadyDeadLettered) => {
-                outcome::settle(message, Settle::Ack).await;
-                Err(duplicate(
-                    "already dead-lettered (`eventhost dlq replay` gives it a fresh start)",
-                ))
-            }
+            Ok(Claim::Resume(lease, interrupted)) => self.resume(lease, interrupted).await,
+            Ok(Claim::AlreadyHandled) => Err(duplicate("already handled")),
+            Ok(Claim::AlreadyDeadLettered) => Err(duplicate(
+                "already dead-lettered (`eventhost dlq replay` gives it a fresh start)",
+            )),
             Ok(Claim::Busy(wait)) => {
                 tracing::debug!(?wait, "another run holds this event; waiting for it");
                 let delay = wait.clamp(Duration::from_millis(100), HOST_RETRY_DELAY * 5);
-                Err(Next::Again {
+                Err(Settlement::Retry {
                     delay,
                     failed: false,
                 })
@@ -165,26 +159,20 @@ impl Dispatcher {
                     error = format!("{err:#}"),
                     "cannot claim the event; retrying"
                 );
-                Err(Next::host_trouble())
+                Err(Settlement::host_trouble())
             }
         }
     }
 
     /// A commit of this event was cut off (its runtime died): finish it
     /// without running the handler, or undo it and run the handler anew.
-    async fn resume(
-        &self,
-        message: &Message,
-        lease: Lease,
-        interrupted: Interrupted,
-    ) -> Result<Lease, Next> {
+    async fn resume(&self, lease: Lease, interrupted: Interrupted) -> Result<Lease, Settlement> {
         let committer = self.committer();
         let resumed = match interrupted {
             Interrupted::Committing(plan) => {
                 tracing::info!(commit = %plan.id, "finishing a commit its runtime did not finish");
                 match committer.finish(lease, &plan, self.version()).await {
                     Ok(()) => {
-                        outcome::settle(message, Settle::Ack).await;
                         self.count_commit(&Written::of(&plan));
                         self.count(Outcome::Succeeded);
                         tracing::info!(
@@ -193,7 +181,7 @@ impl Dispatcher {
                             resumed = true,
                             "handled"
                         );
-                        return Err(Next::Settled);
+                        return Err(Settlement::Ack);
                     }
                     Err(err) => err,
                 }
@@ -216,14 +204,14 @@ impl Dispatcher {
                 // Only a fresh commit is refused; a recorded plan never is.
                 tracing::warn!(error = %failure, "cannot resume the interrupted commit");
                 self.release(lease).await;
-                Err(Next::host_trouble())
+                Err(Settlement::host_trouble())
             }
             CommitError::Unavailable(err) => {
                 tracing::warn!(
                     error = format!("{err:#}"),
                     "cannot resume the interrupted commit; retrying"
                 );
-                Err(Next::host_trouble())
+                Err(Settlement::host_trouble())
             }
         }
     }
@@ -234,12 +222,12 @@ impl Dispatcher {
     /// out instead, and never fails the attempt.
     async fn run_and_commit(
         &self,
-        message: &Message,
+        delivery: &Delivery,
         input: &Decoded,
         trace: &TraceContext,
         mut lease: Lease,
         attempt: u32,
-    ) -> Next {
+    ) -> Settlement {
         let (mut conflicts, mut waits) = (0, 0);
         loop {
             let invocation = self
@@ -247,40 +235,23 @@ impl Dispatcher {
                 .invoke(&input.event, attempt, Some(trace))
                 .await;
             self.record_invocation(&invocation);
-            let duration_us = invocation.elapsed.as_micros() as u64;
             let lost = match invocation.result {
                 Ok(effects) => match self.commit(lease, input, trace, effects).await {
                     Committed::Done { emitted } => {
-                        outcome::settle(message, Settle::Ack).await;
-                        self.count(Outcome::Succeeded);
-                        tracing::info!(
-                            outcome = Outcome::Succeeded.as_str(),
-                            attempt,
-                            emitted,
-                            duration_us,
-                            peak_memory = invocation.peak_memory,
-                            conflicts,
-                            "handled"
-                        );
-                        return Next::Settled;
+                        let used = (invocation.elapsed, invocation.peak_memory);
+                        return self.handled(attempt, emitted, used, conflicts);
                     }
                     Committed::Lost(again, lost) => {
                         lease = again;
                         lost
                     }
                     Committed::Failed(lease, failure) => {
-                        return self.failed(message, input, lease, failure, attempt).await;
+                        return self.failed(delivery, input, lease, failure, attempt).await;
                     }
-                    Committed::Unavailable(err) => {
-                        tracing::warn!(
-                            error = format!("{err:#}"),
-                            "the commit could not finish; whoever holds the event next finishes it"
-                        );
-                        return Next::host_trouble();
-                    }
+                    Committed::Unavailable => return Settlement::host_trouble(),
                 },
                 Err(Stop::Failed(failure)) => {
-                    return self.failed(message, input, lease, failure, attempt).await;
+                    return self.failed(delivery, input, lease, failure, attempt).await;
                 }
                 Err(Stop::Interrupted(Interruption::Conflict(under_way))) => {
                     // It read a value of a commit still under way, which is
@@ -296,16 +267,17 @@ impl Dispatcher {
                     if waits > MAX_CONFLICT_RERUNS {
                         tracing::info!(waiting_for = %under_way.what, "state of an unfinished commit; retrying later");
                         self.release(lease).await;
-                        return Next::host_trouble();
+                        return Settlement::host_trouble();
                     }
                     tokio::time::sleep(policy::conflict_delay(waits)).await;
-                    outcome::keep_alive(message).await;
+                    delivery.keep_alive().await;
                     continue;
                 }
                 Err(Stop::Interrupted(Interruption::StoreUnavailable(why))) => {
-                    tracing::warn!(error = %why, "state unavailable; retrying");
+                    let why = anyhow::Error::from(why);
+                    tracing::warn!(error = format!("{why:#}"), "state unavailable; retrying");
                     self.release(lease).await;
-                    return Next::host_trouble();
+                    return Settlement::host_trouble();
                 }
             };
             conflicts += 1;
@@ -313,12 +285,34 @@ impl Dispatcher {
             if conflicts > MAX_CONFLICT_RERUNS {
                 let why = format!("lost {conflicts} races in a row; last: {}", lost.what);
                 let failure = Failure::new(FailureKind::Conflict, why);
-                return self.failed(message, input, lease, failure, attempt).await;
+                return self.failed(delivery, input, lease, failure, attempt).await;
             }
             tracing::debug!(conflict = %lost.what, conflicts, "lost a race; running again with fresh state");
             tokio::time::sleep(policy::conflict_delay(conflicts)).await;
-            outcome::keep_alive(message).await;
+            delivery.keep_alive().await;
         }
+    }
+
+    /// Counts and logs a handled event; its message is acked.
+    fn handled(
+        &self,
+        attempt: u32,
+        emitted: usize,
+        (elapsed, peak_memory): (Duration, usize),
+        conflicts: u32,
+    ) -> Settlement {
+        self.count(Outcome::Succeeded);
+        let duration_us = elapsed.as_micros() as u64;
+        tracing::info!(
+            outcome = Outcome::Succeeded.as_str(),
+            attempt,
+            emitted,
+            duration_us,
+            peak_memory,
+            conflicts,
+            "handled"
+        );
+        Settlement::Ack
     }
 
     /// Commits a successful invocation's effects.
@@ -333,24 +327,17 @@ impl Dispatcher {
         let spec = self.component.spec();
         let with = Completion {
             handler: &spec.name,
-            emit: &spec.capabilities.emit,
+            emit: EmitGrant::or_nothing(spec.capabilities.emit.as_ref()),
             input,
             trace,
         };
-        let plan = match plan::plan(lease.key(), &with, effects) {
-            Ok(plan) => plan,
-            Err(err) => {
-                let failure = Failure::new(FailureKind::EmitRefused, format!("{err:#}"));
-                return Committed::Failed(lease, failure);
-            }
-        };
-        let written = Written::of(&plan);
-        let committed = self.committer().commit(lease, plan, self.version()).await;
+        let committer = self.committer();
+        let committed = outcome::commit(&committer, lease, &with, effects, self.version()).await;
         self.metrics
             .commit_duration
             .observe(started.elapsed().as_secs_f64());
         match committed {
-            Ok(()) => {
+            Ok(written) => {
                 self.count_commit(&written);
                 Committed::Done {
                     emitted: written.emitted,
@@ -358,7 +345,13 @@ impl Dispatcher {
             }
             Err(CommitError::Conflict { lease, lost }) => Committed::Lost(lease, lost),
             Err(CommitError::Refused { lease, failure }) => Committed::Failed(lease, failure),
-            Err(CommitError::Unavailable(err)) => Committed::Unavailable(err),
+            Err(CommitError::Unavailable(err)) => {
+                tracing::warn!(
+                    error = format!("{err:#}"),
+                    "the commit could not finish; whoever holds the event next finishes it"
+                );
+                Committed::Unavailable
+            }
         }
     }
 
@@ -382,12 +375,12 @@ impl Dispatcher {
     /// The attempt failed: retry after the backoff, or dead-letter.
     async fn failed(
         &self,
-        message: &Message,
+        delivery: &Delivery,
         input: &Decoded,
         lease: Lease,
         failure: Failure,
         attempt: u32,
-    ) -> Next {
+    ) -> Settlement {
         self.metrics.failure(failure.kind).inc();
         self.set_last_error(failure.to_string());
         match policy::after_failure(&self.manifest.retry, &failure, attempt) {
@@ -399,14 +392,14 @@ impl Dispatcher {
                 self.count(Outcome::Retried);
                 tracing::warn!(outcome = Outcome::Retried.as_str(), kind = kind.as_str(), error = %failure.message,
                     attempt, retry_in_ms = delay.as_millis() as u64, "attempt failed; will retry");
-                Next::Again {
+                Settlement::Retry {
                     delay,
                     failed: true,
                 }
             }
             Verdict::DeadLetter => {
                 let reason = DeadLetterReason::Failed(failure.kind);
-                self.dead_letter_claimed(message, input, lease, reason, &failure.message, attempt)
+                self.dead_letter_claimed(delivery, input, lease, reason, &failure.message, attempt)
                     .await
             }
         }
@@ -426,12 +419,13 @@ impl Dispatcher {
         // A maximum across concurrent invocations: one atomic step.
         let peak = i64::try_from(invocation.peak_memory).unwrap_or(i64::MAX);
         m.peak_memory.inner().fetch_max(peak, Relaxed);
-        for (bucket, usage) in &invocation.keyvalue {
-            m.kv_used(bucket, usage);
+        let usage = &invocation.usage;
+        for (bucket, used) in &usage.keyvalue {
+            m.kv_used(bucket, used);
         }
-        m.events_read.inc_by(invocation.events_read as u64);
-        m.events_denied.inc_by(invocation.events_denied);
-        for call in &invocation.http {
+        m.events_read.inc_by(usage.events_read as u64);
+        m.events_denied.inc_by(usage.events_denied);
+        for call in &usage.http {
             m.http.record(call);
         }
     }

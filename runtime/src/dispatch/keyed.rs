@@ -10,14 +10,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::Message;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::attempt::Next;
+use super::settle::{self, Delivery, Settlement};
 use super::{Dispatcher, Held, KEEP_ALIVE};
-use crate::outcome::{self, Settle};
 use crate::source::PULL_EXPIRES;
 
 impl Dispatcher {
@@ -35,19 +33,17 @@ impl Dispatcher {
         let mut permit = Some(permit);
         loop {
             let span = held.span.clone();
-            let finished = self
+            let settlement = self
                 .in_order(&held, &permits, &mut permit, shutdown)
                 .instrument(span)
                 .await;
+            let finished = settlement == Settlement::Ack;
+            held.delivery.settle(settlement).await;
             if !finished || shutdown.is_cancelled() {
                 // Hand back what is left of this key, in order.
-                let handed_back = if finished { None } else { Some(held) };
-                let delay = PULL_EXPIRES;
-                for held in handed_back
-                    .into_iter()
-                    .chain(std::iter::from_fn(|| self.waiting.next(key)))
-                {
-                    outcome::settle(&held.message, Settle::Retry { delay }).await;
+                while let Some(held) = self.waiting.next(key) {
+                    let delay = PULL_EXPIRES;
+                    held.delivery.settle(Settlement::hand_back(delay)).await;
                 }
                 return;
             }
@@ -58,34 +54,35 @@ impl Dispatcher {
         }
     }
 
-    /// Attempts `held` until it is settled, waiting out each backoff in
-    /// place. Returns `false` if shutdown cut a wait short.
+    /// Attempts `held` until it is handled, waiting out each backoff in
+    /// place: [`Settlement::Ack`], or the hand-back if shutdown cut a wait
+    /// short.
     async fn in_order(
         &self,
         held: &Held,
         permits: &Arc<Semaphore>,
         permit: &mut Option<OwnedSemaphorePermit>,
         shutdown: &CancellationToken,
-    ) -> bool {
+    ) -> Settlement {
         let mut failed = 0;
         loop {
             if permit.is_none() {
                 *permit = Some(permits.clone().acquire_owned().await.expect("never closed"));
             }
-            match self
-                .attempt(&held.message, &held.input, &held.trace, failed)
-                .await
-            {
-                Next::Settled => return true,
-                Next::Again {
+            let attempt = self
+                .attempts
+                .attempt(&held.delivery, &held.input, &held.trace, failed);
+            match attempt.await {
+                Settlement::Ack => return Settlement::Ack,
+                Settlement::Retry {
                     delay,
                     failed: attempt_failed,
                 } => {
                     failed += u32::from(attempt_failed);
                     // Other keys may use the permit while this one waits.
                     *permit = None;
-                    if !hold(&held.message, delay, shutdown).await {
-                        return false;
+                    if !hold(&held.delivery, delay, shutdown).await {
+                        return Settlement::hand_back(PULL_EXPIRES);
                     }
                 }
             }
@@ -101,17 +98,17 @@ impl Dispatcher {
             }
             let mut waiting = Vec::new();
             self.waiting
-                .for_each_waiting(|held| waiting.push(held.message.clone()));
+                .for_each_waiting(|held| waiting.push(held.delivery.message().clone()));
             for message in &waiting {
-                outcome::keep_alive(message).await;
+                settle::keep_alive(message).await;
             }
         }
     }
 }
 
-/// Waits `delay` while keeping `message` from being redelivered. Returns
+/// Waits `delay` while keeping `delivery` from being redelivered. Returns
 /// `false` if `shutdown` came first.
-async fn hold(message: &Message, delay: Duration, shutdown: &CancellationToken) -> bool {
+async fn hold(delivery: &Delivery, delay: Duration, shutdown: &CancellationToken) -> bool {
     let until = tokio::time::Instant::now() + delay;
     loop {
         let now = tokio::time::Instant::now();
@@ -122,6 +119,6 @@ async fn hold(message: &Message, delay: Duration, shutdown: &CancellationToken) 
             _ = shutdown.cancelled() => return false,
             _ = tokio::time::sleep((until - now).min(KEEP_ALIVE)) => {}
         }
-        outcome::keep_alive(message).await;
+        delivery.keep_alive().await;
     }
 }

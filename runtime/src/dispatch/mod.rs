@@ -18,37 +18,42 @@
 //! back to JetStream (a NAK, so another replica gets them within seconds
 //! rather than after the ack wait), then waits for every started attempt to
 //! finish and settle.
+//!
+//! The [`Dispatcher`] pulls, holds permits, orders and leases; an attempt at
+//! one event is [`attempt::Attempts`]'s, and returns what should become of
+//! the message; every message is settled in one place, [`settle`].
 
 mod attempt;
-mod dead_letter;
+mod give_up;
 mod keyed;
 mod owned;
 mod receive;
+mod settle;
 
 use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Result;
-use async_nats::jetstream::{self, Message};
+use async_nats::jetstream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, Span};
 
-use crate::decode::Decoded;
+use crate::event::decode::Decoded;
+use crate::event::trace::TraceContext;
 use crate::fleet::lease::Leases;
-use crate::manifest::{HandlerManifest, Ordering};
-use crate::metrics::{HandlerMetrics, Metrics, Outcome};
-use crate::outcome::{self, Committer, Settle};
-use crate::policy::dedup::{self, ProcessedEvents};
+use crate::handler::manifest::{HandlerManifest, Ordering};
+use crate::ledger::processed::{self, ProcessedEvents};
+use crate::metrics::Metrics;
 use crate::policy::ordering::KeyedQueue;
 use crate::sandbox::HandlerComponent;
 use crate::source::{self, ConsumerBinding, PULL_EXPIRES, Pull};
 use crate::store::Store;
-use crate::trace::TraceContext;
-use attempt::Next;
+use attempt::Attempts;
 use receive::Work;
+use settle::{Delivery, Settlement};
 
 /// Longest pause between attempts to (re)open a consumer.
 const MAX_REOPEN_BACKOFF: Duration = Duration::from_secs(5);
@@ -63,7 +68,7 @@ pub struct Services {
     pub store: Arc<dyn Store>,
     pub metrics: Arc<Metrics>,
     /// Replicas of the idempotency bucket a dispatcher declares (see
-    /// [`crate::nats::Replication`]).
+    /// [`crate::jetstream::declare::Replication`]).
     pub replicas: usize,
     /// Leases of ordered consumers. `None` consumes them without one, for a
     /// single process such as `eventhost projection rebuild`.
@@ -72,29 +77,21 @@ pub struct Services {
 
 /// A loaded handler and what it consumes.
 pub struct Dispatcher {
-    component: HandlerComponent,
-    manifest: HandlerManifest,
+    attempts: Attempts,
     bindings: Vec<ConsumerBinding>,
     js: jetstream::Context,
-    store: Arc<dyn Store>,
     leases: Option<Arc<Leases>>,
-    processed: ProcessedEvents,
-    /// The largest message the server takes: a commit plan must fit.
-    max_record: usize,
     /// Events waiting behind an earlier one with their key (`ordering = "key"`).
     waiting: KeyedQueue<Held>,
-    metrics: HandlerMetrics,
     /// Whether each binding's pull is open (readiness).
     consuming: Vec<AtomicBool>,
-    /// The last failure, for `GET /handlers`.
-    last_error: Mutex<Option<String>>,
     /// Cancelled once `run` has drained and returned.
     stopped: CancellationToken,
 }
 
 /// A decoded event held until its key's worker gets to it.
 struct Held {
-    message: Message,
+    delivery: Delivery,
     input: Decoded,
     trace: TraceContext,
     span: Span,
@@ -116,7 +113,7 @@ impl Dispatcher {
         } = services.clone();
         let spec = component.spec();
         let consumer = manifest.consumer_name(&spec.name);
-        dedup::declare(&js, &consumer, manifest.idempotency.window, replicas).await?;
+        processed::declare(&js, &consumer, manifest.idempotency.window, replicas).await?;
         let lease = source::claim_lease(&manifest.limits);
         let processed = ProcessedEvents::new(store.clone(), &consumer, lease);
         let origins: Vec<String> = (spec.capabilities.http.iter())
@@ -132,52 +129,48 @@ impl Dispatcher {
         // The record around the plan (lease, history) and the message's
         // headers take a little of the server's limit.
         let max_record = js.client().server_info().max_payload.saturating_sub(4096);
-        Ok(Arc::new(Dispatcher {
-            consuming: bindings.iter().map(|_| AtomicBool::new(false)).collect(),
+        let attempts = Attempts {
             component,
             manifest,
-            bindings,
-            js,
+            js: js.clone(),
             store,
-            leases,
             processed,
             max_record,
-            waiting: KeyedQueue::default(),
             metrics,
             last_error: Mutex::new(None),
+        };
+        Ok(Arc::new(Dispatcher {
+            consuming: bindings.iter().map(|_| AtomicBool::new(false)).collect(),
+            attempts,
+            bindings,
+            js,
+            leases,
+            waiting: KeyedQueue::default(),
             stopped: CancellationToken::new(),
         }))
     }
 
     pub fn name(&self) -> &str {
-        &self.component.spec().name
+        self.attempts.name()
     }
 
     /// The content hash of the component and manifest this dispatcher runs.
     pub fn version(&self) -> &str {
-        &self.component.spec().version
+        self.attempts.version()
     }
 
     pub fn manifest(&self) -> &HandlerManifest {
-        &self.manifest
+        &self.attempts.manifest
     }
 
     /// The durable consumer name (before the per-subject suffix).
     pub fn consumer(&self) -> String {
-        self.manifest.consumer_name(self.name())
+        self.attempts.manifest.consumer_name(self.name())
     }
 
     /// Resolves once [`Dispatcher::run`] has drained and returned.
     pub async fn stopped(&self) {
         self.stopped.cancelled().await
-    }
-
-    fn committer(&self) -> Committer<'_> {
-        Committer {
-            store: &*self.store,
-            records: &self.processed,
-            max_record: self.max_record,
-        }
     }
 
     /// The consumers this handler pulls from.
@@ -194,29 +187,25 @@ impl Dispatcher {
 
     /// Events taken and not yet settled.
     pub fn in_flight(&self) -> i64 {
-        self.metrics.in_flight.get()
+        self.attempts.metrics.in_flight.get()
     }
 
     /// The most recent failure's description, if any.
     pub fn last_error(&self) -> Option<String> {
-        self.last_error.lock().expect("never poisoned").clone()
-    }
-
-    fn set_last_error(&self, error: String) {
-        *self.last_error.lock().expect("never poisoned") = Some(error);
-    }
-
-    fn count(&self, outcome: Outcome) {
-        self.metrics.outcome(outcome).inc();
+        self.attempts
+            .last_error
+            .lock()
+            .expect("never poisoned")
+            .clone()
     }
 
     fn ordered(&self) -> bool {
-        self.manifest.ordering == Ordering::Key
+        self.attempts.manifest.ordering == Ordering::Key
     }
 
     /// Consumes until `shutdown`, then drains in-flight events.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
-        let permits = Arc::new(Semaphore::new(self.manifest.limits.concurrency));
+        let permits = Arc::new(Semaphore::new(self.attempts.manifest.limits.concurrency));
         let in_flight = TaskTracker::new();
         let drained = CancellationToken::new();
         let keep_alive = self
@@ -322,7 +311,7 @@ impl Dispatcher {
                     Ok(message) => {
                         // Read here, in delivery order: the tasks spawned
                         // below may start in any order.
-                        let Some(work) = self.receive(message) else {
+                        let Some(work) = self.receive(Delivery::new(message)) else {
                             continue; // Queued behind its key; the permit goes back.
                         };
                         let this = self.clone();
@@ -352,24 +341,28 @@ impl Dispatcher {
         permit: OwnedSemaphorePermit,
         shutdown: CancellationToken,
     ) {
-        let in_flight = self.metrics.in_flight.clone();
+        let in_flight = self.attempts.metrics.in_flight.clone();
         in_flight.inc();
         let _done = scopeguard(move || {
             in_flight.dec();
         });
         let held = match work {
-            Work::Unreadable(unreadable) => return self.refuse(unreadable).await,
+            Work::Unreadable(unreadable) => return self.refuse(*unreadable).await,
             Work::Key(key, held) => {
                 return self.work_key(&key, held, permits, permit, &shutdown).await;
             }
             Work::Event(held) => held,
         };
-        let next = (self.attempt(&held.message, &held.input, &held.trace, 0))
-            .instrument(held.span.clone())
+        let Held {
+            delivery,
+            input,
+            trace,
+            span,
+        } = held;
+        let settlement = (self.attempts.attempt(&delivery, &input, &trace, 0))
+            .instrument(span)
             .await;
-        if let Next::Again { delay, .. } = next {
-            outcome::settle(&held.message, Settle::Retry { delay }).await;
-        }
+        delivery.settle(settlement).await;
     }
 }
 
@@ -386,12 +379,6 @@ fn scopeguard(f: impl FnOnce()) -> impl Drop {
     Guard(Some(f))
 }
 
-/// JetStream's delivery count of `message` (1 on the first delivery).
-fn delivery_count(message: &Message) -> u32 {
-    let delivered = message.info().map(|i| i.delivered).unwrap_or(1);
-    u32::try_from(delivered).unwrap_or(u32::MAX).max(1)
-}
-
 /// NAKs every message already buffered in the pull, without waiting for more.
 ///
 /// The pull's last request may still be open on the server, and it keeps
@@ -401,14 +388,12 @@ fn delivery_count(message: &Message) -> u32 {
 /// our successor) instead.
 async fn release_prefetched(mut messages: Pull) {
     let buffered = messages.take_buffered();
-    for message in &buffered {
-        let delay = PULL_EXPIRES;
-        outcome::settle(message, Settle::Retry { delay }).await;
+    let released = buffered.len();
+    for message in buffered {
+        let delivery = Delivery::new(message);
+        delivery.settle(Settlement::hand_back(PULL_EXPIRES)).await;
     }
-    if !buffered.is_empty() {
-        tracing::info!(
-            released = buffered.len(),
-            "returned prefetched messages to JetStream"
-        );
+    if released > 0 {
+        tracing::info!(released, "returned prefetched messages to JetStream");
     }
 }

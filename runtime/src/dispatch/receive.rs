@@ -6,17 +6,15 @@
 //! an event joins its key's queue, so the queue holds a key's events in
 //! stream order however the tasks are scheduled.
 
-use async_nats::jetstream::Message;
 use cloudevents::AttributesReader;
 use tracing::Instrument;
 
-use super::attempt::Next;
-use super::{Dispatcher, Held, delivery_count};
-use crate::decode;
+use super::settle::Delivery;
+use super::{Dispatcher, Held};
+use crate::event::decode;
+use crate::event::trace::TraceContext;
 use crate::failure::DeadLetterReason;
-use crate::outcome::{self, Settle};
 use crate::policy::ordering::partition_key;
-use crate::trace::TraceContext;
 
 /// What a task is to do with a received message.
 pub(super) enum Work {
@@ -30,7 +28,7 @@ pub(super) enum Work {
 
 /// A message that never reaches the handler, and why.
 pub(super) struct Unreadable {
-    message: Message,
+    delivery: Delivery,
     kind: DeadLetterReason,
     reason: String,
 }
@@ -38,24 +36,25 @@ pub(super) struct Unreadable {
 impl Dispatcher {
     /// Reads `message`; `None` when it joined the queue of a key another
     /// task is working.
-    pub(super) fn receive(&self, message: Message) -> Option<Work> {
-        self.metrics.received.inc();
-        let held = match self.read(message) {
+    pub(super) fn receive(&self, delivery: Delivery) -> Option<Work> {
+        self.attempts.metrics.received.inc();
+        let held = match self.read(delivery) {
             Ok(held) => held,
             Err(unreadable) => return Some(Work::Unreadable(unreadable)),
         };
         if !self.ordered() {
             return Some(Work::Event(held));
         }
-        let key = partition_key(&held.input.event, &held.message.subject);
+        let key = partition_key(&held.input.event, &held.delivery.message().subject);
         let held = self.waiting.admit(&key, held)?;
         Some(Work::Key(key, held))
     }
 
     /// Decodes the event (within the handler's size limit) and opens its
     /// span in its trace.
-    fn read(&self, message: Message) -> Result<Held, Box<Unreadable>> {
-        let limit = self.manifest.limits.max_event_size;
+    fn read(&self, delivery: Delivery) -> Result<Held, Box<Unreadable>> {
+        let message = delivery.message();
+        let limit = self.attempts.manifest.limits.max_event_size;
         let size = message.payload.len();
         let decoded = if size as u64 > limit.as_u64() {
             Err((
@@ -72,13 +71,13 @@ impl Dispatcher {
             Ok(input) => input,
             Err((kind, reason)) => {
                 return Err(Box::new(Unreadable {
-                    message,
+                    delivery,
                     kind,
                     reason,
                 }));
             }
         };
-        let spec = self.component.spec();
+        let spec = self.attempts.component.spec();
         let mut trace = TraceContext::for_event(&input.event);
         let span = tracing::info_span!("event",
             handler = %spec.name,
@@ -94,30 +93,29 @@ impl Dispatcher {
         );
         trace.attach(&span);
         Ok(Held {
-            message,
+            delivery,
             input,
             trace,
             span,
         })
     }
 
-    /// Dead-letters a message that never reached the handler.
-    pub(super) async fn refuse(&self, unreadable: Box<Unreadable>) {
+    /// Dead-letters a message that never reached the handler, then settles
+    /// it.
+    pub(super) async fn refuse(&self, unreadable: Unreadable) {
         let Unreadable {
-            message,
+            delivery,
             kind,
             reason,
-        } = *unreadable;
-        let spec = self.component.spec();
+        } = unreadable;
+        let spec = self.attempts.component.spec();
         let span = tracing::info_span!("event", handler = %spec.name,
-            version = %spec.version, nats_subject = %message.subject);
-        let attempts = delivery_count(&message);
-        let next = self
-            .dead_letter_unread(&message, kind, &reason, attempts)
+            version = %spec.version, nats_subject = %delivery.message().subject);
+        let attempts = delivery.count();
+        let settlement = (self.attempts)
+            .dead_letter_unread(&delivery, kind, &reason, attempts)
             .instrument(span)
             .await;
-        if let Next::Again { delay, .. } = next {
-            outcome::settle(&message, Settle::Retry { delay }).await;
-        }
+        delivery.settle(settlement).await;
     }
 }

@@ -17,7 +17,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{BucketDeclaration, Storage};
+use crate::jetstream::config_file::{BucketDeclaration, Storage};
 use crate::store::{Store, kv};
 
 /// The key-value bucket of announcements.
@@ -64,7 +64,7 @@ pub async fn declare(js: &jetstream::Context, replicas: usize) -> Result<()> {
         max_age: Some(TTL),
         max_value_size: None,
     };
-    crate::nats::ensure_buckets(js, &[bucket], replicas).await
+    crate::jetstream::declare::ensure_buckets(js, &[bucket], replicas).await
 }
 
 fn key(runtime: &str) -> String {

@@ -21,10 +21,10 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncReadExt;
 
-use crate::config::{BucketDeclaration, Storage};
-use crate::manifest::HandlerManifest;
-use crate::nats::Replication;
-use crate::plugins::{content_version, validate_name};
+use crate::handler::manifest::HandlerManifest;
+use crate::handler::plugins::{content_version, validate_name};
+use crate::jetstream::config_file::{BucketDeclaration, Storage};
+use crate::jetstream::declare::Replication;
 use crate::store::{NatsStore, Store, StoreError, kv};
 
 /// The deploy bucket's name unless `--deploy-bucket` says otherwise.
@@ -65,7 +65,7 @@ impl DeployBucket {
         name: &str,
         replication: Replication,
     ) -> Result<Self> {
-        kv::validate_bucket(name).map_err(anyhow::Error::msg)?;
+        kv::validate_bucket(name)?;
         let pointers = BucketDeclaration {
             name: name.to_string(),
             history: 1,
@@ -73,7 +73,7 @@ impl DeployBucket {
             max_age: None,
             max_value_size: None,
         };
-        crate::nats::ensure_buckets(js, &[pointers], replication.copies).await?;
+        crate::jetstream::declare::ensure_buckets(js, &[pointers], replication.copies).await?;
         // The object store's stream, as NATS clients lay it out.
         let files = stream::Config {
             name: format!("OBJ_{name}"),
@@ -85,7 +85,7 @@ impl DeployBucket {
             allow_direct: true,
             ..Default::default()
         };
-        crate::nats::declare_stream(js, files)
+        crate::jetstream::declare::declare_stream(js, files)
             .await
             .with_context(|| format!("declaring the deploy bucket {name}"))?;
         Self::open(js, name).await

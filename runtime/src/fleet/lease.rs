@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{BucketDeclaration, Storage};
+use crate::jetstream::config_file::{BucketDeclaration, Storage};
 use crate::store::{Store, StoreError, kv};
 
 /// The key-value bucket holding every ordered consumer's lease.
@@ -54,7 +54,7 @@ pub async fn declare(js: &jetstream::Context, replicas: usize) -> Result<()> {
         max_age: Some(Duration::from_secs(24 * 3600)),
         max_value_size: None,
     };
-    crate::nats::ensure_buckets(js, &[bucket], replicas).await
+    crate::jetstream::declare::ensure_buckets(js, &[bucket], replicas).await
 }
 
 /// The lease's value: who holds it, for `eventhost status` and for humans.

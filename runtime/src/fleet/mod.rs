@@ -8,12 +8,17 @@
 //! - [`announce`]: each runtime's account of what it runs, which
 //!   `eventhost status` prints as a table;
 //! - [`lease`]: which runtime consumes an ordered handler's consumer, so
-//!   per-key order holds across the fleet.
+//!   per-key order holds across the fleet;
+//! - [`RELOAD_SUBJECT`]: a reload asked of every runtime at once.
 
 pub mod announce;
 pub mod deploy;
 pub mod follow;
 pub mod lease;
+
+/// Where `eventhost reload` asks every runtime of the fleet to reload now
+/// (core NATS: a runtime that is down has nothing to reload).
+pub const RELOAD_SUBJECT: &str = "eventhost.control.reload";
 
 /// A runtime's name in the fleet: its host, and a random suffix that tells
 /// two processes (or two lives of one) apart.

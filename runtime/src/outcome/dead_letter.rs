@@ -21,8 +21,8 @@ use async_nats::HeaderMap;
 use async_nats::jetstream::{self, Message, stream};
 use chrono::{DateTime, SecondsFormat, Utc};
 
-use crate::decode::ContentMode;
-use crate::encode::header_value;
+use crate::event::decode::ContentMode;
+use crate::event::encode::header_value;
 use crate::failure::DeadLetterReason;
 
 /// The stream holding every handler's dead letters.
@@ -79,7 +79,7 @@ pub fn subject(handler: &str) -> String {
 
 /// Creates the dead-letter stream, or updates it to this shape.
 pub async fn ensure_stream(js: &jetstream::Context, replicas: usize) -> Result<()> {
-    crate::nats::declare_stream(js, stream::Config {
+    crate::jetstream::declare::declare_stream(js, stream::Config {
         name: STREAM.to_string(),
         description: Some("eventhost: events no handler could handle".into()),
         subjects: vec![format!("{SUBJECT_PREFIX}.>")],
@@ -279,7 +279,8 @@ mod tests {
         };
         assert_eq!(values("ce-dlqattempts"), ["3"]);
         assert_eq!(values("eventhost-error"), ["ours"]);
-        let decoded = crate::decode::decode(Some(&headers), b"").expect("still a CloudEvent");
+        let decoded =
+            crate::event::decode::decode(Some(&headers), b"").expect("still a CloudEvent");
         assert_eq!(
             decoded
                 .event

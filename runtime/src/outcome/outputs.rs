@@ -16,16 +16,15 @@ use anyhow::{Context, Result};
 use chrono::{DateTime, Utc};
 use cloudevents::event::Data;
 use cloudevents::{AttributesReader, AttributesWriter, Event, EventBuilder, EventBuilderV10};
-use futures::future::try_join_all;
 use uuid::Uuid;
 
-use crate::decode::{ContentMode, Decoded};
-use crate::encode::encode;
+use crate::event::decode::{ContentMode, Decoded};
+use crate::event::encode::encode;
+use crate::event::trace::TraceContext;
+use crate::ledger::record::PlannedMessage;
 use crate::sandbox::EmittedEvent;
 use crate::sandbox::emit::{EmitGrant, EmitMode};
-use crate::store::record::PlannedMessage;
-use crate::store::{Publish, Store};
-use crate::trace::TraceContext;
+use crate::store::Publish;
 
 /// Namespace for emitted-event ids (UUIDv5): fixed forever, so ids stay
 /// stable across versions of the runtime.
@@ -173,23 +172,6 @@ impl From<PlannedMessage> for Publish {
             expected_last_subject_sequence: None,
         }
     }
-}
-
-/// Publishes `messages` and waits until JetStream has stored every one.
-/// Publishes are pipelined: all are sent, then all acks awaited.
-pub async fn publish_all(
-    store: &dyn Store,
-    messages: impl IntoIterator<Item = Publish>,
-) -> Result<()> {
-    let stored = messages.into_iter().map(|message| async move {
-        let subject = message.subject.clone();
-        store
-            .publish(message)
-            .await
-            .with_context(|| format!("JetStream did not store the event for {subject}"))
-    });
-    try_join_all(stored).await?;
-    Ok(())
 }
 
 #[cfg(test)]

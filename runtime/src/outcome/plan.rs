@@ -10,11 +10,11 @@
 
 use anyhow::Result;
 
-use super::commit::new_commit_id;
 use super::outputs::{Completion, appended_event_id, complete, encode_emitted};
-use crate::decode::ContentMode;
+use crate::event::decode::ContentMode;
+use crate::ledger::commit::new_commit_id;
+use crate::ledger::record::{CommitPlan, PlannedWrite};
 use crate::sandbox::Effects;
-use crate::store::record::{CommitPlan, PlannedWrite};
 
 /// The plan for `effects` of the event whose record key is `record_key`.
 /// Only a plan that changes state gets a commit id: the others are never
@@ -54,4 +54,33 @@ pub fn plan(record_key: &str, with: &Completion, effects: Effects) -> Result<Com
         writes,
         outputs: encode_emitted(with, emitted)?,
     })
+}
+
+/// What a commit changes, for the metrics once it has: taken from the plan
+/// before the commit consumes it.
+#[derive(Debug, Default)]
+pub struct Written {
+    /// (bucket, value bytes) per key written.
+    pub keys: Vec<(String, u64)>,
+    pub appended: u64,
+    pub emitted: usize,
+}
+
+impl Written {
+    pub fn of(plan: &CommitPlan) -> Self {
+        let mut written = Written {
+            emitted: plan.outputs.len(),
+            ..Written::default()
+        };
+        for write in &plan.writes {
+            match write {
+                PlannedWrite::Key { bucket, value, .. } => {
+                    let bytes = value.as_ref().map_or(0, |v| v.len() as u64);
+                    written.keys.push((bucket.clone(), bytes));
+                }
+                PlannedWrite::Event { .. } => written.appended += 1,
+            }
+        }
+        written
+    }
 }

@@ -8,7 +8,6 @@
 //! Keeping these decisions here, apart from the mechanics of publishing and
 //! acking in [`crate::outcome`], is what keeps each of them small.
 
-pub mod dedup;
 pub mod ordering;
 pub mod retry;
 

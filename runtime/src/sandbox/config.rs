@@ -12,10 +12,8 @@
 //!   that is missing fails the load, naming the key and where it looked.
 //! - Per invocation: a shared reference; reads only, nothing to commit.
 //!
-//! Secret values are known to the host, which removes them ([`Redactor`])
-//! from every text a guest can send out through the host: its log lines
-//! and the messages of its failures (which become log lines and dead
-//! letters). What it emits or sends over HTTP is its own business.
+//! Secret values are removed from what the guest sends out through the host
+//! (see [`super::secrets`]).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -23,11 +21,9 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail};
 use wasmtime::component::{HasSelf, Linker};
 
-use super::bindings::eventhost::handler::config;
-use super::state::InvocationState;
-
-/// What a secret value is replaced with.
-pub const REDACTED: &str = "[redacted]";
+use super::capability::{Capability, InvocationContext, View};
+use super::eventhost::handler::config;
+use super::secrets::Redactor;
 
 /// A handler's `[config]` values, as `config.get` returns them.
 #[derive(Debug, Clone, Default)]
@@ -111,41 +107,47 @@ impl ConfigValues {
     }
 }
 
-/// Replaces a handler's secret values in text with [`REDACTED`].
-#[derive(Debug, Clone, Default)]
-pub struct Redactor(Arc<Vec<String>>);
-
-impl Redactor {
-    fn new(mut secrets: Vec<String>) -> Self {
-        // An empty secret would match everywhere; longest first so that a
-        // secret containing another is removed whole.
-        secrets.retain(|s| !s.is_empty());
-        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
-        Redactor(Arc::new(secrets))
-    }
-
-    /// `text` without the secrets; borrowed when it holds none (the
-    /// usual case: every guest log line passes through here).
-    pub fn redact<'a>(&self, text: &'a str) -> std::borrow::Cow<'a, str> {
-        let mut text = std::borrow::Cow::Borrowed(text);
-        for secret in self.0.iter() {
-            if text.contains(secret.as_str()) {
-                text = text.replace(secret.as_str(), REDACTED).into();
-            }
-        }
-        text
-    }
-}
-
 impl config::Host for ConfigValues {
     fn get(&mut self, key: String) -> Option<String> {
         ConfigValues::get(self, &key)
     }
 }
 
-pub fn add_to_linker(linker: &mut Linker<InvocationState>) -> wasmtime::Result<()> {
-    config::add_to_linker::<_, HasSelf<ConfigValues>>(linker, |state| &mut state.config)?;
-    Ok(())
+/// The config capability.
+pub struct Config;
+
+impl Config {
+    /// The secrets among a handler's `[config]` values, to redact.
+    pub fn secrets(values: Option<&ConfigValues>) -> Redactor {
+        values.map(|v| v.redactor().clone()).unwrap_or_default()
+    }
+}
+
+impl Capability for Config {
+    type Grant = ConfigValues;
+    type State = ConfigValues;
+    const GRANTED_BY: Option<&'static str> = None;
+    const IMPORTS: &'static [&'static str] = &["eventhost:handler/config@"];
+
+    fn state(grant: Option<&Arc<ConfigValues>>, _: &InvocationContext) -> ConfigValues {
+        grant
+            .map(|values| ConfigValues::clone(values))
+            .unwrap_or_default()
+    }
+
+    fn add_to_linker<T: View<Self>>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
+        config::add_to_linker::<_, HasSelf<ConfigValues>>(linker, |t| View::<Config>::state(t))?;
+        // Components built against the 0.1.0 contract import the same
+        // interface under its old name (see `super::V0_1`).
+        linker.instance(&super::v0_1("config"))?.func_wrap(
+            "get",
+            |mut store, (key,): (String,)| {
+                let values: &mut ConfigValues = View::<Config>::state(store.data_mut());
+                Ok((values.get(&key),))
+            },
+        )?;
+        Ok(())
+    }
 }
 
 #[cfg(test)]

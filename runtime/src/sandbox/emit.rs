@@ -13,12 +13,15 @@
 use serde::Deserialize;
 use wasmtime::component::{HasSelf, Linker};
 
-use super::bindings::eventhost::handler::emitter;
-use super::bindings::types::{self, EmitError};
-use super::state::InvocationState;
-use crate::decode::validate_attribute_name;
+use std::sync::Arc;
+
+use super::capability::{Capability, InvocationContext, View};
+use super::eventhost::handler::emitter;
+use super::types::{self, EmitError};
+use super::{Effects, v0_1};
+use crate::event::decode::{InvalidAttributeName, validate_attribute_name};
+use crate::event::subject;
 use crate::failure::{Failure, FailureKind};
-use crate::subject;
 
 /// Most events one invocation may emit.
 pub const MAX_EMITTED_EVENTS: usize = 1000;
@@ -62,7 +65,19 @@ pub struct EmitGrant {
     pub mode: EmitMode,
 }
 
+/// What a handler without a grant may emit: nothing.
+static NOTHING: EmitGrant = EmitGrant {
+    publish: Vec::new(),
+    source: String::new(),
+    mode: EmitMode::Same,
+};
+
 impl EmitGrant {
+    /// `grant`, or the grant of nothing.
+    pub fn or_nothing(grant: Option<&Arc<EmitGrant>>) -> &EmitGrant {
+        grant.map_or(&NOTHING, |grant| grant)
+    }
+
     pub fn may_publish(&self, subject: &str) -> bool {
         (self.publish.iter()).any(|pattern| subject::matches(pattern, subject))
     }
@@ -71,7 +86,7 @@ impl EmitGrant {
 /// The emits of one invocation.
 #[derive(Default)]
 pub struct EmitState {
-    grant: Option<std::sync::Arc<EmitGrant>>,
+    grant: Option<Arc<EmitGrant>>,
     emitted: Vec<types::OutgoingEvent>,
     bytes: usize,
     /// The first refusal; it fails the invocation.
@@ -79,7 +94,7 @@ pub struct EmitState {
 }
 
 impl EmitState {
-    pub fn new(grant: std::sync::Arc<EmitGrant>) -> Self {
+    pub fn new(grant: Arc<EmitGrant>) -> Self {
         EmitState {
             grant: Some(grant),
             ..Default::default()
@@ -120,7 +135,7 @@ impl EmitState {
                 "{destination:?} is not in this handler's `publish` list"
             )));
         }
-        validate_event(event).map_err(EmitError::InvalidEvent)?;
+        validate_event(event).map_err(|e| EmitError::InvalidEvent(e.to_string()))?;
         let size = event.data.as_ref().map_or(0, Vec::len);
         if self.emitted.len() >= MAX_EMITTED_EVENTS {
             return Err(EmitError::LimitExceeded(format!(
@@ -138,31 +153,53 @@ impl EmitState {
 
 /// The checks every event a guest hands over passes, emitted or appended:
 /// a type, well-formed optional attributes, no reserved extension names.
-pub fn validate_event(event: &types::OutgoingEvent) -> Result<(), String> {
+pub fn validate_event(event: &types::OutgoingEvent) -> Result<(), InvalidEvent> {
     if event.type_.is_empty() {
-        return Err("`type` must not be empty".into());
+        return Err(InvalidEvent::EmptyType);
     }
     if [&event.id, &event.source]
         .into_iter()
         .flatten()
         .any(String::is_empty)
     {
-        return Err("`id` and `source` must not be empty when set".into());
+        return Err(InvalidEvent::EmptyIdOrSource);
     }
     if let Some(time) = &event.time {
-        chrono::DateTime::parse_from_rfc3339(time)
-            .map_err(|e| format!("`time` {time:?} is not RFC 3339: {e}"))?;
+        chrono::DateTime::parse_from_rfc3339(time).map_err(|e| InvalidEvent::Time {
+            time: time.clone(),
+            reason: e.to_string(),
+        })?;
     }
     if let Some(schema) = &event.dataschema {
-        url::Url::parse(schema).map_err(|e| format!("`dataschema` {schema:?}: {e}"))?;
+        url::Url::parse(schema).map_err(|e| InvalidEvent::DataSchema {
+            schema: schema.clone(),
+            reason: e.to_string(),
+        })?;
     }
     for (name, _) in &event.extensions {
         validate_attribute_name(name)?;
         if RESERVED_EXTENSIONS.contains(&name.as_str()) {
-            return Err(format!("extension {name:?} is reserved"));
+            return Err(InvalidEvent::ReservedExtension(name.clone()));
         }
     }
     Ok(())
+}
+
+/// Why an event a guest emitted (or appended) is not a valid CloudEvent.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidEvent {
+    #[error("`type` must not be empty")]
+    EmptyType,
+    #[error("`id` and `source` must not be empty when set")]
+    EmptyIdOrSource,
+    #[error("`time` {time:?} is not RFC 3339: {reason}")]
+    Time { time: String, reason: String },
+    #[error("`dataschema` {schema:?}: {reason}")]
+    DataSchema { schema: String, reason: String },
+    #[error(transparent)]
+    AttributeName(#[from] InvalidAttributeName),
+    #[error("extension {0:?} is reserved")]
+    ReservedExtension(String),
 }
 
 impl emitter::Host for EmitState {
@@ -171,15 +208,47 @@ impl emitter::Host for EmitState {
     }
 }
 
-pub fn add_to_linker(linker: &mut Linker<InvocationState>) -> wasmtime::Result<()> {
-    emitter::add_to_linker::<_, HasSelf<EmitState>>(linker, |state| &mut state.emit)?;
-    Ok(())
+/// The emit capability.
+pub struct Emit;
+
+impl Capability for Emit {
+    type Grant = EmitGrant;
+    type State = EmitState;
+    const GRANTED_BY: Option<&'static str> = None;
+    const IMPORTS: &'static [&'static str] = &["eventhost:handler/emitter@"];
+
+    fn state(grant: Option<&Arc<EmitGrant>>, _: &InvocationContext) -> EmitState {
+        EmitState {
+            grant: grant.cloned(),
+            ..Default::default()
+        }
+    }
+
+    fn add_to_linker<T: View<Self>>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
+        emitter::add_to_linker::<_, HasSelf<EmitState>>(linker, |t| View::<Emit>::state(t))?;
+        // The 0.1.0 contract's name for the same interface.
+        linker.instance(&v0_1("emitter"))?.func_wrap(
+            "emit",
+            |mut store, (event,): (types::OutgoingEvent,)| {
+                let emit: &mut EmitState = View::<Emit>::state(store.data_mut());
+                Ok((emit.emit(event),))
+            },
+        )?;
+        Ok(())
+    }
+
+    fn take_refusal(state: &mut EmitState) -> Option<Failure> {
+        state.refused.take()
+    }
+
+    fn hand_over(state: &mut EmitState, effects: &mut Effects) {
+        effects.emitted = state.take();
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
 
     pub fn event(destination: &str) -> types::OutgoingEvent {
         types::OutgoingEvent {

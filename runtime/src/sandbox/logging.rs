@@ -4,19 +4,22 @@
 //! A guest's lines go to the host's `tracing` log with target `guest`,
 //! inside the invocation's span, so every line carries the handler's name
 //! and version, the event id and the attempt, with the handler's secrets
-//! removed (see [`super::config::Redactor`]). There is nothing to resolve,
+//! removed (see [`super::secrets`]). There is nothing to resolve,
 //! nothing to buffer and nothing to commit.
+
+use std::sync::Arc;
 
 use wasmtime::component::{HasSelf, Linker};
 
-use super::bindings::eventhost::handler::logging;
-use super::bindings::types::Level;
-use super::config::Redactor;
-use super::state::InvocationState;
+use super::capability::{Capability, InvocationContext, View};
+use super::eventhost::handler::logging;
+use super::secrets::Redactor;
+use super::types::Level;
+use super::v0_1;
 
 /// The logging capability's per-invocation state: what to redact.
 #[derive(Default)]
-pub struct Logging {
+pub struct LoggingState {
     pub redactor: Redactor,
 }
 
@@ -24,7 +27,7 @@ pub struct Logging {
 /// cannot flood the host's log (or its disk) with one call.
 pub const MAX_LINE: usize = 16 << 10;
 
-impl Logging {
+impl LoggingState {
     /// Writes one guest line at `level`, secrets removed, cut at
     /// [`MAX_LINE`] bytes.
     pub fn log(&self, level: Level, message: &str) {
@@ -53,15 +56,39 @@ fn write(level: Level, message: &str) {
     }
 }
 
-impl logging::Host for Logging {
+impl logging::Host for LoggingState {
     fn log(&mut self, level: Level, message: String) {
-        Logging::log(self, level, &message);
+        LoggingState::log(self, level, &message);
     }
 }
 
-pub fn add_to_linker(linker: &mut Linker<InvocationState>) -> wasmtime::Result<()> {
-    logging::add_to_linker::<_, HasSelf<Logging>>(linker, |state| &mut state.logging)?;
-    Ok(())
+/// The logging capability.
+pub struct Logging;
+
+impl Capability for Logging {
+    type Grant = ();
+    type State = LoggingState;
+    const GRANTED_BY: Option<&'static str> = None;
+    const IMPORTS: &'static [&'static str] = &["eventhost:handler/logging@"];
+
+    fn state(_: Option<&Arc<()>>, invocation: &InvocationContext) -> LoggingState {
+        LoggingState {
+            redactor: invocation.redactor.clone(),
+        }
+    }
+
+    fn add_to_linker<T: View<Self>>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
+        logging::add_to_linker::<_, HasSelf<LoggingState>>(linker, |t| View::<Logging>::state(t))?;
+        // The 0.1.0 contract's name for the same interface.
+        linker.instance(&v0_1("logging"))?.func_wrap(
+            "log",
+            |mut store, (level, message): (Level, String)| {
+                View::<Logging>::state(store.data_mut()).log(level, &message);
+                Ok(())
+            },
+        )?;
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -1,30 +1,134 @@
-//! The store data of one invocation: WASI with nothing granted, the memory
-//! limiter, and one state per capability.
+//! The store data of one invocation, and the list of capabilities.
+//!
+//! [`capabilities!`] below is the one place that lists the host's
+//! capabilities. From that list it makes what the rest of the sandbox loops
+//! over: the grants a handler resolved at load ([`Capabilities`]), every
+//! capability's state in one invocation, the linking of what is granted,
+//! the check that a component imports nothing it was not granted, and the
+//! collection of refusals, interruptions, effects and usage. Adding a
+//! capability is one module implementing [`Capability`] and one line here.
 //!
 //! A fresh [`InvocationState`] is made for every event, so nothing a guest
-//! does can leak into the next event. Each capability's state lives in its
-//! own field and is linked (see [`super::Sandbox::load`]) with a projection
-//! onto that field: a capability sees only its own state.
+//! does can leak into the next event. Each capability reaches only its own
+//! state, through its [`View`].
 
+use std::sync::Arc;
 use std::time::Instant;
 
-use wasmtime::component::ResourceTable;
+use anyhow::{Context, Result, bail};
+use wasmtime::Engine;
+use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtxView, WasiHttpView};
 
-use super::config::ConfigValues;
-use super::emit::EmitState;
-use super::eventstore::EventStoreState;
-use super::http::{Caller, HttpState};
-use super::keyvalue::KeyValueState;
+use super::capability::{Capability, InvocationContext, View};
+use super::config::Config;
+use super::emit::Emit;
+use super::eventstore::EventStore;
+use super::http::Http;
+use super::keyvalue::KeyValue;
 use super::limiter::MemoryLimiter;
 use super::logging::Logging;
 use super::turns::Turn;
-use super::{Capabilities, Interruption};
+use super::{Effects, Interruption, Usage, v0_1};
 use crate::failure::Failure;
 
 /// How much of a guest's stderr (its panic message, say) is kept for the log.
 const STDERR_CAPACITY: usize = 16 << 10;
+
+macro_rules! capabilities {
+    ($($field:ident: $capability:ty),* $(,)?) => {
+        /// What a handler is granted, resolved at load: one grant per
+        /// capability, `None` where its manifest grants nothing.
+        #[derive(Clone, Default)]
+        pub struct Capabilities {
+            $(pub $field: Option<Arc<<$capability as Capability>::Grant>>,)*
+        }
+
+        /// Every capability's state in one invocation.
+        struct States {
+            $($field: <$capability as Capability>::State,)*
+        }
+
+        impl States {
+            fn new(grants: &Capabilities, invocation: &InvocationContext) -> Self {
+                States {
+                    $($field: <$capability>::state(grants.$field.as_ref(), invocation),)*
+                }
+            }
+        }
+
+        impl InvocationState {
+            /// The first refusal a capability made: it fails the invocation
+            /// whatever the guest returned.
+            pub(super) fn take_refusal(&mut self) -> Option<Failure> {
+                None$(.or_else(|| <$capability>::take_refusal(&mut self.capabilities.$field)))*
+            }
+
+            /// Why a capability stopped the invocation, if one did.
+            pub(super) fn take_interruption(&mut self) -> Option<Interruption> {
+                None$(.or_else(|| <$capability>::take_interruption(&mut self.capabilities.$field)))*
+            }
+
+            /// What the capabilities buffered, for the commit.
+            pub(super) fn hand_over(&mut self) -> Effects {
+                let mut effects = Effects::default();
+                $(<$capability>::hand_over(&mut self.capabilities.$field, &mut effects);)*
+                effects
+            }
+
+            /// What the invocation used, for the metrics.
+            pub(super) fn usage(&self) -> Usage {
+                let mut usage = Usage::default();
+                $(<$capability>::report(&self.capabilities.$field, &mut usage);)*
+                usage
+            }
+        }
+
+        /// Links every capability `grants` grants, and those every handler has.
+        fn add_granted(linker: &mut Linker<InvocationState>, grants: &Capabilities) -> wasmtime::Result<()> {
+            $(
+                if grants.$field.is_some() || <$capability>::GRANTED_BY.is_none() {
+                    <$capability>::add_to_linker(linker)?;
+                }
+            )*
+            Ok(())
+        }
+
+        /// The manifest section that would grant `import`, if it needs one
+        /// that `grants` lacks.
+        fn missing_grant(import: &str, grants: &Capabilities) -> Option<&'static str> {
+            $(
+                if grants.$field.is_none()
+                    && <$capability>::IMPORTS.iter().any(|p| import.starts_with(p))
+                {
+                    if let Some(section) = <$capability>::GRANTED_BY {
+                        return Some(section);
+                    }
+                }
+            )*
+            None
+        }
+
+        $(
+            impl View<$capability> for InvocationState {
+                fn state(&mut self) -> &mut <$capability as Capability>::State {
+                    &mut self.capabilities.$field
+                }
+            }
+        )*
+    };
+}
+
+capabilities! {
+    emit: Emit,
+    logging: Logging,
+    config: Config,
+    keyvalue: KeyValue,
+    eventstore: EventStore,
+    http: Http,
+}
 
 pub struct InvocationState {
     wasi: WasiCtx,
@@ -36,22 +140,11 @@ pub struct InvocationState {
     pub(super) timed_out: bool,
     /// Held only while the guest runs as a long runner (see `turns`).
     pub(super) turn: Turn,
-    pub(super) emit: EmitState,
-    pub(super) logging: Logging,
-    pub(super) config: ConfigValues,
-    pub(super) keyvalue: KeyValueState,
-    pub(super) events: EventStoreState,
-    pub(super) http: HttpState,
+    capabilities: States,
 }
 
 impl InvocationState {
-    pub fn new(
-        capabilities: &Capabilities,
-        memory_cap: usize,
-        started: Instant,
-        deadline: Instant,
-        caller: Caller,
-    ) -> Self {
+    pub fn new(grants: &Capabilities, memory_cap: usize, invocation: &InvocationContext) -> Self {
         // Nothing is granted: no preopened directories, environment, args,
         // network or stdin. Clocks and randomness are WASI's defaults.
         let stderr = MemoryOutputPipe::new(STDERR_CAPACITY);
@@ -61,39 +154,12 @@ impl InvocationState {
             table: ResourceTable::new(),
             stderr,
             memory: MemoryLimiter::new(memory_cap),
-            started,
-            deadline,
+            started: invocation.started,
+            deadline: invocation.deadline,
             timed_out: false,
             turn: Turn::default(),
-            emit: EmitState::new(capabilities.emit.clone()),
-            logging: Logging {
-                redactor: capabilities.config.redactor().clone(),
-            },
-            config: capabilities.config.clone(),
-            keyvalue: KeyValueState::new(capabilities.keyvalue.clone()),
-            events: EventStoreState::new(capabilities.eventstore.clone()),
-            http: HttpState::new(capabilities.http.clone(), caller, deadline),
+            capabilities: States::new(grants, invocation),
         }
-    }
-
-    /// The first refusal a capability made: it fails the invocation
-    /// whatever the guest returned.
-    pub(super) fn refusal(&mut self) -> Option<Failure> {
-        (self.emit.refused.take())
-            .or_else(|| self.keyvalue.refused.take())
-            .or_else(|| self.events.refused.take())
-            .or_else(|| self.http.take_refusal())
-    }
-
-    /// The resource table (shared by WASI and wasi:http, whose streams are
-    /// WASI's) beside the HTTP state.
-    pub(super) fn table_and_http(&mut self) -> (&mut ResourceTable, &mut HttpState) {
-        (&mut self.table, &mut self.http)
-    }
-
-    /// Why a capability stopped the invocation, if one did.
-    pub(super) fn interruption(&mut self) -> Option<Interruption> {
-        (self.keyvalue.interrupted.take()).or_else(|| self.events.interrupted.take())
     }
 }
 
@@ -104,4 +170,53 @@ impl WasiView for InvocationState {
             table: &mut self.table,
         }
     }
+}
+
+impl WasiHttpView for InvocationState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        let http = &mut self.capabilities.http;
+        WasiHttpCtxView {
+            ctx: &mut http.ctx,
+            table: &mut self.table,
+            hooks: &mut http.hooks,
+        }
+    }
+}
+
+/// WASI with nothing granted, the capabilities every handler has, and
+/// those its manifest grants.
+pub(super) fn link(engine: &Engine, grants: &Capabilities) -> Result<Linker<InvocationState>> {
+    let mut linker = Linker::new(engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+        .map_err(anyhow::Error::from)
+        .context("linking WASI")?;
+    let mut link = || -> wasmtime::Result<()> {
+        // Types only: components import them for the records the
+        // capabilities' functions take, under both contract versions.
+        linker.instance("eventhost:handler/types@0.2.0")?;
+        linker.instance(&v0_1("types"))?;
+        add_granted(&mut linker, grants)
+    };
+    link()
+        .map_err(anyhow::Error::from)
+        .context("linking the eventhost imports")?;
+    Ok(linker)
+}
+
+/// A component importing a capability its manifest does not grant is
+/// refused with the section that would grant it, rather than with the
+/// linker's "no matching implementation".
+pub(super) fn check_granted_imports(
+    engine: &Engine,
+    component: &Component,
+    grants: &Capabilities,
+) -> Result<()> {
+    for (import, _) in component.component_type().imports(engine) {
+        if let Some(section) = missing_grant(import, grants) {
+            bail!(
+                "the component imports {import}, which its manifest does not grant: add a {section} section"
+            );
+        }
+    }
+    Ok(())
 }

@@ -17,7 +17,7 @@
 //! a long runner also rests two ticks, still holding its turn, before
 //! handing it on: long runners then use at most a third of their workers,
 //! and when nothing else is running they use them all. (Measured on 2
-//! cores, `tests/hostile.rs`: a well-behaved handler kept 0.01x of its
+//! cores, `tests/guarantees/sandbox/hostile.rs`: a well-behaved handler kept 0.01x of its
 //! throughput beside spinning guests with only yields, 0.3x with turns,
 //! 0.5x to 0.8x with a rest of one tick.) A
 //! turn is released when the invocation ends, however it ends, because it

@@ -20,9 +20,9 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use async_nats::jetstream::{self, consumer::pull as pull_consumer};
 
-use crate::manifest::{HandlerManifest, Limits};
-use crate::server::ServerVersion;
-use crate::subject;
+use crate::event::subject;
+use crate::handler::manifest::{HandlerManifest, Limits};
+use crate::jetstream::server::ServerVersion;
 
 /// Idle heartbeats let the client notice a dead pull (server restart, lost
 /// connection) after two missed beats, instead of waiting forever. Short,

@@ -74,40 +74,54 @@ pub fn write(bucket: &str, key: &str, value: Option<Bytes>) -> Publish {
 
 /// Keys follow the NATS rules: letters, digits and `-/_=.`, no leading or
 /// trailing dot, no empty token, and not the bucket's `_kv` namespace.
-pub fn validate_key(key: &str) -> Result<(), String> {
+pub fn validate_key(key: &str) -> Result<(), InvalidKey> {
     let allowed = |c: char| c.is_ascii_alphanumeric() || "-/_=.".contains(c);
+    let key_ = || key.to_string();
     if key.is_empty() {
-        return Err("a key must not be empty".into());
+        return Err(InvalidKey::Empty);
     }
     if let Some(bad) = key.chars().find(|c| !allowed(*c)) {
-        return Err(format!(
-            "key {key:?} holds {bad:?}; keys are letters, digits and -/_=."
-        ));
+        return Err(InvalidKey::Character { key: key_(), bad });
     }
     if key.starts_with('.') || key.ends_with('.') || key.contains("..") {
-        return Err(format!("key {key:?} has an empty dot-separated token"));
+        return Err(InvalidKey::EmptyToken(key_()));
     }
     if key.starts_with("_kv") {
-        return Err(format!("key {key:?}: keys starting with _kv are reserved"));
+        return Err(InvalidKey::Reserved(key_()));
     }
     Ok(())
 }
 
+/// Why a key cannot be a NATS key-value key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidKey {
+    #[error("a key must not be empty")]
+    Empty,
+    #[error("key {key:?} holds {bad:?}; keys are letters, digits and -/_=.")]
+    Character { key: String, bad: char },
+    #[error("key {0:?} has an empty dot-separated token")]
+    EmptyToken(String),
+    #[error("key {0:?}: keys starting with _kv are reserved")]
+    Reserved(String),
+}
+
 /// Bucket names: letters, digits, `-` and `_` (they end up in stream names).
-pub fn validate_bucket(name: &str) -> Result<(), String> {
+pub fn validate_bucket(name: &str) -> Result<(), InvalidBucketName> {
     let ok = !name.is_empty()
         && name.len() <= 64
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "{name:?} is not a valid bucket name (letters, digits, `-`, `_`; at most 64)"
-        ))
+    match ok {
+        true => Ok(()),
+        false => Err(InvalidBucketName(name.to_string())),
     }
 }
+
+/// A bucket name JetStream cannot take.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not a valid bucket name (letters, digits, `-`, `_`; at most 64)")]
+pub struct InvalidBucketName(pub String);
 
 #[cfg(test)]
 mod tests {

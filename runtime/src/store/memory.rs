@@ -4,7 +4,7 @@
 //! order a supported server uses ([`CheckOrder`]): nats-server 2.9 acks a
 //! repeated `Nats-Msg-Id` as a duplicate with the original's sequence before
 //! it checks the expected last subject sequence; current servers (2.15.1,
-//! pinned by `tests/state.rs`) check the expectation first, so a repeat of
+//! pinned by `tests/guarantees/state/counts.rs`) check the expectation first, so a repeat of
 //! an applied conditional write is refused as a wrong sequence. The commit
 //! must be right under both, and its tests run under both.
 //! [`MemoryStore::cut_after`] lets a test stop the store after a number of
@@ -17,8 +17,8 @@ use std::sync::Mutex;
 use chrono::Utc;
 use futures::future::{BoxFuture, FutureExt};
 
-use super::{PubAck, Publish, Store, StoreError, StoreResult, StoredMessage, kv};
-use crate::subject;
+use super::{PubAck, Publish, Store, StoreError, StoreResult, StoredMessage, StreamShape, kv};
+use crate::event::subject;
 
 #[derive(Default)]
 pub struct MemoryStore {
@@ -129,7 +129,7 @@ impl MemoryStore {
 impl Inner {
     fn check_connected(&self) -> StoreResult<()> {
         match self.writes_left {
-            Some(0) => Err(StoreError::Unavailable("connection cut by the test".into())),
+            Some(0) => Err(StoreError::refused("writing", "connection cut by the test")),
             _ => Ok(()),
         }
     }
@@ -147,7 +147,7 @@ impl Inner {
         self.streams
             .iter_mut()
             .find(|s| s.name == name)
-            .ok_or_else(|| StoreError::Unavailable(format!("stream {name} not found")))
+            .ok_or_else(|| StoreError::refused(format!("looking up stream {name}"), "not found"))
     }
 
     fn publish(&mut self, message: Publish) -> StoreResult<PubAck> {
@@ -161,7 +161,10 @@ impl Inner {
                     .any(|p| subject::matches(p, &message.subject))
             })
             .ok_or_else(|| {
-                StoreError::Unavailable(format!("no stream captures {}", message.subject))
+                StoreError::refused(
+                    format!("publishing to {}", message.subject),
+                    "no stream captures it",
+                )
             })?;
         let duplicate = message.msg_id.as_ref().and_then(|id| stream.ids.get(id));
         let duplicate = duplicate.map(|&sequence| PubAck {
@@ -294,6 +297,21 @@ impl Store for MemoryStore {
                 .collect())
         })();
         async move { result }.boxed()
+    }
+
+    fn stream_capturing<'a>(
+        &'a self,
+        pattern: &'a str,
+    ) -> BoxFuture<'a, StoreResult<Option<StreamShape>>> {
+        let inner = self.lock();
+        let found = (inner.streams.iter())
+            .find(|s| s.subjects.iter().any(|c| subject::covers(c, pattern)))
+            .map(|s| StreamShape {
+                name: s.name.clone(),
+                subjects: s.subjects.clone(),
+                deny_delete: false,
+            });
+        async move { Ok(found) }.boxed()
     }
 }
 

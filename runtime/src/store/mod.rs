@@ -16,19 +16,20 @@
 //! `Nats-Expected-Last-Subject-Sequence` refuses the message unless the
 //! subject's last message has that sequence (0: the subject is empty).
 //! Which check comes first changed between server versions (see
-//! [`CheckOrder`]; `tests/state.rs` pins it on each supported server), so
+//! [`CheckOrder`]; `tests/guarantees/state/counts.rs` pins it on each supported server), so
 //! nothing may rest on the order: a commit recognises its own writes by
 //! reading them back, never by the answer to a repeated publish.
 
 pub mod kv;
 mod memory;
 mod nats;
-pub mod record;
+
+use std::sync::Arc;
 
 use async_nats::HeaderMap;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use futures::future::BoxFuture;
+use futures::future::{BoxFuture, try_join_all};
 
 pub use memory::{CheckOrder, MemoryStore};
 pub use nats::NatsStore;
@@ -99,12 +100,60 @@ impl StoredMessage {
 /// Why a store operation failed. Callers branch on it: a wrong sequence is
 /// a lost race (a conflict), anything else is the store being unreachable
 /// or refusing, which is the host's trouble and worth trying again.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     #[error("the subject's last sequence is not the one expected")]
     WrongLastSequence,
-    #[error("JetStream: {0}")]
-    Unavailable(String),
+    /// `doing` is what the store was asked; `cause` is the client's (or
+    /// server's) own error, kept whole.
+    #[error("JetStream, {doing}")]
+    Unavailable {
+        doing: String,
+        #[source]
+        cause: Cause,
+    },
+}
+
+/// The error under a [`StoreError`], shared so the error stays `Clone`.
+pub type Cause = Arc<dyn std::error::Error + Send + Sync>;
+
+impl StoreError {
+    /// JetStream failed while `doing` something, with `cause`.
+    pub fn unavailable(
+        doing: impl Into<String>,
+        cause: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        StoreError::Unavailable {
+            doing: doing.into(),
+            cause: Arc::new(cause),
+        }
+    }
+
+    /// A failure the store itself describes (the in-memory store, say).
+    pub fn refused(doing: impl Into<String>, why: impl Into<String>) -> Self {
+        Self::unavailable(doing, Refusal(why.into()))
+    }
+}
+
+impl Eq for StoreError {}
+
+/// A failure with only a description.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Refusal(pub String);
+
+impl PartialEq for StoreError {
+    /// Two errors are the same kind of failure: the causes are not compared.
+    fn eq(&self, other: &Self) -> bool {
+        matches!(
+            (self, other),
+            (StoreError::WrongLastSequence, StoreError::WrongLastSequence)
+                | (
+                    StoreError::Unavailable { .. },
+                    StoreError::Unavailable { .. }
+                )
+        )
+    }
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -135,4 +184,32 @@ pub trait Store: Send + Sync + 'static {
 
     /// The keys of key-value bucket `bucket` whose last operation is a put.
     fn keys<'a>(&'a self, bucket: &'a str) -> BoxFuture<'a, StoreResult<Vec<String>>>;
+
+    /// The stream that stores `subject` (a pattern: the stream capturing
+    /// it), if there is one. Grants are checked against it at load.
+    fn stream_capturing<'a>(
+        &'a self,
+        subject: &'a str,
+    ) -> BoxFuture<'a, StoreResult<Option<StreamShape>>>;
+}
+
+/// What a grant checks about a stream at load.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamShape {
+    pub name: String,
+    /// The subjects it captures (wildcards allowed).
+    pub subjects: Vec<String>,
+    /// Whether it refuses deletes (an appended event could not be undone).
+    pub deny_delete: bool,
+}
+
+/// Publishes `messages` and waits until JetStream has stored every one.
+/// Publishes are pipelined: all are sent, then all acks awaited.
+pub async fn publish_all(
+    store: &dyn Store,
+    messages: impl IntoIterator<Item = Publish>,
+) -> StoreResult<()> {
+    let stored = messages.into_iter().map(|message| store.publish(message));
+    try_join_all(stored).await?;
+    Ok(())
 }

@@ -17,7 +17,7 @@ use async_nats::jetstream::{self, context};
 use futures::StreamExt;
 use futures::future::{BoxFuture, FutureExt};
 
-use super::{PubAck, Publish, Store, StoreError, StoreResult, StoredMessage};
+use super::{PubAck, Publish, Store, StoreError, StoreResult, StoredMessage, StreamShape};
 
 /// JetStream, as handler state uses it.
 pub struct NatsStore {
@@ -31,8 +31,12 @@ struct StreamHandle {
     direct: bool,
 }
 
-fn unavailable(err: impl std::fmt::Display) -> StoreError {
-    StoreError::Unavailable(err.to_string())
+/// `doing` failed with the client's `err`.
+fn unavailable<E: std::error::Error + Send + Sync + 'static>(
+    doing: impl ToString,
+) -> impl FnOnce(E) -> StoreError {
+    let doing = doing.to_string();
+    move |err| StoreError::unavailable(doing, err)
 }
 
 impl NatsStore {
@@ -51,7 +55,7 @@ impl NatsStore {
             .js
             .get_stream(name)
             .await
-            .map_err(|e| unavailable(format!("stream {name}: {e}")))?;
+            .map_err(unavailable(format!("looking up stream {name}")))?;
         let handle = StreamHandle {
             direct: stream.cached_info().config.allow_direct,
             stream,
@@ -71,13 +75,15 @@ impl NatsStore {
         if let Some(sequence) = message.expected_last_subject_sequence {
             publish = publish.expected_last_subject_sequence(sequence);
         }
+        let subject = message.subject;
+        let refused = |err| classify_publish_error(err, &subject);
         let ack = self
             .js
-            .send_publish(message.subject, publish)
+            .send_publish(subject.clone(), publish)
             .await
-            .map_err(|err| classify_publish_error(&err))?
+            .map_err(refused)?
             .await
-            .map_err(|err| classify_publish_error(&err))?;
+            .map_err(refused)?;
         Ok(PubAck {
             sequence: ack.sequence,
             duplicate: ack.duplicate,
@@ -104,7 +110,7 @@ impl NatsStore {
             match found {
                 Ok(message) => Some(message),
                 Err(err) if err.kind() == DirectGetErrorKind::NotFound => None,
-                Err(err) => return Err(unavailable(err)),
+                Err(err) => return Err(unavailable(format!("reading {subject}"))(err)),
             }
         } else {
             let builder = handle.stream.raw_message_builder();
@@ -118,7 +124,7 @@ impl NatsStore {
             match found {
                 Ok(message) => Some(message),
                 Err(err) if not_found(&err) => None,
-                Err(err) => return Err(unavailable(err)),
+                Err(err) => return Err(unavailable(format!("reading {subject}"))(err)),
             }
         };
         Ok(found.map(stored))
@@ -132,18 +138,21 @@ impl NatsStore {
 /// 10163 (a new stream leader not caught up yet) among it, is the store
 /// being unavailable for now: the host's trouble, tried again later. The
 /// server's error code stays in the message of what is not a conflict.
-pub(super) fn classify_publish_error(err: &context::PublishError) -> StoreError {
+pub(super) fn classify_publish_error(err: context::PublishError, subject: &str) -> StoreError {
     if err.kind() == PublishErrorKind::WrongLastSequence {
         return StoreError::WrongLastSequence;
     }
-    let code = std::error::Error::source(err)
+    let code = std::error::Error::source(&err)
         .and_then(|source| source.downcast_ref::<jetstream::Error>())
         .map(|error| error.error_code());
     match code {
         Some(ErrorCode::STREAM_WRONG_LAST_SEQUENCE)
         | Some(ErrorCode::STREAM_WRONG_LAST_SEQUENCE_CONSTANT) => StoreError::WrongLastSequence,
-        Some(ErrorCode(code)) => unavailable(format!("{err} (JetStream error {code})")),
-        None => unavailable(err),
+        Some(ErrorCode(code)) => {
+            let doing = format!("publishing to {subject} (JetStream error {code})");
+            StoreError::unavailable(doing, err)
+        }
+        None => StoreError::unavailable(format!("publishing to {subject}"), err),
     }
 }
 
@@ -198,7 +207,9 @@ impl Store for NatsStore {
                     {
                         Ok(())
                     }
-                    _ => Err(unavailable(err)),
+                    _ => Err(unavailable(format!(
+                        "deleting message {sequence} of {stream}"
+                    ))(err)),
                 },
             }
         }
@@ -207,14 +218,38 @@ impl Store for NatsStore {
 
     fn keys<'a>(&'a self, bucket: &'a str) -> BoxFuture<'a, StoreResult<Vec<String>>> {
         async move {
-            let kv = self.js.get_key_value(bucket).await.map_err(unavailable)?;
-            let mut keys = kv.keys().await.map_err(unavailable)?;
+            let listing = format!("listing the keys of bucket {bucket}");
+            let kv = self.js.get_key_value(bucket).await;
+            let mut keys =
+                (kv.map_err(unavailable(&listing))?.keys().await).map_err(unavailable(&listing))?;
             let mut all = Vec::new();
             while let Some(key) = keys.next().await {
-                all.push(key.map_err(unavailable)?);
+                all.push(key.map_err(unavailable(&listing))?);
             }
             all.sort();
             Ok(all)
+        }
+        .boxed()
+    }
+
+    fn stream_capturing<'a>(
+        &'a self,
+        pattern: &'a str,
+    ) -> BoxFuture<'a, StoreResult<Option<StreamShape>>> {
+        async move {
+            // The server answers "no stream" as an error; any other failure
+            // is a real one, but both mean the grant cannot be checked.
+            let Ok(name) = self.js.stream_by_subject(pattern).await else {
+                return Ok(None);
+            };
+            let reading = format!("reading stream {name}");
+            let mut stream = (self.js.get_stream(&name).await).map_err(unavailable(&reading))?;
+            let config = &stream.info().await.map_err(unavailable(&reading))?.config;
+            Ok(Some(StreamShape {
+                name,
+                subjects: config.subjects.clone(),
+                deny_delete: config.deny_delete,
+            }))
         }
         .boxed()
     }
@@ -241,7 +276,7 @@ mod tests {
             r#"{"code":400,"err_code":10164,"description":"wrong last sequence: 7 (in-flight)"}"#,
         ] {
             assert_eq!(
-                classify_publish_error(&refused(answer)),
+                classify_publish_error(refused(answer), "s"),
                 StoreError::WrongLastSequence,
                 "{answer}"
             );
@@ -251,23 +286,21 @@ mod tests {
     #[test]
     fn a_leader_not_caught_up_is_retryable_host_trouble_with_its_code() {
         let answer = r#"{"code":503,"err_code":10163,"description":"expected last sequence per subject temporarily unavailable"}"#;
-        let StoreError::Unavailable(message) = classify_publish_error(&refused(answer)) else {
-            panic!("not unavailable")
-        };
-        assert!(message.contains("10163"), "{message}");
+        let error = classify_publish_error(refused(answer), "s");
+        assert!(matches!(error, StoreError::Unavailable { .. }), "{error:?}");
+        assert!(error.to_string().contains("10163"), "{error}");
     }
 
     #[test]
     fn an_unknown_refusal_keeps_its_code() {
         let answer = r#"{"code":400,"err_code":10999,"description":"something new"}"#;
-        let StoreError::Unavailable(message) = classify_publish_error(&refused(answer)) else {
-            panic!("not unavailable")
-        };
-        assert!(message.contains("10999"), "{message}");
+        let error = classify_publish_error(refused(answer), "s");
+        assert!(matches!(error, StoreError::Unavailable { .. }), "{error:?}");
+        assert!(error.to_string().contains("10999"), "{error}");
         let timed_out = context::PublishError::new(PublishErrorKind::TimedOut);
         assert!(matches!(
-            classify_publish_error(&timed_out),
-            StoreError::Unavailable(_)
+            classify_publish_error(timed_out, "s"),
+            StoreError::Unavailable { .. }
         ));
     }
 }

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use super::*;
-use crate::store::record::{COMMIT_HEADER, CommitPlan, PENDING_HEADER, Record};
+use crate::ledger::record::{COMMIT_HEADER, CommitPlan, PENDING_HEADER, Record};
 use crate::store::{MemoryStore, Publish, kv};
 
 fn section() -> EventStoreSection {

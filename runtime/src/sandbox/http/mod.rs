@@ -38,7 +38,8 @@ use tracing::Instrument;
 use wasmtime::component::Linker;
 use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpCtx, WasiHttpHooks};
 
-use super::state::InvocationState;
+use super::Usage;
+use super::capability::{Capability, EventContext, InvocationContext, View};
 use crate::failure::{Failure, FailureKind};
 pub use origin::{AllowedOrigin, RequestOrigin};
 
@@ -205,14 +206,6 @@ pub enum HttpCall {
     Refused(Refusal),
 }
 
-/// Who is calling: what the idempotency keys and trace header derive from.
-#[derive(Debug, Clone, Default)]
-pub struct Caller {
-    pub source: String,
-    pub id: String,
-    pub traceparent: Option<String>,
-}
-
 /// The per-invocation state: wasi-http's context and our hooks.
 pub struct HttpState {
     pub(super) ctx: WasiHttpCtx,
@@ -220,7 +213,13 @@ pub struct HttpState {
 }
 
 impl HttpState {
-    pub fn new(grants: Option<Arc<OutboundGrants>>, caller: Caller, deadline: Instant) -> Self {
+    /// `caller`: the event the requests are made for, which the
+    /// idempotency keys and the trace header derive from.
+    pub fn new(
+        grants: Option<Arc<OutboundGrants>>,
+        caller: EventContext,
+        deadline: Instant,
+    ) -> Self {
         HttpState {
             ctx: WasiHttpCtx::new(),
             hooks: OutboundHooks {
@@ -248,7 +247,7 @@ impl HttpState {
 /// Checks and sends each outgoing request.
 pub struct OutboundHooks {
     grants: Option<Arc<OutboundGrants>>,
-    caller: Caller,
+    caller: EventContext,
     deadline: Instant,
     /// Requests asked for so far: the next one's index.
     sent: u32,
@@ -273,6 +272,23 @@ impl OutboundHooks {
             .expect("never poisoned")
             .push(HttpCall::Refused(refusal));
         Box::new(async move { Err(error) })
+    }
+
+    /// The host's headers on request `index`: an `Idempotency-Key` unless
+    /// the guest set one, and the handling span's `traceparent`.
+    fn add_headers(&self, headers: &mut http::HeaderMap, grants: &OutboundGrants, index: u32) {
+        if !headers.contains_key("idempotency-key") {
+            let key = self.idempotency_key(grants, index);
+            headers.insert(
+                "idempotency-key",
+                HeaderValue::from_str(&key).expect("a UUID"),
+            );
+        }
+        if let Some(traceparent) = &self.caller.traceparent
+            && let Ok(value) = HeaderValue::from_str(traceparent)
+        {
+            headers.entry("traceparent").or_insert(value);
+        }
     }
 
     /// The key every attempt at this request sends.
@@ -317,19 +333,7 @@ impl WasiHttpHooks for OutboundHooks {
             tracing::warn!(%origin, "outbound request refused: origin not granted");
             return self.refuse(Refusal::NotGranted, Error::HttpRequestDenied);
         };
-        let headers = request.headers_mut();
-        if !headers.contains_key("idempotency-key") {
-            let key = self.idempotency_key(&grants, index);
-            headers.insert(
-                "idempotency-key",
-                HeaderValue::from_str(&key).expect("a UUID"),
-            );
-        }
-        if let Some(traceparent) = &self.caller.traceparent
-            && let Ok(value) = HeaderValue::from_str(traceparent)
-        {
-            headers.entry("traceparent").or_insert(value);
-        }
+        self.add_headers(request.headers_mut(), &grants, index);
         let section = &grants.section;
         let deadlines = send::deadlines(
             section.connect_timeout,
@@ -390,17 +394,34 @@ fn request_origin(uri: &http::Uri) -> Option<RequestOrigin> {
     })
 }
 
-impl wasmtime_wasi_http::WasiHttpView for InvocationState {
-    fn http(&mut self) -> wasmtime_wasi_http::WasiHttpCtxView<'_> {
-        let (table, http) = self.table_and_http();
-        wasmtime_wasi_http::WasiHttpCtxView {
-            ctx: &mut http.ctx,
-            table,
-            hooks: &mut http.hooks,
-        }
-    }
-}
+/// The outbound HTTP capability.
+pub struct Http;
 
-pub fn add_to_linker(linker: &mut Linker<InvocationState>) -> wasmtime::Result<()> {
-    wasmtime_wasi_http::p2::add_only_http_to_linker_async(linker)
+impl Capability for Http {
+    type Grant = OutboundGrants;
+    type State = HttpState;
+    const GRANTED_BY: Option<&'static str> = Some("[http] (the origins it may call)");
+    const IMPORTS: &'static [&'static str] = &["wasi:http/"];
+
+    fn state(grant: Option<&Arc<OutboundGrants>>, invocation: &InvocationContext) -> HttpState {
+        HttpState::new(
+            grant.cloned(),
+            invocation.event.clone(),
+            invocation.deadline,
+        )
+    }
+
+    /// wasi:http reaches its state through the store data's
+    /// `WasiHttpView`, which shares WASI's resource table.
+    fn add_to_linker<T: View<Self>>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(linker)
+    }
+
+    fn take_refusal(state: &mut HttpState) -> Option<Failure> {
+        state.take_refusal()
+    }
+
+    fn report(state: &HttpState, usage: &mut Usage) {
+        usage.http = state.calls();
+    }
 }

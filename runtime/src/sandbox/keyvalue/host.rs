@@ -6,9 +6,9 @@
 
 use wasmtime::component::{HasSelf, Linker, Resource};
 
-use super::{KeyValueState, KvError};
-use crate::sandbox::bindings::wasi::keyvalue::{atomics, batch, store};
-use crate::sandbox::state::InvocationState;
+use super::{KeyValue, KeyValueState, KvError};
+use crate::sandbox::capability::View;
+use crate::sandbox::wasi::keyvalue::{atomics, batch, store};
 
 /// The host side of a `bucket` handle: its rep is the grant index.
 pub struct BucketRef;
@@ -128,12 +128,12 @@ impl batch::Host for KeyValueState {
 }
 
 /// Links `wasi:keyvalue` for a handler granted buckets.
-pub fn add_to_linker(linker: &mut Linker<InvocationState>) -> wasmtime::Result<()> {
-    fn get(state: &mut InvocationState) -> &mut KeyValueState {
-        &mut state.keyvalue
+pub(super) fn add_to_linker<T: View<KeyValue>>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
+    fn get<T: View<KeyValue>>(t: &mut T) -> &mut KeyValueState {
+        View::<KeyValue>::state(t)
     }
-    store::add_to_linker::<_, HasSelf<KeyValueState>>(linker, get)?;
-    atomics::add_to_linker::<_, HasSelf<KeyValueState>>(linker, get)?;
-    batch::add_to_linker::<_, HasSelf<KeyValueState>>(linker, get)?;
+    store::add_to_linker::<_, HasSelf<KeyValueState>>(linker, get::<T>)?;
+    atomics::add_to_linker::<_, HasSelf<KeyValueState>>(linker, get::<T>)?;
+    batch::add_to_linker::<_, HasSelf<KeyValueState>>(linker, get::<T>)?;
     Ok(())
 }

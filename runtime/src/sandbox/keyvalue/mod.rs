@@ -14,10 +14,10 @@
 //!   over a limit answers an error and fails the invocation.
 //! - Effects: every buffered write becomes a [`PlannedWrite::Key`],
 //!   conditional on the revision the key had when first touched, committed
-//!   with the invocation's other effects (see [`crate::outcome::commit`]).
+//!   with the invocation's other effects (see [`crate::ledger::commit`]).
 //!
 //! A key whose current value was written by a commit still under way (a
-//! pending mark, see [`crate::store::record`]) is not read: the invocation
+//! pending mark, see [`crate::ledger::record`]) is not read: the invocation
 //! is interrupted and run again shortly, as for a lost race.
 
 mod host;
@@ -30,11 +30,48 @@ use bytes::Bytes;
 use bytesize::ByteSize;
 use serde::Deserialize;
 
-use super::Interruption;
+use super::capability::{Capability, InvocationContext, View};
+use super::{Effects, Interruption, Usage};
 use crate::failure::{Conflict, Failure, FailureKind};
-use crate::store::record::{PlannedWrite, PriorValue, headers_to_pairs, is_settled};
+use crate::ledger::record::{PlannedWrite, PriorValue, headers_to_pairs, is_settled};
 use crate::store::{Store, kv};
-pub use host::{BucketRef, add_to_linker};
+pub use host::BucketRef;
+
+/// The key-value capability.
+pub struct KeyValue;
+
+impl Capability for KeyValue {
+    type Grant = KeyValueGrants;
+    type State = KeyValueState;
+    const GRANTED_BY: Option<&'static str> = Some("[keyvalue] (the buckets it may open)");
+    const IMPORTS: &'static [&'static str] = &["wasi:keyvalue/"];
+
+    fn state(grant: Option<&Arc<KeyValueGrants>>, _: &InvocationContext) -> KeyValueState {
+        KeyValueState::new(grant.cloned())
+    }
+
+    fn add_to_linker<T: View<Self>>(
+        linker: &mut wasmtime::component::Linker<T>,
+    ) -> wasmtime::Result<()> {
+        host::add_to_linker(linker)
+    }
+
+    fn take_refusal(state: &mut KeyValueState) -> Option<Failure> {
+        state.refused.take()
+    }
+
+    fn take_interruption(state: &mut KeyValueState) -> Option<Interruption> {
+        state.interrupted.take()
+    }
+
+    fn hand_over(state: &mut KeyValueState, effects: &mut Effects) {
+        effects.writes = std::mem::take(state).into_writes();
+    }
+
+    fn report(state: &KeyValueState, usage: &mut Usage) {
+        usage.keyvalue = state.usage();
+    }
+}
 
 /// The `[keyvalue]` section of a handler manifest.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -144,13 +181,13 @@ impl KeyValueGrants {
 /// `physical(name)`.
 pub async fn resolve(
     section: &KeyValueSection,
-    js: &async_nats::jetstream::Context,
     store: Arc<dyn Store>,
-    physical: impl Fn(&str) -> String,
+    physical: &dyn Fn(&str) -> String,
 ) -> Result<Arc<KeyValueGrants>> {
-    let grants = KeyValueGrants::new(section, store, physical);
+    let grants = KeyValueGrants::new(section, store.clone(), physical);
     for bucket in &grants.buckets {
-        if js.get_stream(kv::stream(&bucket.physical)).await.is_err() {
+        let subjects = format!("$KV.{}.>", bucket.physical);
+        if store.stream_capturing(&subjects).await?.is_none() {
             bail!(
                 "the manifest grants key-value bucket {:?}, which does not exist: \
                  declare it in the runtime config ([[buckets]]) or create it first",
@@ -227,7 +264,7 @@ impl KeyValueState {
     }
 
     pub async fn get(&mut self, bucket: usize, key: &str) -> Result<Option<Bytes>, KvError> {
-        kv::validate_key(key).map_err(KvError::Other)?;
+        kv::validate_key(key).map_err(|e| KvError::Other(e.to_string()))?;
         if let Some(buffered) = self.writes.get(&(bucket, key.to_string())) {
             return Ok(buffered.clone());
         }
@@ -346,7 +383,7 @@ impl KeyValueState {
         key: &str,
         value: Option<Bytes>,
     ) -> Result<(), KvError> {
-        kv::validate_key(key).map_err(KvError::Other)?;
+        kv::validate_key(key).map_err(|e| KvError::Other(e.to_string()))?;
         let grants = self.grants.clone().ok_or(KvError::NoSuchStore)?;
         let grant = &grants.buckets[bucket];
         if !grant.writable {
@@ -423,9 +460,7 @@ impl KeyValueState {
         result: crate::store::StoreResult<T>,
     ) -> Result<T, KvError> {
         result.map_err(|err| {
-            self.interrupted = Some(Interruption::StoreUnavailable(format!(
-                "reading key-value state: {err}"
-            )));
+            self.interrupted = Some(Interruption::StoreUnavailable(err));
             KvError::Interrupted
         })
     }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::*;
-use crate::store::record::{COMMIT_HEADER, CommitPlan, PENDING_HEADER, Record};
+use crate::ledger::record::{COMMIT_HEADER, CommitPlan, PENDING_HEADER, Record};
 use crate::store::{MemoryStore, Publish};
 
 fn section() -> KeyValueSection {

@@ -1,0 +1,72 @@
+//! `eventhost run`: the function host itself.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use tokio_util::sync::CancellationToken;
+
+use super::Global;
+use eventhost::host::{self, RuntimeOptions};
+use eventhost::jetstream::config_file::RuntimeConfig;
+use eventhost::sandbox::CompiledCache;
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Directory of `<name>.wasm` + `<name>.toml` handler pairs.
+    #[arg(long, default_value = "plugins")]
+    plugins: PathBuf,
+    /// Run the handlers deployed through NATS (`eventhost deploy`) to
+    /// the deploy bucket, and follow it, instead of a directory.
+    #[arg(long, conflicts_with = "plugins")]
+    deployed: bool,
+    /// Runtime config file (NATS URL, streams and buckets to declare).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Where compiled components are cached across restarts.
+    /// Default: $XDG_CACHE_HOME/eventhost, else ~/.cache/eventhost.
+    #[arg(long, env = "EVENTHOST_CACHE_DIR")]
+    cache_dir: Option<PathBuf>,
+    /// Compile every component at every start instead.
+    #[arg(long, conflicts_with = "cache_dir")]
+    no_cache: bool,
+    /// Do not reload when the plugins directory changes (SIGHUP and
+    /// `eventhost reload` still work).
+    #[arg(long)]
+    no_watch: bool,
+    /// Address of the admin HTTP server (/metrics, /healthz, /readyz,
+    /// /handlers), or `off`.
+    #[arg(long, default_value = "127.0.0.1:9898", env = "EVENTHOST_ADMIN_ADDR")]
+    admin_addr: String,
+    /// Export event spans to this OTLP/HTTP collector (e.g.
+    /// http://127.0.0.1:4318). Off when absent.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+}
+
+pub async fn execute(args: RunArgs, global: &Global, shutdown: CancellationToken) -> Result<()> {
+    let admin_addr = match args.admin_addr.as_str() {
+        "off" => None,
+        addr => Some(
+            addr.parse()
+                .with_context(|| format!("--admin-addr {addr:?}: expected HOST:PORT or `off`"))?,
+        ),
+    };
+    let config = match args.config {
+        Some(path) => RuntimeConfig::load(&path)?,
+        None => RuntimeConfig::default(),
+    };
+    let options = RuntimeOptions {
+        plugins_dir: args.plugins,
+        deploy_bucket: args.deployed.then(|| global.deploy_bucket.clone()),
+        watch: !args.no_watch,
+        admin_addr,
+        cache_dir: match args.no_cache {
+            true => None,
+            false => args.cache_dir.or_else(CompiledCache::default_dir),
+        },
+        nats: global.endpoint(&config),
+        config,
+    };
+    host::run(options, shutdown).await
+}

@@ -1,0 +1,144 @@
+//! Giving up on an event: the attempt's side of the dead-letter queue.
+//!
+//! The letter itself (its headers, its subject, how it keeps the original)
+//! is [`crate::outcome::dead_letter`]. Here is the order of the steps, which
+//! is what makes a dead letter happen once: store the letter, then record the
+//! event's outcome, then ack (the caller settles). A letter that cannot be
+//! stored leaves the event in its stream, its failure on record, for another
+//! try.
+
+use chrono::{DateTime, Utc};
+
+use super::attempt::Attempts;
+use super::settle::{Delivery, Settlement};
+use crate::event::decode::{ContentMode, Decoded};
+use crate::failure::DeadLetterReason;
+use crate::ledger::processed::Lease;
+use crate::metrics::Outcome;
+use crate::outcome::DeadLetter;
+
+impl Attempts {
+    /// Dead-letters a claimed event, then records its one outcome; then it
+    /// is acked.
+    pub(super) async fn dead_letter_claimed(
+        &self,
+        delivery: &Delivery,
+        input: &Decoded,
+        lease: Lease,
+        reason: DeadLetterReason,
+        error: &str,
+        attempts: u32,
+    ) -> Settlement {
+        let first_failure = lease.history.first_failure;
+        let record = lease.record_ref(&self.processed);
+        let letter = self.letter(
+            Some(input.mode),
+            reason,
+            error,
+            attempts,
+            first_failure,
+            Some(&record),
+        );
+        match self.store_dead_letter(delivery, letter).await {
+            Settlement::Ack => {
+                let version = self.version();
+                if let Err(err) = self.processed.dead_lettered(lease, version, reason).await {
+                    tracing::warn!(
+                        error = format!("{err:#}"),
+                        "could not record the dead letter"
+                    );
+                }
+                self.dead_lettered(reason, error, attempts)
+            }
+            again => {
+                self.keep_failure(lease, reason, error).await;
+                again
+            }
+        }
+    }
+
+    /// Gives up the claim on an event whose dead letter could not be
+    /// stored, keeping its failure on record: the next delivery then
+    /// dead-letters it with the real kind and message, not as one whose
+    /// attempts ended without an outcome.
+    async fn keep_failure(&self, lease: Lease, reason: DeadLetterReason, error: &str) {
+        let DeadLetterReason::Failed(kind) = reason else {
+            return self.release(lease).await;
+        };
+        if let Err(err) = self.processed.failed(lease, kind, error).await {
+            tracing::warn!(error = format!("{err:#}"), "could not record the failure");
+        }
+    }
+
+    /// Parks a message that never reached the handler (not a CloudEvent, too
+    /// large) in the dead-letter queue; then it is acked.
+    pub(super) async fn dead_letter_unread(
+        &self,
+        delivery: &Delivery,
+        reason: DeadLetterReason,
+        error: &str,
+        attempts: u32,
+    ) -> Settlement {
+        let letter = self.letter(None, reason, error, attempts, None, None);
+        match self.store_dead_letter(delivery, letter).await {
+            Settlement::Ack => self.dead_lettered(reason, error, attempts),
+            again => again,
+        }
+    }
+
+    fn letter<'a>(
+        &'a self,
+        mode: Option<ContentMode>,
+        reason: DeadLetterReason,
+        error: &'a str,
+        attempts: u32,
+        first_failure: Option<DateTime<Utc>>,
+        record: Option<&'a str>,
+    ) -> DeadLetter<'a> {
+        let now = Utc::now();
+        DeadLetter {
+            handler: self.name(),
+            version: self.version(),
+            reason,
+            error,
+            attempts,
+            first_failure: first_failure.unwrap_or(now),
+            last_failure: now,
+            mode,
+            record,
+        }
+    }
+
+    /// Stores a dead letter; if it cannot be stored the message is kept for
+    /// another try.
+    async fn store_dead_letter(&self, delivery: &Delivery, letter: DeadLetter<'_>) -> Settlement {
+        match letter.publish(&self.js, delivery.message()).await {
+            Ok(()) => Settlement::Ack,
+            Err(err) => {
+                tracing::error!(
+                    error = format!("{err:#}"),
+                    kind = letter.reason.as_str(),
+                    "could not store the dead letter; the event stays in its stream for now"
+                );
+                Settlement::host_trouble()
+            }
+        }
+    }
+
+    /// Counts and logs a stored dead letter; its message is acked.
+    fn dead_lettered(&self, reason: DeadLetterReason, error: &str, attempts: u32) -> Settlement {
+        let outcome = match reason.is_invalid_input() {
+            true => Outcome::Invalid,
+            false => Outcome::DeadLettered,
+        };
+        self.count(outcome);
+        tracing::warn!(
+            outcome = outcome.as_str(),
+            kind = reason.as_str(),
+            error,
+            attempts,
+            "moved to the dead-letter queue"
+        );
+        Settlement::Ack
+    }
+}

@@ -1,0 +1,216 @@
+//! Declaring what the runtime needs in JetStream: the configured streams
+//! and buckets, each with the configured number of copies.
+//!
+//! Everything the runtime creates (streams, buckets, the dead-letter
+//! stream, the deploy bucket) gets the configured replica count: R3 in a
+//! three-node cluster survives the loss of any one node. Declaring is
+//! create-or-update and writes nothing when the shape is already right, so
+//! a fleet of runtimes can all declare at start.
+
+use anyhow::{Context, Result};
+use async_nats::jetstream::{self, stream};
+
+use crate::jetstream::config_file::{BucketDeclaration, Storage, StreamDeclaration};
+use crate::jetstream::server::{Servers, UnsupportedServer};
+
+/// How many copies JetStream keeps of what the runtime creates.
+///
+/// Everything gets the configured count: streams only appended to (inputs,
+/// outputs, dead letters, deployed files, announcements) and the buckets
+/// written with compare-and-set (key-value state, idempotency records,
+/// leases, deploy pointers, state generations) alike. More than one copy is
+/// allowed only on servers that replicate compare-and-set safely; on older
+/// ones the runtime refuses to start (see [`crate::jetstream::server`]) rather than
+/// keep fewer copies than asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Replication {
+    pub copies: usize,
+}
+
+impl Replication {
+    pub fn single() -> Self {
+        Replication { copies: 1 }
+    }
+
+    /// `replicas` copies of everything, if `servers` can keep them safely.
+    pub fn checked(replicas: usize, servers: &Servers) -> Result<Self, UnsupportedServer> {
+        servers.check(replicas)?;
+        Ok(Replication { copies: replicas })
+    }
+
+    /// For the servers `client` (connected through `urls`) can see: reads
+    /// and logs their versions, and refuses what they cannot keep.
+    pub async fn for_client(
+        replicas: usize,
+        client: &async_nats::Client,
+        urls: &str,
+    ) -> Result<Self> {
+        let servers = crate::jetstream::server::discover(client, urls).await;
+        Ok(Self::checked(replicas, &servers)?)
+    }
+}
+
+/// Creates a stream, or updates it to `config`, as a fleet needs it: a
+/// stream that already has this shape is left alone, so that restarting many
+/// runtimes writes nothing; and when two runtimes create one stream at the
+/// same moment (nats-server 2.9 may leave the loser's request unanswered
+/// until it times out), the loser finds it made.
+pub async fn declare_stream(js: &jetstream::Context, config: stream::Config) -> Result<()> {
+    if let Ok(mut existing) = js.get_stream(&config.name).await {
+        let info = existing.info().await?;
+        if !differs(&info.config, &config) {
+            return Ok(());
+        }
+        js.update_stream(config).await?;
+        return Ok(());
+    }
+    match js.create_stream(config.clone()).await {
+        Ok(_) => Ok(()),
+        Err(err) => match js.get_stream(&config.name).await {
+            Ok(_) => Ok(()),
+            Err(_) => Err(err.into()),
+        },
+    }
+}
+
+/// Whether `wanted` asks for anything `existing` lacks, in the fields
+/// eventhost sets. Zero means "the server's default" for the fields whose
+/// default the server stores as something else.
+fn differs(existing: &stream::Config, wanted: &stream::Config) -> bool {
+    let mut merged = existing.clone();
+    merged.subjects = wanted.subjects.clone();
+    merged.storage = wanted.storage;
+    merged.num_replicas = wanted.num_replicas.max(1);
+    merged.max_age = wanted.max_age;
+    merged.allow_rollup = wanted.allow_rollup;
+    merged.deny_delete = wanted.deny_delete;
+    merged.allow_direct = wanted.allow_direct;
+    merged.discard = wanted.discard;
+    if wanted.description.is_some() {
+        merged.description = wanted.description.clone();
+    }
+    if !wanted.duplicate_window.is_zero() {
+        merged.duplicate_window = wanted.duplicate_window;
+    }
+    if wanted.max_messages_per_subject != 0 {
+        merged.max_messages_per_subject = wanted.max_messages_per_subject;
+    }
+    if wanted.max_message_size != 0 {
+        merged.max_message_size = wanted.max_message_size;
+    }
+    merged != *existing
+}
+
+/// Creates each stream, or updates it to the declared shape. Idempotent.
+pub async fn ensure_streams(
+    js: &jetstream::Context,
+    streams: &[StreamDeclaration],
+    replicas: usize,
+) -> Result<()> {
+    for declared in streams {
+        let mut config = stream::Config {
+            name: declared.name.clone(),
+            subjects: declared.subjects.clone(),
+            storage: storage(declared.storage),
+            // Reads by subject (the event store, `eventhost dlq`) use
+            // direct gets: any replica answers, no consumer is made.
+            allow_direct: true,
+            num_replicas: replicas,
+            ..Default::default()
+        };
+        if let Some(max_age) = declared.max_age {
+            config.max_age = max_age;
+        }
+        if let Some(window) = declared.duplicate_window {
+            config.duplicate_window = window;
+        }
+        declare_stream(js, config)
+            .await
+            .with_context(|| format!("declaring stream {}", declared.name))?;
+        tracing::info!(stream = %declared.name, subjects = ?declared.subjects, "stream ready");
+    }
+    Ok(())
+}
+
+fn storage(storage: Storage) -> stream::StorageType {
+    match storage {
+        Storage::File => stream::StorageType::File,
+        Storage::Memory => stream::StorageType::Memory,
+    }
+}
+
+/// The stream of key-value bucket `name` as NATS clients lay buckets out:
+/// one message per key, rollups, no deletes of history, direct gets, and
+/// writes refused rather than old keys dropped when full. Callers add
+/// history, age, storage and the duplicate window.
+///
+/// Buckets are declared by hand with it because async-nats' own bucket
+/// creation first queries account info in a shape NATS 2.9 does not answer
+/// with.
+pub fn bucket_stream(name: &str, description: String, replicas: usize) -> stream::Config {
+    stream::Config {
+        name: crate::store::kv::stream(name),
+        description: Some(description),
+        subjects: vec![format!("$KV.{name}.>")],
+        max_messages_per_subject: 1,
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        discard: stream::DiscardPolicy::New,
+        num_replicas: replicas,
+        ..Default::default()
+    }
+}
+
+/// Creates each key-value bucket, or updates it to the declared shape.
+pub async fn ensure_buckets(
+    js: &jetstream::Context,
+    buckets: &[BucketDeclaration],
+    replicas: usize,
+) -> Result<()> {
+    for declared in buckets {
+        let name = &declared.name;
+        let max_age = declared.max_age.unwrap_or_default();
+        let description = format!("eventhost: key-value bucket {name}");
+        let mut config = stream::Config {
+            max_messages_per_subject: declared.history,
+            max_age,
+            storage: storage(declared.storage),
+            ..bucket_stream(name, description, replicas)
+        };
+        if let Some(size) = declared.max_value_size {
+            config.max_message_size = i32::try_from(size.as_u64()).unwrap_or(i32::MAX);
+        }
+        // The window in which a re-applied commit write is recognised as a
+        // duplicate; past it, by its id in the stored message.
+        if !max_age.is_zero() {
+            config.duplicate_window = max_age.min(std::time::Duration::from_secs(120));
+        }
+        declare_stream(js, config)
+            .await
+            .with_context(|| format!("declaring key-value bucket {name}"))?;
+        tracing::info!(bucket = %name, history = declared.history, "bucket ready");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Replication;
+    use crate::jetstream::server::Servers;
+
+    #[test]
+    fn every_stream_and_bucket_gets_the_replicas_asked_for_or_none_start() {
+        let on = |version: &str| Servers {
+            seen: vec![("127.0.0.1:4222".into(), version.into())],
+        };
+        let three = Replication::checked(3, &on("2.15.1")).unwrap();
+        assert_eq!(three.copies, 3);
+        assert!(Replication::checked(3, &on("2.9.10")).is_err());
+        assert!(Replication::checked(3, &on("2.10.20")).is_err());
+        assert_eq!(
+            Replication::checked(1, &on("2.9.10")).unwrap(),
+            Replication::single()
+        );
+    }
+}

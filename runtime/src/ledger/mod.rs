@@ -1,0 +1,71 @@
+//! The ledger: what the runtime knows of every event it handled, and the
+//! commit that applies an invocation's effects exactly once.
+//!
+//! An event's identity is its CloudEvents `source` + `id`; its record lives
+//! in a key-value bucket per consumer (`processed-<consumer>`), kept for the
+//! handler's idempotency window. The record is a state machine; each move
+//! is a compare-and-set on the record's revision, so only the
+//! holder of the current lease can make it:
+//!
+//! ```text
+//!            claim               plan written          all applied
+//!  (none) ─────────▶ claimed ─────────────▶ committing ───────────▶ done
+//!                     │  ▲                      │
+//!       failed attempt│  │re-run                │conflict
+//!                     ▼  │                      ▼
+//!                    failed ◀────────────── aborting (undo what was applied)
+//!                     │
+//!   out of attempts   ▼
+//!               dead_lettered
+//! ```
+//!
+//! - [`record`]: the record's shape, and the commit plan it carries while
+//!   `committing` or `aborting` (so whoever takes the event over after a
+//!   crash finishes or undoes exactly the same commit);
+//! - [`processed`]: the transitions, as methods of [`ProcessedEvents`]
+//!   (claim, begin a commit, done, failed, dead-lettered, release);
+//! - [`commit`]: the protocol that drives a commit through them.
+//!
+//! The retry policy and per-key ordering, which decide *when* an event is
+//! tried, are [`crate::policy`]'s; what is committed (the plan made from an
+//! invocation's effects) is [`crate::outcome`]'s.
+
+pub mod commit;
+pub mod processed;
+pub mod record;
+
+pub use commit::{CommitError, Committer};
+pub use processed::{Claim, Interrupted, Lease, ProcessedEvents};
+
+use crate::store::StoreError;
+
+/// Why the ledger could not record a step. Callers branch on the kind: a
+/// lost lease means another holder owns the event now; the others are the
+/// store's trouble, worth trying again later.
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    /// JetStream failed while the ledger was `doing` something.
+    #[error("{doing}")]
+    Store {
+        doing: &'static str,
+        #[source]
+        source: StoreError,
+    },
+    /// The record moved on under this holder: its lease ran out and another
+    /// runtime took the event over.
+    #[error("the record changed under this holder (its claim expired)")]
+    LeaseLost,
+    /// Claims kept losing compare-and-set races.
+    #[error("the idempotency record kept changing under {0} claim attempts")]
+    Contended(usize),
+    #[error("encoding the record")]
+    Encode(#[source] serde_json::Error),
+}
+
+/// The ledger's result.
+pub type Result<T, E = LedgerError> = std::result::Result<T, E>;
+
+/// `doing` failed in the store.
+pub(crate) fn store_error(doing: &'static str) -> impl FnOnce(StoreError) -> LedgerError {
+    move |source| LedgerError::Store { doing, source }
+}

@@ -1,0 +1,122 @@
+//! The record's transitions against the in-memory store.
+use super::*;
+use crate::store::MemoryStore;
+use cloudevents::{EventBuilder, EventBuilderV10};
+
+fn event(source: &str, id: &str) -> Event {
+    EventBuilderV10::new()
+        .id(id)
+        .source(source)
+        .ty("t")
+        .build()
+        .unwrap()
+}
+
+fn records(lease: Duration) -> (Arc<MemoryStore>, ProcessedEvents) {
+    let store = Arc::new(MemoryStore::new());
+    store.add_bucket(&bucket_name("c"));
+    let records = ProcessedEvents::new(store.clone(), "c", lease);
+    (store, records)
+}
+
+#[test]
+fn the_key_is_source_and_id() {
+    let key = ProcessedEvents::key(&event("/a", "1"));
+    assert_eq!(key.len(), 32);
+    assert_eq!(key, ProcessedEvents::key(&event("/a", "1")));
+    assert_ne!(key, ProcessedEvents::key(&event("/b", "1")));
+    // The separator keeps ("/a1", "") and ("/a", "1") apart.
+    assert_ne!(key, ProcessedEvents::key(&event("/a1", "")));
+}
+
+#[tokio::test]
+async fn one_holder_at_a_time_and_one_outcome() {
+    let (_, records) = records(Duration::from_secs(30));
+    let e = event("/a", "1");
+    let Claim::Acquired(lease) = records.claim(&e).await.unwrap() else {
+        panic!("first claim")
+    };
+    assert!(matches!(records.claim(&e).await.unwrap(), Claim::Busy(_)));
+    records.done(lease, "v1").await.unwrap();
+    assert!(matches!(
+        records.claim(&e).await.unwrap(),
+        Claim::AlreadyHandled
+    ));
+
+    let other = event("/a", "2");
+    let Claim::Acquired(lease) = records.claim(&other).await.unwrap() else {
+        panic!("claim")
+    };
+    let reason = DeadLetterReason::Failed(FailureKind::Permanent);
+    records.dead_lettered(lease, "v1", reason).await.unwrap();
+    assert!(matches!(
+        records.claim(&other).await.unwrap(),
+        Claim::AlreadyDeadLettered
+    ));
+}
+
+#[tokio::test]
+async fn an_expired_commit_is_resumed_not_rerun() {
+    let (_, records) = records(Duration::from_millis(1));
+    let e = event("/a", "1");
+    let Claim::Acquired(lease) = records.claim(&e).await.unwrap() else {
+        panic!("claim")
+    };
+    let plan = CommitPlan {
+        id: "c1".into(),
+        writes: vec![],
+        outputs: vec![],
+    };
+    let stale = records.begin_commit(lease, &plan).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let Claim::Resume(_, Interrupted::Committing(found)) = records.claim(&e).await.unwrap() else {
+        panic!("not resumed")
+    };
+    assert_eq!(found, plan);
+    // The holder whose lease was taken over can no longer write.
+    assert!(records.done(stale, "v1").await.is_err());
+
+    // A run cut off before its plan was written counts as an attempt.
+    let other = event("/a", "2");
+    let Claim::Acquired(first) = records.claim(&other).await.unwrap() else {
+        panic!("claim")
+    };
+    assert_eq!(first.history.attempts, 1);
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let Claim::Acquired(second) = records.claim(&other).await.unwrap() else {
+        panic!("takeover")
+    };
+    assert_eq!(second.history.attempts, 2);
+}
+
+#[tokio::test]
+async fn a_released_claim_gives_its_attempt_back() {
+    let (_, records) = records(Duration::from_secs(30));
+    let e = event("/a", "1");
+    for _ in 0..3 {
+        let Claim::Acquired(lease) = records.claim(&e).await.unwrap() else {
+            panic!("claim")
+        };
+        assert_eq!(lease.history.attempts, 1, "host trouble used up an attempt");
+        records.release(lease).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn failures_and_attempts_accumulate_across_claims() {
+    let (_, records) = records(Duration::from_secs(30));
+    let e = event("/a", "1");
+    for expected in 0..3 {
+        let Claim::Acquired(lease) = records.claim(&e).await.unwrap() else {
+            panic!("claim")
+        };
+        // A copy arriving meanwhile waits; it is not an attempt.
+        assert!(matches!(records.claim(&e).await.unwrap(), Claim::Busy(_)));
+        assert_eq!(lease.history.failures, expected);
+        assert_eq!(lease.history.attempts, expected + 1);
+        records
+            .failed(lease, FailureKind::Trap, "boom")
+            .await
+            .unwrap();
+    }
+}

@@ -1,0 +1,89 @@
+//! The one face every host capability shows the sandbox, as Spin's factors
+//! and wasmtime-wasi's context and view do it.
+//!
+//! A capability (emit, logging, config, key-value, event store, HTTP) is a
+//! module with a unit type implementing [`Capability`]: the grant it
+//! resolved at load, its state in one invocation, the imports it serves and
+//! how it links them (through a [`View`] of the store's data, so it never
+//! names the sandbox's own types), what it refuses or interrupts, what it
+//! hands to the commit, and what it used (for the metrics). The sandbox's
+//! centre (`state`) lists the capabilities once and loops over them; it
+//! names none of their parts.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use wasmtime::component::Linker;
+use wasmtime_wasi::WasiView;
+use wasmtime_wasi_http::WasiHttpView;
+
+use super::{Effects, Interruption, Usage};
+use crate::failure::Failure;
+
+/// A host capability.
+pub trait Capability: Sized + 'static {
+    /// What a handler was granted, resolved at load.
+    type Grant: Send + Sync + 'static;
+    /// Its state in one invocation: fresh for every event.
+    type State: Send + 'static;
+
+    /// The manifest section that grants it, named when a component imports
+    /// it without the grant. `None`: every handler has it.
+    const GRANTED_BY: Option<&'static str>;
+    /// The start of every import name it serves (`wasi:keyvalue/`).
+    const IMPORTS: &'static [&'static str];
+
+    /// A fresh state for one invocation (`grant`: `None` if not granted).
+    fn state(grant: Option<&Arc<Self::Grant>>, invocation: &InvocationContext) -> Self::State;
+
+    /// Links its host functions; each reaches this capability's state only,
+    /// through the [`View`].
+    fn add_to_linker<T: View<Self>>(linker: &mut Linker<T>) -> wasmtime::Result<()>;
+
+    /// The refusal that fails the invocation whatever the guest returned
+    /// (a forbidden emit, say), if it made one.
+    fn take_refusal(_state: &mut Self::State) -> Option<Failure> {
+        None
+    }
+
+    /// Why it stopped the invocation for the host's reasons (state being
+    /// committed by someone else, JetStream not answering), if it did.
+    fn take_interruption(_state: &mut Self::State) -> Option<Interruption> {
+        None
+    }
+
+    /// Adds what the invocation buffered to what the commit applies; called
+    /// only when the guest succeeded.
+    fn hand_over(_state: &mut Self::State, _effects: &mut Effects) {}
+
+    /// Adds what the invocation used to the metrics' account of it.
+    fn report(_state: &Self::State, _usage: &mut Usage) {}
+}
+
+/// What the store's data offers capability `C`: `C`'s own state, and
+/// WASI's resource table and HTTP context (wasi:http's bodies are WASI
+/// streams, so they share one table).
+pub trait View<C: Capability>: WasiView + WasiHttpView + Send + 'static {
+    fn state(&mut self) -> &mut C::State;
+}
+
+/// What every capability may know of the invocation it serves.
+#[derive(Debug, Clone)]
+pub struct InvocationContext {
+    pub started: Instant,
+    /// When the invocation times out: calls that wait (HTTP) end by then.
+    pub deadline: Instant,
+    /// The event being handled.
+    pub event: EventContext,
+    /// Removes the handler's secrets from what a guest sends out.
+    pub redactor: super::secrets::Redactor,
+}
+
+/// The event an invocation handles, as calls leaving the host name it.
+#[derive(Debug, Clone, Default)]
+pub struct EventContext {
+    pub source: String,
+    pub id: String,
+    /// W3C `traceparent` of the handling span.
+    pub traceparent: Option<String>,
+}

@@ -1,0 +1,429 @@
+//! Handler state, end to end: every count exact under duplicates, replicas,
+//! SIGKILL and a NATS outage; no lost update when replicas race on one key;
+//! failed invocations write nothing; grants and limits enforced. Counts are
+//! read from the bucket itself, with a plain NATS client: a handler that ran
+//! twice with state it had already changed would count twice.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use crate::support::*;
+use async_nats::jetstream;
+use serde_json::{Value, json};
+
+const SETTLE: Duration = Duration::from_secs(150);
+
+fn counter_manifest(extra: &str) -> String {
+    let base = std::fs::read_to_string(repo_root().join("examples/counter/handler.toml")).unwrap();
+    format!("{base}\n{extra}")
+}
+
+/// The counter example, installed with `extra` manifest sections.
+fn counter_plugins(extra: &str) -> Plugins {
+    let plugins = Plugins::new();
+    plugins.install("counter", "counter", &counter_manifest(extra));
+    plugins
+}
+
+fn count_event(id: &str, data: Value) -> TestEvent {
+    TestEvent::new(id, "com.example.count", data)
+}
+
+/// Publishes every message, then waits for all the publish acks.
+async fn publish_all(js: &jetstream::Context, messages: Vec<(async_nats::HeaderMap, Vec<u8>)>) {
+    let mut acks = Vec::new();
+    for (headers, payload) in messages {
+        let ack = js.publish_with_headers("counter.in", headers, payload.into());
+        acks.push(ack.await.unwrap());
+    }
+    for ack in acks {
+        ack.await.unwrap();
+    }
+}
+
+/// The counters bucket as numbers.
+async fn counts(js: &jetstream::Context) -> BTreeMap<String, u64> {
+    let all = bucket_json(js, "counters").await;
+    all.into_iter()
+        .map(|(k, v)| (k, v.as_u64().expect("a count")))
+        .collect()
+}
+
+/// Waits until the counter's consumer has nothing left to deliver or settle.
+async fn settled(js: &jetstream::Context) {
+    eventually(
+        "the counter's consumer to settle",
+        SETTLE,
+        || consumer_state(js, "COUNTER", "counter"),
+        |(pending, ack_pending, _)| *pending == 0 && *ack_pending == 0,
+    )
+    .await;
+}
+
+async fn dead_letter_count(js: &jetstream::Context) -> u64 {
+    let mut dlq = js.get_stream("EVENTHOST_DLQ").await.unwrap();
+    dlq.info().await.unwrap().state.messages
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_count_is_exact_under_duplicates_replicas_and_a_sigkill() {
+    const EVENTS: usize = 3000;
+    const KEYS: usize = 50;
+    let nats = NatsServer::start();
+    let plugins = counter_plugins("");
+    let mut doomed = Runtime::start(&nats, &plugins, 1);
+    let survivor = Runtime::start(&nats, &plugins, 1);
+    let js = nats.jetstream().await;
+
+    // Every 7th event is published twice more, in both content modes.
+    let mut messages = Vec::new();
+    for i in 0..EVENTS {
+        let event = count_event(
+            &format!("c-{i}"),
+            json!({ "key": format!("k{}", i % KEYS) }),
+        );
+        messages.push(event.structured());
+        if i % 7 == 0 {
+            messages.push(event.binary());
+            messages.push(event.structured());
+        }
+    }
+    publish_all(&js, messages).await;
+    let total = |counts: &BTreeMap<String, u64>| counts.values().sum::<u64>();
+    let before_kill = eventually(
+        "a third of the counts",
+        SETTLE,
+        || counts(&js),
+        |c| total(c) >= EVENTS as u64 / 3,
+    )
+    .await;
+    doomed.kill();
+    assert!(total(&before_kill) < EVENTS as u64, "killed mid-stream");
+
+    let replacement = Runtime::start(&nats, &plugins, 1);
+    settled(&js).await;
+    let counts = counts(&js).await;
+    let expected = (EVENTS / KEYS) as u64;
+    let wrong: Vec<_> = counts.iter().filter(|(_, n)| **n != expected).collect();
+    assert!(
+        wrong.is_empty(),
+        "counts off (each should be {expected}): {wrong:?}"
+    );
+    assert_eq!(counts.len(), KEYS);
+    assert_eq!(dead_letter_count(&js).await, 0);
+    // Runs that succeeded, as the runtimes logged them, per event: never two
+    // (the helper panics). A kill can lose the line of a run whose commit
+    // landed, so some events may show none.
+    let runs = successful_runs(&[&doomed, &survivor, &replacement], "counter");
+    assert!(runs.len() <= EVENTS, "{} events ran", runs.len());
+    assert!(!survivor.outcomes("succeeded").is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn replicas_racing_on_one_key_lose_no_update() {
+    const EVENTS: u64 = 120;
+    let retry = "[retry]\nmax_attempts = 50\ninitial_backoff = \"10ms\"\nmax_backoff = \"200ms\"";
+    let nats = NatsServer::start();
+    let manifest = counter_manifest(retry).replace("concurrency = 32", "concurrency = 4");
+    let plugins = Plugins::new();
+    plugins.install("counter", "counter", &manifest);
+    let a = Runtime::start(&nats, &plugins, 1);
+    let b = Runtime::start(&nats, &plugins, 1);
+    let js = nats.jetstream().await;
+    let messages = (0..EVENTS)
+        .map(|i| {
+            count_event(&format!("r-{i}"), json!({ "key": "hot", "sleep_ms": 10 })).structured()
+        })
+        .collect();
+    publish_all(&js, messages).await;
+    settled(&js).await;
+
+    assert_eq!(counts(&js).await.get("hot"), Some(&EVENTS));
+    // Every value from 1 to N was reached by exactly one event: no two
+    // commits built on the same read.
+    let updates = collect(&js, "COUNTER", "counter.updated", EVENTS as usize, SETTLE).await;
+    let mut values: Vec<u64> = updates
+        .iter()
+        .map(|u| u.data()["value"].as_u64().unwrap())
+        .collect();
+    values.sort();
+    assert_eq!(values, (1..=EVENTS).collect::<Vec<_>>());
+    let conflicts: f64 = [&a, &b]
+        .iter()
+        .map(|r| r.metric("eventhost_state_conflicts_total", &[("store", "counters")]))
+        .sum();
+    assert!(conflicts > 0.0, "the races were seen and counted");
+    assert_eq!(dead_letter_count(&js).await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_invocation_writes_nothing() {
+    let retry = "[retry]\nmax_attempts = 2\ninitial_backoff = \"50ms\"";
+    let nats = NatsServer::start();
+    let plugins = counter_plugins(retry);
+    let _runtime = Runtime::start(&nats, &plugins, 1);
+    let js = nats.jetstream().await;
+    for (id, then) in [
+        ("f1", "fail-permanent"),
+        ("f2", "fail-retryable"),
+        ("f3", "trap"),
+    ] {
+        let event = count_event(id, json!({ "key": id, "then": then }));
+        publish(&js, "counter.in", event.structured()).await;
+    }
+    // Positive control: an event that succeeds, after the failing ones.
+    publish(
+        &js,
+        "counter.in",
+        count_event("ok", json!({ "key": "ok" })).structured(),
+    )
+    .await;
+    dead_letters(&js, "counter", 3, SETTLE).await;
+    settled(&js).await;
+    let counts = counts(&js).await;
+    assert_eq!(counts, [("ok".to_string(), 1)].into());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn grants_are_enforced_at_load_and_at_every_call() {
+    let nats = NatsServer::start();
+    let plugins = counter_plugins("");
+    // Granted a bucket nobody declared: refused at load, naming it.
+    let missing = counter_manifest("").replace(
+        "read_only = [\"lookup\"]",
+        "read_only = [\"lookup\", \"no-such-bucket\"]",
+    );
+    plugins.install(
+        "missing",
+        "counter",
+        &missing.replace("counter.in", "counter.missing"),
+    );
+    // Imports wasi:keyvalue without a [keyvalue] section: refused at load.
+    let ungranted = "subscribe = [\"counter.ungranted\"]\npublish = [\"counter.updated\"]\n";
+    plugins.install("ungranted", "counter", ungranted);
+    let runtime = Runtime::start(&nats, &plugins, 1);
+    let js = nats.jetstream().await;
+
+    let (_, handlers) = runtime.admin_get("/handlers");
+    let handlers: Vec<Value> = serde_json::from_str(&handlers).unwrap();
+    let error_of = |name: &str| {
+        let handler = handlers.iter().find(|h| h["name"] == name).unwrap();
+        assert_eq!(handler["state"], "failed", "{handler}");
+        handler["last_error"].as_str().unwrap().to_string()
+    };
+    let missing = error_of("missing");
+    assert!(
+        missing.contains("\"no-such-bucket\"") && missing.contains("does not exist"),
+        "{missing}"
+    );
+    let ungranted = error_of("ungranted");
+    assert!(
+        ungranted.contains("wasi:keyvalue") && ungranted.contains("[keyvalue]"),
+        "{ungranted}"
+    );
+    let counter = handlers.iter().find(|h| h["name"] == "counter").unwrap();
+    assert_eq!(counter["grants"]["keyvalue"]["lookup"], "read-only");
+
+    let denied = [("elsewhere", "e1"), ("lookup", "e2")];
+    for (bucket, id) in denied {
+        let event = count_event(id, json!({ "key": "k", "bucket": bucket }));
+        publish(&js, "counter.in", event.structured()).await;
+    }
+    let letters = dead_letters(&js, "counter", 2, SETTLE).await;
+    for letter in &letters {
+        assert_eq!(letter.header("Eventhost-Error-Kind"), "permanent");
+        assert!(letter.header("Eventhost-Error").contains("access denied"));
+    }
+    let denied = |store| runtime.metric("eventhost_kv_denied_total", &[("store", store)]);
+    assert_eq!(denied("lookup"), 1.0);
+    assert_eq!(denied("(not granted)"), 1.0);
+    assert!(bucket_json(&js, "lookup").await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn limits_fail_the_invocation_and_write_nothing() {
+    let limits = "max_value_size = \"16 B\"\nmax_keys_written = 3";
+    let nats = NatsServer::start();
+    let manifest = counter_manifest("").replace(
+        "read_only = [\"lookup\"]",
+        &format!("read_only = [\"lookup\"]\n{limits}"),
+    );
+    let plugins = Plugins::new();
+    plugins.install("counter", "counter", &manifest);
+    let _runtime = Runtime::start(&nats, &plugins, 1);
+    let js = nats.jetstream().await;
+    let cases = [
+        ("big", json!({ "key": "big", "fill": 1, "size": 100 })),
+        ("many", json!({ "key": "many", "fill": 5, "size": 1 })),
+    ];
+    for (id, data) in cases {
+        publish(&js, "counter.in", count_event(id, data).structured()).await;
+    }
+    let letters = dead_letters(&js, "counter", 2, SETTLE).await;
+    let errors: Vec<&str> = letters
+        .iter()
+        .map(|l| l.header("Eventhost-Error"))
+        .collect();
+    assert!(
+        errors.iter().any(|e| e.contains("max_value_size")),
+        "{errors:?}"
+    );
+    assert!(
+        errors.iter().any(|e| e.contains("max_keys_written")),
+        "{errors:?}"
+    );
+    for letter in &letters {
+        assert_eq!(letter.header("Eventhost-Error-Kind"), "limit_exceeded");
+        assert_eq!(letter.header("Eventhost-Attempts"), "1", "not retried");
+    }
+    assert!(bucket_json(&js, "counters").await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_nats_outage_during_commits_loses_and_doubles_nothing() {
+    const EVENTS: usize = 300;
+    const KEYS: usize = 30;
+    let mut nats = NatsServer::start();
+    let manifest = counter_manifest("").replace("concurrency = 32", "concurrency = 16");
+    let plugins = Plugins::new();
+    plugins.install("counter", "counter", &manifest);
+    let _runtime = Runtime::start(&nats, &plugins, 1);
+    let js = nats.jetstream().await;
+    let messages = (0..EVENTS)
+        .map(|i| {
+            let data = json!({ "key": format!("k{}", i % KEYS), "sleep_ms": 100 });
+            count_event(&format!("n-{i}"), data).structured()
+        })
+        .collect();
+    publish_all(&js, messages).await;
+    eventually(
+        "some counts",
+        SETTLE,
+        || counts(&js),
+        |c| c.values().sum::<u64>() >= 30,
+    )
+    .await;
+    // Invocations in flight now finish into a server that is gone.
+    nats.stop();
+    std::thread::sleep(Duration::from_secs(3));
+    nats.restart();
+    let js = nats.jetstream().await;
+    settled(&js).await;
+    let counts = counts(&js).await;
+    let expected = (EVENTS / KEYS) as u64;
+    let wrong: Vec<_> = counts.iter().filter(|(_, n)| **n != expected).collect();
+    assert!(wrong.is_empty() && counts.len() == KEYS, "{counts:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_event_has_one_outcome_and_a_replay_still_runs_it() {
+    let nats = NatsServer::start();
+    let plugins = counter_plugins("");
+    let runtime = Runtime::start(&nats, &plugins, 1);
+    let js = nats.jetstream().await;
+    let doomed = count_event("once", json!({ "key": "k", "then": "fail-permanent" }));
+    publish(&js, "counter.in", doomed.structured()).await;
+    dead_letters(&js, "counter", 1, SETTLE).await;
+    // A second copy is recognised; a different failing event (the positive
+    // control) still gets its own dead letter.
+    publish(&js, "counter.in", doomed.binary()).await;
+    let control = count_event("control", json!({ "key": "k", "then": "fail-permanent" }));
+    publish(&js, "counter.in", control.structured()).await;
+    let letters = dead_letters(&js, "counter", 2, SETTLE).await;
+    assert_eq!(letters.len(), 2, "one dead letter per event");
+    wait_until("the copy to be skipped", SETTLE, || {
+        runtime.outcomes("duplicate").len() == 1
+    });
+
+    // A replay clears the record: the event runs (and fails) again.
+    let list = eventhost_ok(&nats, &["dlq", "list", "counter"]);
+    let seq = list
+        .lines()
+        .find(|l| l.contains("once"))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no dead letter of `once` in {list}"))
+        .to_string();
+    eventhost_ok(&nats, &["dlq", "replay", "counter", "--seq", &seq]);
+    wait_until("the replay to run", SETTLE, || {
+        runtime.outcomes("dead_lettered").len() == 3
+    });
+    assert_eq!(
+        dead_letter_count(&js).await,
+        2,
+        "the replayed letter was replaced"
+    );
+}
+
+/// Pins what changed between server versions and what the commit must not
+/// rest on: which of a publish's two checks comes first. nats-server 2.9
+/// answers a repeated conditional write (same `Nats-Msg-Id`, same expected
+/// sequence) "duplicate"; current servers refuse it as a wrong sequence.
+/// The commit recognises its own writes by reading them back, so it is
+/// right under both (`runtime/src/outcome/commit/tests.rs` runs every crash
+/// under both orders); this test says which one the server at hand uses,
+/// and fails if a server answers in a third way.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_server_answers_a_repeated_conditional_write_as_its_version_says() {
+    let nats = NatsServer::start();
+    let js = nats.jetstream().await;
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: "PIN".into(),
+        subjects: vec!["pin.>".into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let write = || {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", "w-1");
+        headers.insert("Nats-Expected-Last-Subject-Sequence", "0");
+        js.publish_with_headers("pin.k", headers, "v".into())
+    };
+    let first = write().await.unwrap().await.unwrap();
+    assert!(!first.duplicate);
+    let repeat = write().await.unwrap().await;
+    let version = js.client().server_info().version;
+    let parsed = eventhost::jetstream::server::ServerVersion::parse(&version).unwrap();
+    match repeat {
+        // 2.9.10 is known to ack, 2.15.1 to refuse; 2.10 is not pinned here.
+        Ok(ack) => {
+            assert!(ack.duplicate && ack.sequence == first.sequence, "{ack:?}");
+            assert!(
+                parsed.minor < 11,
+                "{version} acked the repeat as a duplicate"
+            );
+        }
+        Err(err) => {
+            use async_nats::jetstream::context::PublishErrorKind;
+            assert_eq!(err.kind(), PublishErrorKind::WrongLastSequence, "{err}");
+            assert!(parsed.minor >= 10, "{version} refused the repeat");
+        }
+    }
+}
+
+/// `replicas = 3` on a server that cannot replicate compare-and-set safely
+/// (older than 2.11) is refused at start, naming both versions, rather than
+/// run with fewer copies. Against the pinned server there is nothing to
+/// refuse: this test bites in the compatibility run (`scripts/test` runs
+/// this file against Debian's 2.9.10 too).
+#[tokio::test(flavor = "multi_thread")]
+async fn replicas_the_server_cannot_keep_safely_are_refused_at_start() {
+    let nats = NatsServer::start();
+    let version = nats.jetstream().await.client().server_info().version;
+    let parsed = eventhost::jetstream::server::ServerVersion::parse(&version).unwrap();
+    if parsed.replicates_compare_and_set() {
+        println!("nats-server {version} replicates compare-and-set: nothing to refuse");
+        return;
+    }
+    let plugins = Plugins::new();
+    let config = format!("replicas = 3\n{TEST_STREAMS}");
+    let plugins_dir = plugins.path().to_str().unwrap();
+    let mut runtime = Runtime::launch(&nats.url(), &["--plugins", plugins_dir], &config, &[]);
+    let status = runtime.wait_for_exit(Duration::from_secs(30));
+    let log = runtime.raw_log();
+    assert!(status.is_some_and(|s| !s.success()), "it started: {log}");
+    assert!(
+        log.contains("needs nats-server 2.11.0") && log.contains(&parsed.to_string()),
+        "{log}"
+    );
+}
