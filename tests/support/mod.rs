@@ -310,14 +310,19 @@ impl Runtime {
         runtime
     }
 
-    /// Waits until the runtime has opened `consumers` consumers. A Python
-    /// or JavaScript component takes about half a minute to compile on
-    /// first use (then the shared cache has it).
+    /// Waits until the runtime has opened `consumers` consumers and is
+    /// ready: every handler of its directory has been loaded or refused (a
+    /// refused one is on `/handlers` only from then on). A Python or
+    /// JavaScript component takes about half a minute to compile on first
+    /// use (then the shared cache has it).
     pub fn wait_consuming(&self, consumers: usize) {
         wait_until(
             "the runtime to start consuming",
             Duration::from_secs(240),
-            || self.logs_with_message("consuming").len() >= consumers,
+            || {
+                self.logs_with_message("consuming").len() >= consumers
+                    && !self.logs_with_message("runtime ready").is_empty()
+            },
         );
     }
 
