@@ -189,6 +189,18 @@ impl std::fmt::Display for DeadLetterReason {
     }
 }
 
+/// An error and its causes on one line (`what: why: root`), for logs.
+pub fn chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -24,7 +24,7 @@ use async_nats::jetstream;
 use super::settle::{Delivery, Settlement};
 use crate::event::decode::Decoded;
 use crate::event::trace::TraceContext;
-use crate::failure::{Conflict, DeadLetterReason, Failure, FailureKind};
+use crate::failure::{Conflict, DeadLetterReason, Failure, FailureKind, chain};
 use crate::handler::manifest::HandlerManifest;
 use crate::ledger::{Claim, CommitError, Committer, Interrupted, Lease, ProcessedEvents};
 use crate::metrics::{HandlerMetrics, Outcome};
@@ -155,10 +155,7 @@ impl Attempts {
                 })
             }
             Err(err) => {
-                tracing::warn!(
-                    error = format!("{err:#}"),
-                    "cannot claim the event; retrying"
-                );
+                tracing::warn!(error = chain(&err), "cannot claim the event; retrying");
                 Err(Settlement::host_trouble())
             }
         }
@@ -208,7 +205,7 @@ impl Attempts {
             }
             CommitError::Unavailable(err) => {
                 tracing::warn!(
-                    error = format!("{err:#}"),
+                    error = chain(&err),
                     "cannot resume the interrupted commit; retrying"
                 );
                 Err(Settlement::host_trouble())
@@ -347,7 +344,7 @@ impl Attempts {
             Err(CommitError::Refused { lease, failure }) => Committed::Failed(lease, failure),
             Err(CommitError::Unavailable(err)) => {
                 tracing::warn!(
-                    error = format!("{err:#}"),
+                    error = chain(&err),
                     "the commit could not finish; whoever holds the event next finishes it"
                 );
                 Committed::Unavailable
@@ -387,7 +384,7 @@ impl Attempts {
             Verdict::Retry(delay) => {
                 let kind = failure.kind;
                 if let Err(err) = self.processed.failed(lease, kind, &failure.message).await {
-                    tracing::warn!(error = format!("{err:#}"), "could not record the failure");
+                    tracing::warn!(error = chain(&err), "could not record the failure");
                 }
                 self.count(Outcome::Retried);
                 tracing::warn!(outcome = Outcome::Retried.as_str(), kind = kind.as_str(), error = %failure.message,
@@ -407,7 +404,7 @@ impl Attempts {
 
     pub(super) async fn release(&self, lease: Lease) {
         if let Err(err) = self.processed.release(lease).await {
-            tracing::warn!(error = format!("{err:#}"), "could not release the claim");
+            tracing::warn!(error = chain(&err), "could not release the claim");
         }
     }
 

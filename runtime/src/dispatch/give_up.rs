@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 use super::attempt::Attempts;
 use super::settle::{Delivery, Settlement};
 use crate::event::decode::{ContentMode, Decoded};
-use crate::failure::DeadLetterReason;
+use crate::failure::{DeadLetterReason, chain};
 use crate::ledger::processed::Lease;
 use crate::metrics::Outcome;
 use crate::outcome::DeadLetter;
@@ -43,10 +43,7 @@ impl Attempts {
             Settlement::Ack => {
                 let version = self.version();
                 if let Err(err) = self.processed.dead_lettered(lease, version, reason).await {
-                    tracing::warn!(
-                        error = format!("{err:#}"),
-                        "could not record the dead letter"
-                    );
+                    tracing::warn!(error = chain(&err), "could not record the dead letter");
                 }
                 self.dead_lettered(reason, error, attempts)
             }
@@ -66,7 +63,7 @@ impl Attempts {
             return self.release(lease).await;
         };
         if let Err(err) = self.processed.failed(lease, kind, error).await {
-            tracing::warn!(error = format!("{err:#}"), "could not record the failure");
+            tracing::warn!(error = chain(&err), "could not record the failure");
         }
     }
 
