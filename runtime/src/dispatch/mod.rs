@@ -79,7 +79,6 @@ pub struct Services {
 pub struct Dispatcher {
     attempts: Attempts,
     bindings: Vec<ConsumerBinding>,
-    js: jetstream::Context,
     leases: Option<Arc<Leases>>,
     /// Events waiting behind an earlier one with their key (`ordering = "key"`).
     waiting: KeyedQueue<Held>,
@@ -132,7 +131,7 @@ impl Dispatcher {
         let attempts = Attempts {
             component,
             manifest,
-            js: js.clone(),
+            js,
             store,
             processed,
             max_record,
@@ -143,7 +142,6 @@ impl Dispatcher {
             consuming: bindings.iter().map(|_| AtomicBool::new(false)).collect(),
             attempts,
             bindings,
-            js,
             leases,
             waiting: KeyedQueue::default(),
             stopped: CancellationToken::new(),
@@ -279,7 +277,7 @@ impl Dispatcher {
         let mut backoff = Duration::from_millis(100);
         while !shutdown.is_cancelled() {
             consuming.store(false, AtomicOrdering::Relaxed);
-            let mut messages = match binding.open(&self.js).await {
+            let mut messages = match binding.open(&self.attempts.js).await {
                 Ok(messages) => {
                     consuming.store(true, AtomicOrdering::Relaxed);
                     backoff = Duration::from_millis(100);

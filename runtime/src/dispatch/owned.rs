@@ -50,7 +50,7 @@ impl Dispatcher {
             // nobody else held the consumer, so there is nothing to rewind
             // (and the other version is still pulling from it).
             let rewound = match fresh {
-                true => self.bindings[binding].rewind(&self.js).await,
+                true => self.bindings[binding].rewind(&self.attempts.js).await,
                 false => Ok(()),
             };
             if let Err(err) = rewound {

@@ -17,7 +17,11 @@ use wasmtime::component::Linker;
 use wasmtime_wasi::WasiView;
 use wasmtime_wasi_http::WasiHttpView;
 
+use cloudevents::AttributesReader;
+
+use super::secrets::Redactor;
 use super::{Effects, Interruption, Usage};
+use crate::event::trace::TraceContext;
 use crate::failure::Failure;
 
 /// A host capability.
@@ -34,7 +38,7 @@ pub trait Capability: Sized + 'static {
     const IMPORTS: &'static [&'static str];
 
     /// A fresh state for one invocation (`grant`: `None` if not granted).
-    fn state(grant: Option<&Arc<Self::Grant>>, invocation: &InvocationContext) -> Self::State;
+    fn state(grant: Option<&Arc<Self::Grant>>, invocation: &InvocationContext<'_>) -> Self::State;
 
     /// Links its host functions; each reaches this capability's state only,
     /// through the [`View`].
@@ -67,16 +71,21 @@ pub trait View<C: Capability>: WasiView + WasiHttpView + Send + 'static {
     fn state(&mut self) -> &mut C::State;
 }
 
-/// What every capability may know of the invocation it serves.
-#[derive(Debug, Clone)]
-pub struct InvocationContext {
+/// What every capability may know of the invocation it serves. Borrowed:
+/// a capability copies only what it needs, and only when granted (this is
+/// made once per event).
+#[derive(Debug, Clone, Copy)]
+pub struct InvocationContext<'a> {
     pub started: Instant,
     /// When the invocation times out: calls that wait (HTTP) end by then.
     pub deadline: Instant,
-    /// The event being handled.
-    pub event: EventContext,
+    /// The event being handled (`None`: no event, as in a benchmark's
+    /// reused instance).
+    pub event: Option<&'a cloudevents::Event>,
+    /// The handling's span, named in calls leaving the host.
+    pub trace: Option<&'a TraceContext>,
     /// Removes the handler's secrets from what a guest sends out.
-    pub redactor: super::secrets::Redactor,
+    pub redactor: &'a Redactor,
 }
 
 /// The event an invocation handles, as calls leaving the host name it.
@@ -86,4 +95,18 @@ pub struct EventContext {
     pub id: String,
     /// W3C `traceparent` of the handling span.
     pub traceparent: Option<String>,
+}
+
+impl EventContext {
+    /// The invocation's event, owned.
+    pub fn of(invocation: &InvocationContext<'_>) -> Self {
+        let Some(event) = invocation.event else {
+            return EventContext::default();
+        };
+        EventContext {
+            source: event.source().to_string(),
+            id: event.id().to_string(),
+            traceparent: invocation.trace.map(TraceContext::traceparent),
+        }
+    }
 }

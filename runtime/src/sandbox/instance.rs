@@ -6,11 +6,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use cloudevents::{AttributesReader, Event};
+use cloudevents::Event;
 use tokio::sync::Semaphore;
 use wasmtime::{Engine, Store, UpdateDeadline};
 
-use super::capability::{EventContext, InvocationContext};
+use super::capability::InvocationContext;
 use super::config::Config;
 use super::secrets::Redactor;
 use super::state::InvocationState;
@@ -71,12 +71,9 @@ impl HandlerComponent {
         let invocation = InvocationContext {
             started,
             deadline: started + timeout,
-            event: EventContext {
-                source: event.source().to_string(),
-                id: event.id().to_string(),
-                traceparent: trace.map(TraceContext::traceparent),
-            },
-            redactor: self.secrets.clone(),
+            event: Some(event),
+            trace,
+            redactor: &self.secrets,
         };
         let mut store = self.new_store(&invocation);
 
@@ -210,8 +207,9 @@ impl HandlerComponent {
         let invocation = InvocationContext {
             started: now,
             deadline: now + Duration::from_secs(24 * 60 * 60),
-            event: EventContext::default(),
-            redactor: self.secrets.clone(),
+            event: None,
+            trace: None,
+            redactor: &self.secrets,
         };
         let mut store = self.new_store(&invocation);
         let handler = self

@@ -404,11 +404,12 @@ impl Capability for Http {
     const IMPORTS: &'static [&'static str] = &["wasi:http/"];
 
     fn state(grant: Option<&Arc<OutboundGrants>>, invocation: &InvocationContext) -> HttpState {
-        HttpState::new(
-            grant.cloned(),
-            invocation.event.clone(),
-            invocation.deadline,
-        )
+        // Only outbound calls need to know who calls.
+        let caller = match grant {
+            Some(_) => EventContext::of(invocation),
+            None => EventContext::default(),
+        };
+        HttpState::new(grant.cloned(), caller, invocation.deadline)
     }
 
     /// wasi:http reaches its state through the store data's
