@@ -256,6 +256,28 @@ async fn read(
     count: usize,
     key: &str,
 ) -> Result<Vec<(String, i128)>> {
+    // On a cluster, a new consumer's first pull can find no leader yet
+    // ("no responders"): read again with a fresh consumer.
+    let mut tries = 1;
+    loop {
+        match read_once(js, stream, from, count, key).await {
+            Err(e) if tries < 5 => {
+                eprintln!("   reading {stream} again ({e:#})");
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            result => return result,
+        }
+    }
+}
+
+async fn read_once(
+    js: &jetstream::Context,
+    stream: &str,
+    from: u64,
+    count: usize,
+    key: &str,
+) -> Result<Vec<(String, i128)>> {
     let consumer = js
         .get_stream(stream)
         .await?
