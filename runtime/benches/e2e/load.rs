@@ -97,7 +97,10 @@ fn event(workload: Workload, run: &str, n: u64) -> Result<(HeaderMap, Bytes)> {
         .ty(ty)
         .data("application/json", data)
         .build()?;
-    eventhost::event::encode::encode(event, ContentMode::Binary)
+    Ok(eventhost::event::encode::encode(
+        event,
+        ContentMode::Binary,
+    )?)
 }
 
 /// What one measurement found.

@@ -30,8 +30,8 @@ use crate::ledger::{Claim, CommitError, Committer, Interrupted, Lease, Processed
 use crate::metrics::{HandlerMetrics, Outcome};
 use crate::outcome;
 use crate::outcome::outputs::Completion;
-use crate::outcome::plan::Written;
 use crate::policy::{self, HOST_RETRY_DELAY, MAX_CONFLICT_RERUNS, Verdict};
+use crate::sandbox::Written;
 use crate::sandbox::emit::EmitGrant;
 use crate::sandbox::{Effects, HandlerComponent, Interruption, Invocation, Stop};
 use crate::store::Store;
@@ -193,7 +193,7 @@ impl Attempts {
         };
         match resumed {
             CommitError::Conflict { lease, lost } => {
-                self.metrics.conflict(self.store_label(&lost.store)).inc();
+                self.metrics.conflict(&self.store_label(&lost.store)).inc();
                 tracing::info!(conflict = %lost.what, "the interrupted commit lost a race; running the handler again");
                 Ok(lease)
             }
@@ -259,7 +259,7 @@ impl Attempts {
                     // without counting an attempt.
                     waits += 1;
                     self.metrics
-                        .conflict(self.store_label(&under_way.store))
+                        .conflict(&self.store_label(&under_way.store))
                         .inc();
                     if waits > MAX_CONFLICT_RERUNS {
                         tracing::info!(waiting_for = %under_way.what, "state of an unfinished commit; retrying later");
@@ -278,7 +278,7 @@ impl Attempts {
                 }
             };
             conflicts += 1;
-            self.metrics.conflict(self.store_label(&lost.store)).inc();
+            self.metrics.conflict(&self.store_label(&lost.store)).inc();
             if conflicts > MAX_CONFLICT_RERUNS {
                 let why = format!("lost {conflicts} races in a row; last: {}", lost.what);
                 let failure = Failure::new(FailureKind::Conflict, why);
@@ -352,21 +352,15 @@ impl Attempts {
         }
     }
 
-    /// Counts a finished commit's writes per bucket and its events.
-    fn count_commit(&self, written: &Written) {
-        for (bucket, bytes) in &written.keys {
-            self.metrics.kv_written(self.store_label(bucket), *bytes);
-        }
-        self.metrics.events_appended.inc_by(written.appended);
-        self.metrics.emitted.inc_by(written.emitted as u64);
+    /// The metric label of a store named by its physical name.
+    fn store_label(&self, physical: &str) -> String {
+        self.component.spec().capabilities.store_label(physical)
     }
 
-    /// The metric label of a bucket or stream: a bucket by the name its
-    /// grant gives it, which a rebuilt read model's new generation keeps.
-    fn store_label<'a>(&'a self, store: &'a str) -> &'a str {
-        let grants = self.component.spec().capabilities.keyvalue.as_ref();
-        let bucket = grants.and_then(|g| g.buckets.iter().find(|b| b.physical == store));
-        bucket.map_or(store, |b| b.name.as_str())
+    /// Counts what a finished commit changed.
+    fn count_commit(&self, written: &Written) {
+        self.metrics.capabilities.committed(written);
+        self.metrics.emitted.inc_by(written.emitted as u64);
     }
 
     /// The attempt failed: retry after the backoff, or dead-letter.
@@ -416,14 +410,6 @@ impl Attempts {
         // A maximum across concurrent invocations: one atomic step.
         let peak = i64::try_from(invocation.peak_memory).unwrap_or(i64::MAX);
         m.peak_memory.inner().fetch_max(peak, Relaxed);
-        let usage = &invocation.usage;
-        for (bucket, used) in &usage.keyvalue {
-            m.kv_used(bucket, used);
-        }
-        m.events_read.inc_by(usage.events_read as u64);
-        m.events_denied.inc_by(usage.events_denied);
-        for call in &usage.http {
-            m.http.record(call);
-        }
+        m.capabilities.record(&invocation.usage);
     }
 }

@@ -113,7 +113,7 @@ impl Attempts {
             Ok(()) => Settlement::Ack,
             Err(err) => {
                 tracing::error!(
-                    error = format!("{err:#}"),
+                    error = chain(&err),
                     kind = letter.reason.as_str(),
                     "could not store the dead letter; the event stays in its stream for now"
                 );

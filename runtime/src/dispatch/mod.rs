@@ -115,16 +115,7 @@ impl Dispatcher {
         processed::declare(&js, &consumer, manifest.idempotency.window, replicas).await?;
         let lease = source::claim_lease(&manifest.limits);
         let processed = ProcessedEvents::new(store.clone(), &consumer, lease);
-        let origins: Vec<String> = (spec.capabilities.http.iter())
-            .flat_map(|grants| grants.origins.iter().map(|o| o.text.clone()))
-            .collect();
-        let metrics = metrics.for_handler(&spec.name, &spec.version, &origins);
-        if let Some(keyvalue) = &spec.capabilities.keyvalue {
-            metrics.declare_buckets(keyvalue.buckets.iter().map(|b| b.name.as_str()));
-        }
-        if let Some(events) = &spec.capabilities.eventstore {
-            metrics.declare_streams(events.subjects.iter().map(|s| s.stream.as_str()));
-        }
+        let metrics = metrics.for_handler(&spec.name, &spec.version, &spec.capabilities);
         // The record around the plan (lease, history) and the message's
         // headers take a little of the server's limit.
         let max_record = js.client().server_info().max_payload.saturating_sub(4096);

@@ -6,7 +6,6 @@
 //! structured mode is a JSON body with `Content-Type:
 //! application/cloudevents+json`.
 
-use anyhow::{Context, Result};
 use async_nats::HeaderMap;
 use bytes::Bytes;
 use cloudevents::event::Data;
@@ -22,9 +21,15 @@ pub const STRUCTURED_CONTENT_TYPE: &str = "application/cloudevents+json";
 /// are always encoded by `utf8_percent_encode`).
 const HEADER_VALUE: &AsciiSet = &CONTROLS.add(b' ').add(b'"').add(b'%');
 
+/// Why an event could not be encoded: only a structured event's JSON can
+/// fail (an extension value serde cannot write, say).
+#[derive(Debug, thiserror::Error)]
+#[error("serialising a structured CloudEvent")]
+pub struct EncodeError(#[from] serde_json::Error);
+
 /// Encodes `event` in `mode`. Adds no transport headers (like `Nats-Msg-Id`);
 /// callers add those.
-pub fn encode(event: Event, mode: ContentMode) -> Result<(HeaderMap, Bytes)> {
+pub fn encode(event: Event, mode: ContentMode) -> Result<(HeaderMap, Bytes), EncodeError> {
     match mode {
         ContentMode::Structured => encode_structured(event),
         ContentMode::Binary => Ok(encode_binary(event)),
@@ -36,7 +41,7 @@ pub fn header_value(value: &str) -> String {
     utf8_percent_encode(value, HEADER_VALUE).to_string()
 }
 
-fn encode_structured(mut event: Event) -> Result<(HeaderMap, Bytes)> {
+fn encode_structured(mut event: Event) -> Result<(HeaderMap, Bytes), EncodeError> {
     // JSON data travels as JSON, not base64, so consumers can read it.
     if let Some(Data::Binary(bytes)) = event.data()
         && event.datacontenttype().is_some_and(read_back_as_json)
@@ -44,7 +49,7 @@ fn encode_structured(mut event: Event) -> Result<(HeaderMap, Bytes)> {
     {
         event.set_data_unchecked(Data::Json(value));
     }
-    let body = serde_json::to_vec(&event).context("serialising a structured CloudEvent")?;
+    let body = serde_json::to_vec(&event)?;
     let mut headers = HeaderMap::new();
     headers.insert("Content-Type", STRUCTURED_CONTENT_TYPE);
     Ok((headers, Bytes::from(body)))

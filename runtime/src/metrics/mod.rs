@@ -8,8 +8,10 @@
 //! hash: a few per reload), outcome and failure kinds from fixed lists,
 //! granted buckets and origins as written in manifests. No event ids,
 //! subjects, URLs or error texts ever become labels.
-
-mod http;
+//!
+//! A capability's own families (key-value reads, HTTP requests, …) are
+//! declared in its module ([`crate::sandbox::Capability`]); this module
+//! registers them with the rest and holds each handler's series of them.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -19,8 +21,8 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 
 use crate::failure::FailureKind;
-use crate::sandbox::keyvalue::BucketUsage;
-pub use http::{HandlerHttpMetrics, HttpMetrics};
+use crate::sandbox::capability::StoreLabels;
+use crate::sandbox::{Capabilities, CapabilityMetrics, CapabilitySeries};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HandlerLabels {
@@ -55,14 +57,6 @@ pub struct ConsumerLabels {
     pub consumer: String,
 }
 
-/// A handler's use of one bucket or event-store stream.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct StoreLabels {
-    pub handler: String,
-    /// A granted bucket's name, or an event-store stream.
-    pub store: String,
-}
-
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BuildLabels {
     version: String,
@@ -85,7 +79,8 @@ macro_rules! metrics {
         pub struct Metrics {
             registry: Registry,
             $(pub $field: $ty,)*
-            pub http: HttpMetrics,
+            /// Each capability's own families (key-value, HTTP, …).
+            pub capabilities: CapabilityMetrics,
         }
 
         impl Metrics {
@@ -99,10 +94,10 @@ macro_rules! metrics {
                         None => registry.register($name, $help, $field.clone()),
                     }
                 )*
-                let http = HttpMetrics::new();
-                http.register(&mut registry);
+                let capabilities = CapabilityMetrics::default();
+                capabilities.register(&mut registry);
                 register_build_info(&mut registry);
-                Metrics { registry, $($field,)* http }
+                Metrics { registry, $($field,)* capabilities }
             }
         }
     };
@@ -142,20 +137,6 @@ metrics! {
         "Time to commit a successful invocation's state changes and events";
     conflicts: Family<StoreLabels, Counter> = counter("state_conflicts"),
         "Optimistic-concurrency races lost (the invocation ran again with fresh state)";
-    kv_reads: Family<StoreLabels, Counter> = counter("kv_reads"),
-        "Key-value reads from JetStream (a key's first read per invocation, key listings)";
-    kv_writes: Family<StoreLabels, Counter> = counter("kv_writes"),
-        "Key-value writes committed";
-    kv_bytes_written: Family<StoreLabels, Counter> = counter("kv_written", Bytes),
-        "Value bytes of committed key-value writes";
-    kv_denied: Family<StoreLabels, Counter> = counter("kv_denied"),
-        "Key-value calls refused: a bucket not granted, or a write to a read-only one";
-    events_read: Family<NameLabels, Counter> = counter("eventstore_events_read"),
-        "Events read from the event store";
-    events_appended: Family<NameLabels, Counter> = counter("eventstore_events_appended"),
-        "Events appended to the event store by committed invocations";
-    events_denied: Family<NameLabels, Counter> = counter("eventstore_denied"),
-        "Event-store calls refused for want of a grant";
 }
 
 /// `eventhost_build_info{version}`: always 1, for dashboards to join on.
@@ -229,18 +210,12 @@ pub struct HandlerMetrics {
     /// Indexed by `Outcome as usize`.
     outcomes: [Counter; Outcome::ALL.len()],
     pub commit_duration: Histogram,
-    pub events_read: Counter,
-    pub events_appended: Counter,
-    pub events_denied: Counter,
-    pub http: HandlerHttpMetrics,
+    /// Each capability's series for this handler.
+    pub capabilities: CapabilitySeries,
     /// Failures are rare and their kinds many: looked up as they happen.
     failures: Family<FailureLabels, Counter>,
-    /// Per-bucket series: looked up when a bucket was used.
+    /// Per-store series: looked up when a race was lost.
     conflicts: Family<StoreLabels, Counter>,
-    kv_reads: Family<StoreLabels, Counter>,
-    kv_writes: Family<StoreLabels, Counter>,
-    kv_bytes_written: Family<StoreLabels, Counter>,
-    kv_denied: Family<StoreLabels, Counter>,
     labels: HandlerLabels,
 }
 
@@ -255,71 +230,26 @@ impl HandlerMetrics {
             .clone()
     }
 
+    /// A race lost on `store` (its label, see [`Capabilities::store_label`]).
     pub fn conflict(&self, store: &str) -> Counter {
-        self.conflicts.get_or_create(&self.store(store)).clone()
-    }
-
-    /// An invocation's reads and refusals on `bucket`.
-    pub fn kv_used(&self, bucket: &str, usage: &BucketUsage) {
-        if usage.reads > 0 {
-            self.kv_reads
-                .get_or_create(&self.store(bucket))
-                .inc_by(usage.reads);
-        }
-        if usage.denied > 0 {
-            self.kv_denied
-                .get_or_create(&self.store(bucket))
-                .inc_by(usage.denied);
-        }
-    }
-
-    /// One committed write of `bytes` to `bucket`.
-    pub fn kv_written(&self, bucket: &str, bytes: u64) {
-        let labels = self.store(bucket);
-        self.kv_writes.get_or_create(&labels).inc();
-        self.kv_bytes_written.get_or_create(&labels).inc_by(bytes);
-    }
-
-    /// Makes every per-bucket series of `buckets` exist, at zero until
-    /// something happens: "none yet" is then told apart from "not
-    /// exported".
-    pub fn declare_buckets<'a>(&self, buckets: impl Iterator<Item = &'a str>) {
-        for bucket in buckets {
-            let labels = self.store(bucket);
-            for family in [
-                &self.conflicts,
-                &self.kv_reads,
-                &self.kv_writes,
-                &self.kv_bytes_written,
-                &self.kv_denied,
-            ] {
-                let _created = family.get_or_create(&labels);
-            }
-        }
-    }
-
-    /// Likewise for the conflicts on event-store streams.
-    pub fn declare_streams<'a>(&self, streams: impl Iterator<Item = &'a str>) {
-        for stream in streams {
-            let _created = self.conflicts.get_or_create(&self.store(stream));
-        }
-    }
-
-    fn store(&self, store: &str) -> StoreLabels {
-        StoreLabels {
-            handler: self.labels.handler.clone(),
-            store: store.to_string(),
-        }
+        let labels = StoreLabels::new(&self.labels.handler, store);
+        self.conflicts.get_or_create(&labels).clone()
     }
 }
 
 impl Metrics {
-    /// The series of handler `name` at `version`. Every outcome's series
-    /// exists from here on, at zero until it happens.
-    /// `origins`: the handler's outbound grants, whose series are made now.
-    pub fn for_handler(&self, name: &str, version: &str, origins: &[String]) -> HandlerMetrics {
+    /// The series of handler `name` at `version`, granted `grants`. Every
+    /// outcome's series, and those of every store and origin the grants
+    /// name, exist from here on, at zero until something happens: "none
+    /// yet" is then told apart from "not exported".
+    pub fn for_handler(&self, name: &str, version: &str, grants: &Capabilities) -> HandlerMetrics {
         let labels = HandlerLabels::new(name, version);
-        let http = self.http.for_handler(name, origins);
+        for store in grants.stores() {
+            let _created = self
+                .conflicts
+                .get_or_create(&StoreLabels::new(name, &store));
+        }
+        let capabilities = self.capabilities.series(name, grants);
         let name = NameLabels::new(name);
         HandlerMetrics {
             received: self.received.get_or_create(&labels).clone(),
@@ -334,16 +264,9 @@ impl Metrics {
                     .clone()
             }),
             commit_duration: self.commit_duration.get_or_create(&labels).clone(),
-            events_read: self.events_read.get_or_create(&name).clone(),
-            events_appended: self.events_appended.get_or_create(&name).clone(),
-            events_denied: self.events_denied.get_or_create(&name).clone(),
-            http,
+            capabilities,
             failures: self.guest_failures.clone(),
             conflicts: self.conflicts.clone(),
-            kv_reads: self.kv_reads.clone(),
-            kv_writes: self.kv_writes.clone(),
-            kv_bytes_written: self.kv_bytes_written.clone(),
-            kv_denied: self.kv_denied.clone(),
             labels,
         }
     }
@@ -389,7 +312,7 @@ mod tests {
     #[test]
     fn a_handlers_series_are_the_registrys() {
         let m = Metrics::new();
-        let h = m.for_handler("payment", "abc", &[]);
+        let h = m.for_handler("payment", "abc", &Capabilities::default());
         h.outcome(Outcome::Duplicate).inc();
         h.failure(FailureKind::Trap).inc();
         assert_encodes(

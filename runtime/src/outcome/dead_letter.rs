@@ -96,6 +96,18 @@ pub async fn ensure_stream(js: &jetstream::Context, replicas: usize) -> Result<(
     Ok(())
 }
 
+/// Why a dead letter was not stored: the message stays in its stream, to
+/// be dead-lettered again on its next delivery.
+#[derive(Debug, thiserror::Error)]
+pub enum DeadLetterError {
+    #[error("the message has no JetStream metadata: {0}")]
+    NoMetadata(String),
+    #[error("publishing the dead letter")]
+    Publish(#[source] jetstream::context::PublishError),
+    #[error("JetStream did not store the dead letter")]
+    Unconfirmed(#[source] jetstream::context::PublishError),
+}
+
 /// Why and how an event failed, as the dead letter tells it.
 #[derive(Debug)]
 pub struct DeadLetter<'a> {
@@ -115,11 +127,15 @@ pub struct DeadLetter<'a> {
 
 impl DeadLetter<'_> {
     /// Stores the dead letter of `message` and waits for JetStream to confirm.
-    pub async fn publish(&self, js: &jetstream::Context, message: &Message) -> Result<()> {
-        let (stream, sequence) = message
+    pub async fn publish(
+        &self,
+        js: &jetstream::Context,
+        message: &Message,
+    ) -> Result<(), DeadLetterError> {
+        let info = message
             .info()
-            .map(|i| (i.stream.to_string(), i.stream_sequence))
-            .map_err(|e| anyhow::anyhow!("the message has no JetStream metadata: {e}"))?;
+            .map_err(|e| DeadLetterError::NoMetadata(e.to_string()))?;
+        let (stream, sequence) = (info.stream.to_string(), info.stream_sequence);
         let headers = self.headers(
             message.headers.as_ref(),
             &message.subject,
@@ -129,9 +145,8 @@ impl DeadLetter<'_> {
         let ack = js
             .publish_with_headers(subject(self.handler), headers, message.payload.clone())
             .await
-            .context("publishing the dead letter")?;
-        ack.await
-            .context("JetStream did not store the dead letter")?;
+            .map_err(DeadLetterError::Publish)?;
+        ack.await.map_err(DeadLetterError::Unconfirmed)?;
         Ok(())
     }
 

@@ -16,12 +16,11 @@ pub mod dead_letter;
 pub mod outputs;
 pub mod plan;
 
-use crate::failure::{Failure, FailureKind};
+use crate::failure::{Failure, FailureKind, chain};
 use crate::ledger::{CommitError, Committer, Lease};
-use crate::sandbox::Effects;
+use crate::sandbox::{Effects, Written};
 pub use dead_letter::DeadLetter;
 use outputs::Completion;
-use plan::Written;
 
 /// Commits a successful invocation's `effects` whole: completes and encodes
 /// them into a plan ([`plan::plan`]), then has the ledger commit it. Says
@@ -36,7 +35,7 @@ pub async fn commit(
     let plan = match plan::plan(lease.key(), with, effects) {
         Ok(plan) => plan,
         Err(err) => {
-            let failure = Failure::new(FailureKind::EmitRefused, format!("{err:#}"));
+            let failure = Failure::new(FailureKind::EmitRefused, chain(&err));
             return Err(CommitError::Refused { lease, failure });
         }
     };

@@ -12,14 +12,13 @@
 //! ids come from a separate name space, so an append and an emit at the same
 //! position never share an id.
 
-use anyhow::{Context, Result};
 use chrono::{DateTime, Utc};
 use cloudevents::event::Data;
 use cloudevents::{AttributesReader, AttributesWriter, Event, EventBuilder, EventBuilderV10};
 use uuid::Uuid;
 
 use crate::event::decode::{ContentMode, Decoded};
-use crate::event::encode::encode;
+use crate::event::encode::{EncodeError, encode};
 use crate::event::trace::TraceContext;
 use crate::ledger::record::PlannedMessage;
 use crate::sandbox::EmittedEvent;
@@ -49,6 +48,28 @@ pub fn appended_event_id(handler: &str, input: &Event, index: usize) -> String {
     Uuid::new_v5(&EMITTED_ID_NAMESPACE, name.as_bytes()).to_string()
 }
 
+/// Why an event a handler emitted or appended cannot go out as it is: the
+/// guest's doing, so the invocation fails as `emit_refused`.
+#[derive(Debug, thiserror::Error)]
+pub enum OutputError {
+    #[error("`time` {value:?} is not an RFC 3339 time")]
+    Time {
+        value: String,
+        #[source]
+        source: chrono::ParseError,
+    },
+    #[error("`dataschema` {value:?} is not a URL")]
+    DataSchema {
+        value: String,
+        #[source]
+        source: url::ParseError,
+    },
+    #[error("building the emitted event")]
+    Build(#[from] cloudevents::event::EventBuilderError),
+    #[error(transparent)]
+    Encode(#[from] EncodeError),
+}
+
 /// Who completes events, and for which input.
 pub struct Completion<'a> {
     pub handler: &'a str,
@@ -74,12 +95,19 @@ pub struct Output {
 ///
 /// `derived_id` is the id the host gives the event when the guest set none;
 /// it is also the event's `Nats-Msg-Id`.
-pub fn complete(with: &Completion, derived_id: String, emitted: EmittedEvent) -> Result<Output> {
+pub fn complete(
+    with: &Completion,
+    derived_id: String,
+    emitted: EmittedEvent,
+) -> Result<Output, OutputError> {
     let input = with.input;
     let trace = with.trace;
     let source = emitted.source.unwrap_or_else(|| with.emit.source.clone());
-    let time = match &emitted.time {
-        Some(t) => DateTime::parse_from_rfc3339(t)?.with_timezone(&Utc),
+    let time = match emitted.time {
+        Some(value) => match DateTime::parse_from_rfc3339(&value) {
+            Ok(time) => time.with_timezone(&Utc),
+            Err(source) => return Err(OutputError::Time { value, source }),
+        },
         None => Utc::now(),
     };
     let mut builder = EventBuilderV10::new()
@@ -93,9 +121,12 @@ pub fn complete(with: &Completion, derived_id: String, emitted: EmittedEvent) ->
     for (name, value) in emitted.extensions {
         builder = builder.extension(&name, value);
     }
-    let mut event = builder.build().context("building the emitted event")?;
-    if let Some(schema) = emitted.dataschema {
-        event.set_dataschema(Some(url::Url::parse(&schema)?));
+    let mut event = builder.build()?;
+    if let Some(value) = emitted.dataschema {
+        match url::Url::parse(&value) {
+            Ok(schema) => event.set_dataschema(Some(schema)),
+            Err(source) => return Err(OutputError::DataSchema { value, source }),
+        };
     }
     event.set_datacontenttype(emitted.datacontenttype);
     if let Some(data) = emitted.data {
@@ -139,7 +170,7 @@ fn input_extension(event: &Event, name: &str) -> Option<String> {
 impl Output {
     /// The event on the wire, with its `Nats-Msg-Id`: what gets published,
     /// byte for byte, on every try.
-    pub fn encode(self) -> Result<PlannedMessage> {
+    pub fn encode(self) -> Result<PlannedMessage, EncodeError> {
         let (headers, payload) = encode(self.event, self.mode)?;
         Ok(PlannedMessage {
             subject: self.destination,
@@ -154,10 +185,10 @@ impl Output {
 pub fn encode_emitted(
     with: &Completion,
     emitted: Vec<EmittedEvent>,
-) -> Result<Vec<PlannedMessage>> {
+) -> Result<Vec<PlannedMessage>, OutputError> {
     let derive = |index| emitted_event_id(with.handler, &with.input.event, index);
     (emitted.into_iter().enumerate())
-        .map(|(index, event)| complete(with, derive(index), event)?.encode())
+        .map(|(index, event)| Ok(complete(with, derive(index), event)?.encode()?))
         .collect()
 }
 

@@ -8,18 +8,20 @@
 //! resumed commit publishes exactly these bytes, so ids and `Nats-Msg-Id`s
 //! never change between tries.
 
-use anyhow::Result;
-
-use super::outputs::{Completion, appended_event_id, complete, encode_emitted};
+use super::outputs::{Completion, OutputError, appended_event_id, complete, encode_emitted};
 use crate::event::decode::ContentMode;
 use crate::ledger::commit::new_commit_id;
 use crate::ledger::record::{CommitPlan, PlannedWrite};
-use crate::sandbox::Effects;
+use crate::sandbox::{Effects, Written};
 
 /// The plan for `effects` of the event whose record key is `record_key`.
 /// Only a plan that changes state gets a commit id: the others are never
 /// recorded.
-pub fn plan(record_key: &str, with: &Completion, effects: Effects) -> Result<CommitPlan> {
+pub fn plan(
+    record_key: &str,
+    with: &Completion,
+    effects: Effects,
+) -> Result<CommitPlan, OutputError> {
     let id = match effects.changes_state() {
         true => new_commit_id(record_key),
         false => String::new(),
@@ -56,16 +58,7 @@ pub fn plan(record_key: &str, with: &Completion, effects: Effects) -> Result<Com
     })
 }
 
-/// What a commit changes, for the metrics once it has: taken from the plan
-/// before the commit consumes it.
-#[derive(Debug, Default)]
-pub struct Written {
-    /// (bucket, value bytes) per key written.
-    pub keys: Vec<(String, u64)>,
-    pub appended: u64,
-    pub emitted: usize,
-}
-
+/// Taken from the plan before the commit consumes it.
 impl Written {
     pub fn of(plan: &CommitPlan) -> Self {
         let mut written = Written {

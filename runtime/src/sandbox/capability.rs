@@ -6,13 +6,16 @@
 //! resolved at load, its state in one invocation, the imports it serves and
 //! how it links them (through a [`View`] of the store's data, so it never
 //! names the sandbox's own types), what it refuses or interrupts, what it
-//! hands to the commit, and what it used (for the metrics). The sandbox's
-//! centre (`state`) lists the capabilities once and loops over them; it
-//! names none of their parts.
+//! hands to the commit, and its metrics: the families it registers, one
+//! handler's series of them, and what an invocation and a commit used. The
+//! sandbox's centre (`state`) lists the capabilities once and loops over
+//! them; it names none of their parts.
 
 use std::sync::Arc;
 use std::time::Instant;
 
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::registry::Registry;
 use wasmtime::component::Linker;
 use wasmtime_wasi::WasiView;
 use wasmtime_wasi_http::WasiHttpView;
@@ -20,7 +23,7 @@ use wasmtime_wasi_http::WasiHttpView;
 use cloudevents::AttributesReader;
 
 use super::secrets::Redactor;
-use super::{Effects, Interruption, Usage};
+use super::{Effects, Interruption, Written};
 use crate::event::trace::TraceContext;
 use crate::failure::Failure;
 
@@ -60,8 +63,48 @@ pub trait Capability: Sized + 'static {
     /// only when the guest succeeded.
     fn hand_over(_state: &mut Self::State, _effects: &mut Effects) {}
 
-    /// Adds what the invocation used to the metrics' account of it.
-    fn report(_state: &Self::State, _usage: &mut Usage) {}
+    /// What one invocation used it for, for its metrics (`()`: nothing
+    /// counted).
+    type Usage: Default + std::fmt::Debug + Send + 'static;
+    /// Its metric families, made once per runtime (`()`: none).
+    type Metrics: Default + Clone + Send + Sync + 'static;
+    /// One handler version's series of them.
+    type Series: Default + Send + Sync + 'static;
+
+    /// What the invocation used, taken when it ends.
+    fn usage(_state: &Self::State) -> Self::Usage {
+        Self::Usage::default()
+    }
+
+    /// Registers its families with the runtime's registry.
+    fn register(_metrics: &Self::Metrics, _registry: &mut Registry) {}
+
+    /// Handler `handler`'s series; those its grant names exist from here on,
+    /// at zero, so "none yet" is told apart from "not exported".
+    fn series(
+        _metrics: &Self::Metrics,
+        _handler: &str,
+        _grant: Option<&Self::Grant>,
+    ) -> Self::Series {
+        Self::Series::default()
+    }
+
+    /// Counts what one invocation used.
+    fn record(_series: &Self::Series, _usage: &Self::Usage) {}
+
+    /// Counts what a commit changed on its behalf.
+    fn committed(_series: &Self::Series, _written: &Written) {}
+
+    /// The stores (buckets, streams) it keeps a handler's state in, as
+    /// metric labels name them: given a store's physical name, the label.
+    fn store_label(_grant: &Self::Grant, _physical: &str) -> Option<String> {
+        None
+    }
+
+    /// Every store its grant names, by label.
+    fn stores(_grant: &Self::Grant) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// What the store's data offers capability `C`: `C`'s own state, and
@@ -107,6 +150,23 @@ impl EventContext {
             source: event.source().to_string(),
             id: event.id().to_string(),
             traceparent: invocation.trace.map(TraceContext::traceparent),
+        }
+    }
+}
+
+/// A handler's use of one store: a granted bucket (by the name its grant
+/// gives it) or an event-store stream.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StoreLabels {
+    pub handler: String,
+    pub store: String,
+}
+
+impl StoreLabels {
+    pub fn new(handler: &str, store: &str) -> Self {
+        StoreLabels {
+            handler: handler.to_string(),
+            store: store.to_string(),
         }
     }
 }

@@ -128,6 +128,9 @@ impl Capability for Config {
     type State = ConfigValues;
     const GRANTED_BY: Option<&'static str> = None;
     const IMPORTS: &'static [&'static str] = &["eventhost:handler/config@"];
+    type Usage = ();
+    type Metrics = ();
+    type Series = ();
 
     fn state(grant: Option<&Arc<ConfigValues>>, _: &InvocationContext) -> ConfigValues {
         grant

@@ -216,6 +216,10 @@ impl Capability for Emit {
     type State = EmitState;
     const GRANTED_BY: Option<&'static str> = None;
     const IMPORTS: &'static [&'static str] = &["eventhost:handler/emitter@"];
+    // What it publishes is counted once committed (`emitted_events`).
+    type Usage = ();
+    type Metrics = ();
+    type Series = ();
 
     fn state(grant: Option<&Arc<EmitGrant>>, _: &InvocationContext) -> EmitState {
         EmitState {

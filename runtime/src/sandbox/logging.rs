@@ -70,6 +70,9 @@ impl Capability for Logging {
     type State = LoggingState;
     const GRANTED_BY: Option<&'static str> = None;
     const IMPORTS: &'static [&'static str] = &["eventhost:handler/logging@"];
+    type Usage = ();
+    type Metrics = ();
+    type Series = ();
 
     fn state(_: Option<&Arc<()>>, invocation: &InvocationContext) -> LoggingState {
         LoggingState {

@@ -63,7 +63,7 @@ pub use cache::{CacheUse, CompiledCache};
 pub use capability::Capability;
 use engine::EngineSet;
 pub use instance::{HandlerComponent, ReusedInstance};
-pub use state::Capabilities;
+pub use state::{Capabilities, CapabilityMetrics, CapabilitySeries, Usage};
 
 // The state capabilities (`wasi:keyvalue`, the event store) are async,
 // because they read JetStream, and trappable, because a read that finds
@@ -192,16 +192,15 @@ pub struct Invocation {
     pub usage: Usage,
 }
 
-/// What one invocation used the capabilities for, for the metrics.
+/// What a commit changed, for the capabilities' metrics once it has.
 #[derive(Debug, Default)]
-pub struct Usage {
-    /// Key-value use per bucket (name, usage).
-    pub keyvalue: Vec<(String, keyvalue::BucketUsage)>,
-    /// Event-store events read, and calls refused for want of a grant.
-    pub events_read: usize,
-    pub events_denied: u64,
-    /// Outbound HTTP requests, sent or refused.
-    pub http: Vec<http::HttpCall>,
+pub struct Written {
+    /// (physical bucket, value bytes) per key written.
+    pub keys: Vec<(String, u64)>,
+    /// Events appended to the event store.
+    pub appended: u64,
+    /// Events published.
+    pub emitted: usize,
 }
 
 /// A successful invocation's effects, still buffered.

@@ -5,7 +5,7 @@
 //! over: the grants a handler resolved at load ([`Capabilities`]), every
 //! capability's state in one invocation, the linking of what is granted,
 //! the check that a component imports nothing it was not granted, and the
-//! collection of refusals, interruptions, effects and usage. Adding a
+//! collection of refusals, interruptions, effects, usage and metrics. Adding a
 //! capability is one module implementing [`Capability`] and one line here.
 //!
 //! A fresh [`InvocationState`] is made for every event, so nothing a guest
@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
+use prometheus_client::registry::Registry;
 use wasmtime::Engine;
 use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
@@ -31,7 +32,7 @@ use super::keyvalue::KeyValue;
 use super::limiter::MemoryLimiter;
 use super::logging::Logging;
 use super::turns::Turn;
-use super::{Effects, Interruption, Usage, v0_1};
+use super::{Effects, Interruption, Written, v0_1};
 use crate::failure::Failure;
 
 /// How much of a guest's stderr (its panic message, say) is kept for the log.
@@ -80,9 +81,68 @@ macro_rules! capabilities {
 
             /// What the invocation used, for the metrics.
             pub(super) fn usage(&self) -> Usage {
-                let mut usage = Usage::default();
-                $(<$capability>::report(&self.capabilities.$field, &mut usage);)*
-                usage
+                Usage {
+                    $($field: <$capability>::usage(&self.capabilities.$field),)*
+                }
+            }
+        }
+
+        /// What one invocation used the capabilities for.
+        #[derive(Debug, Default)]
+        pub struct Usage {
+            $($field: <$capability as Capability>::Usage,)*
+        }
+
+        /// Every capability's metric families, made once per runtime.
+        #[derive(Clone, Default)]
+        pub struct CapabilityMetrics {
+            $($field: <$capability as Capability>::Metrics,)*
+        }
+
+        impl CapabilityMetrics {
+            pub fn register(&self, registry: &mut Registry) {
+                $(<$capability>::register(&self.$field, registry);)*
+            }
+
+            /// Handler `handler`'s series, those its `grants` name made now.
+            pub fn series(&self, handler: &str, grants: &Capabilities) -> CapabilitySeries {
+                CapabilitySeries {
+                    $($field: <$capability>::series(&self.$field, handler, grants.$field.as_deref()),)*
+                }
+            }
+        }
+
+        /// One handler version's series of every capability's metrics.
+        pub struct CapabilitySeries {
+            $($field: <$capability as Capability>::Series,)*
+        }
+
+        impl CapabilitySeries {
+            /// Counts what one invocation used.
+            pub fn record(&self, usage: &Usage) {
+                $(<$capability>::record(&self.$field, &usage.$field);)*
+            }
+
+            /// Counts what a commit changed.
+            pub fn committed(&self, written: &Written) {
+                $(<$capability>::committed(&self.$field, written);)*
+            }
+        }
+
+        impl Capabilities {
+            /// The metric label of a store (bucket, stream) named by its
+            /// physical name: the name its grant gives it, which a rebuilt
+            /// read model's new generation keeps.
+            pub fn store_label(&self, physical: &str) -> String {
+                None$(.or_else(|| self.$field.as_deref().and_then(|g| <$capability>::store_label(g, physical))))*
+                    .unwrap_or_else(|| physical.to_string())
+            }
+
+            /// Every store the grants name, by label.
+            pub fn stores(&self) -> Vec<String> {
+                let mut stores = Vec::new();
+                $(stores.extend(self.$field.as_deref().map(<$capability>::stores).unwrap_or_default());)*
+                stores
             }
         }
 

@@ -238,6 +238,21 @@ async fn grants_are_enforced_at_load_and_at_every_call() {
     assert_eq!(denied("lookup"), 1.0);
     assert_eq!(denied("(not granted)"), 1.0);
     assert!(bucket_json(&js, "lookup").await.is_empty());
+
+    // What the granted bucket was used for is counted under its name: two
+    // events on one key, each writing it once and reading it at least once
+    // (more if they raced).
+    for id in ["g1", "g2"] {
+        let event = count_event(id, json!({ "key": "granted" }));
+        publish(&js, "counter.in", event.structured()).await;
+    }
+    settled(&js).await;
+    assert_eq!(counts(&js).await.get("granted"), Some(&2));
+    let counters = |name| runtime.metric(name, &[("store", "counters")]);
+    assert_eq!(counters("eventhost_kv_writes_total"), 2.0);
+    assert!(counters("eventhost_kv_reads_total") >= 2.0);
+    assert!(counters("eventhost_kv_written_bytes_total") > 0.0);
+    assert_eq!(counters("eventhost_kv_denied_total"), 0.0);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -160,6 +160,12 @@ async fn concurrent_commands_from_two_replicas_keep_every_account_consistent() {
         .map(|r| r.metric("eventhost_state_conflicts_total", &[]))
         .sum();
     assert!(conflicts > 0.0, "the replicas raced on accounts");
+    // Every stored event was counted once, by the replica that committed it.
+    let appended: f64 = [&a, &b]
+        .iter()
+        .map(|r| r.metric("eventhost_eventstore_events_appended_total", &[]))
+        .sum();
+    assert_eq!(appended, events.len() as f64);
 }
 
 /// A snapshot's balance is the fold of the events up to its version.

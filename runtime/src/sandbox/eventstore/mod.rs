@@ -19,6 +19,7 @@
 use std::sync::Arc;
 
 use anyhow::{Result, bail, ensure};
+use prometheus_client::registry::Registry;
 use serde::Deserialize;
 use wasmtime::component::{HasSelf, Linker};
 
@@ -27,12 +28,15 @@ use super::capability::{Capability, InvocationContext, View};
 use super::emit::validate_event;
 use super::eventhost::handler::event_store::{self, StoredEvent};
 use super::types::{self, OutgoingEvent};
-use super::{Effects, Usage};
+use super::{Effects, Written};
 use crate::event::decode;
 use crate::event::subject;
 use crate::failure::{Conflict, Failure, FailureKind};
 use crate::ledger::record::is_settled;
 use crate::store::{Store, StoreResult};
+pub use metrics::{EventStoreMetrics, EventStoreSeries};
+
+mod metrics;
 
 /// The `[eventstore]` section of a handler manifest.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -442,8 +446,38 @@ impl Capability for EventStore {
         effects.appends = std::mem::take(state).into_appends();
     }
 
-    fn report(state: &EventStoreState, usage: &mut Usage) {
-        (usage.events_read, usage.events_denied) = state.usage();
+    /// (events read, calls refused for want of a grant)
+    type Usage = (usize, u64);
+    type Metrics = EventStoreMetrics;
+    type Series = EventStoreSeries;
+
+    fn usage(state: &EventStoreState) -> (usize, u64) {
+        state.usage()
+    }
+
+    fn register(metrics: &EventStoreMetrics, registry: &mut Registry) {
+        metrics.register(registry);
+    }
+
+    fn series(
+        metrics: &EventStoreMetrics,
+        handler: &str,
+        _: Option<&EventStoreGrants>,
+    ) -> EventStoreSeries {
+        metrics.series(handler)
+    }
+
+    fn record(series: &EventStoreSeries, &(read, denied): &(usize, u64)) {
+        series.read.inc_by(read as u64);
+        series.denied.inc_by(denied);
+    }
+
+    fn committed(series: &EventStoreSeries, written: &Written) {
+        series.appended.inc_by(written.appended);
+    }
+
+    fn stores(grant: &EventStoreGrants) -> Vec<String> {
+        grant.subjects.iter().map(|s| s.stream.clone()).collect()
     }
 }
 

@@ -23,6 +23,7 @@
 //! followed by the host: a guest that follows one sends a new request, which
 //! is checked like any other.
 
+mod metrics;
 mod origin;
 mod send;
 
@@ -38,9 +39,9 @@ use tracing::Instrument;
 use wasmtime::component::Linker;
 use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpCtx, WasiHttpHooks};
 
-use super::Usage;
 use super::capability::{Capability, EventContext, InvocationContext, View};
 use crate::failure::{Failure, FailureKind};
+pub use metrics::{HandlerHttpMetrics, HttpMetrics};
 pub use origin::{AllowedOrigin, RequestOrigin};
 
 /// The namespace of host-made idempotency keys ("eventhost-http-1").
@@ -422,7 +423,29 @@ impl Capability for Http {
         state.take_refusal()
     }
 
-    fn report(state: &HttpState, usage: &mut Usage) {
-        usage.http = state.calls();
+    type Usage = Vec<HttpCall>;
+    type Metrics = HttpMetrics;
+    type Series = HandlerHttpMetrics;
+
+    fn usage(state: &HttpState) -> Vec<HttpCall> {
+        state.calls()
+    }
+
+    fn register(metrics: &HttpMetrics, registry: &mut prometheus_client::registry::Registry) {
+        metrics.register(registry);
+    }
+
+    fn series(
+        metrics: &HttpMetrics,
+        handler: &str,
+        grant: Option<&OutboundGrants>,
+    ) -> HandlerHttpMetrics {
+        metrics.for_handler(handler, grant)
+    }
+
+    fn record(series: &HandlerHttpMetrics, calls: &Vec<HttpCall>) {
+        for call in calls {
+            series.record(call);
+        }
     }
 }

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+use bytesize::ByteSize;
 
 use super::*;
 use crate::ledger::record::{COMMIT_HEADER, CommitPlan, PENDING_HEADER, Record};
