@@ -80,13 +80,32 @@ ensure_guest_tooling() {
 # Builds every guest in examples/ as a wasm32-wasip2 component: the Rust
 # ones with cargo, the Python and TypeScript ones with their SDK's build
 # tool into examples/target/{python,js}/.
+# `build_examples rust` builds only the Rust ones (the demo's default).
 build_examples() {
+  local only="${1:-all}"
   step "building the Rust example handlers (wasm32-wasip2 components)"
   # From inside examples/, so its .cargo/config.toml applies.
   (cd examples && cargo build --release --target wasm32-wasip2)
+  if [ "$only" = rust ]; then return; fi
   ensure_guest_tooling
-  build_guest_examples python .tools/python/bin/python sdk/python/eventhost_build.py
-  build_guest_examples js node sdk/js/build.mjs
+  if [ "$only" = all ] || [ "$only" = python ]; then
+    build_guest_examples python .tools/python/bin/python sdk/python/eventhost_build.py
+  fi
+  if [ "$only" = all ] || [ "$only" = js ]; then
+    build_guest_examples js node sdk/js/build.mjs
+  fi
+}
+
+# The host build: the runtime, the example provider and the tests, with the
+# crash points compiled in (armed only by EVENTHOST_FAILPOINTS; see
+# runtime/src/failpoint.rs). The demo, the tests and the check scripts all
+# build exactly this, so one cold build serves them all: a plain
+# `cargo build` would unify the dependencies' features differently (the
+# tests' dev-dependencies add some) and compile the whole tree again.
+HOST_BUILD=(--release --workspace --features eventhost/failpoints)
+build_host() {
+  step "building the runtime, the example provider and the tests (the first build takes about 15 minutes on 2 cores)"
+  cargo test "${HOST_BUILD[@]}" --no-run
 }
 
 # build_guest_examples LANG TOOL... : builds each examples/LANG/NAME into
