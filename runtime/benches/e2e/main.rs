@@ -49,6 +49,11 @@ struct Settings {
     fixed: Duration,
     /// Events per scaling run.
     scaling_events: usize,
+    /// Saturation rounds per workload (the median is reported).
+    rounds: usize,
+    /// Events in flight in the scaling runs; runtime processes in the fleet's.
+    scaling: Vec<usize>,
+    fleet: Vec<usize>,
     /// Which parts to run: `compare`, `scaling`, `memory` (`--only a,b`).
     sections: Vec<&'static str>,
 }
@@ -86,10 +91,14 @@ fn main() -> Result<()> {
         None => SECTIONS.to_vec(),
     };
     let settings = if args.iter().any(|a| a == "--quick") {
+        // A smoke run: every path once, no figure to judge.
         Settings {
             events: 500,
             fixed: Duration::from_secs(2),
             scaling_events: 300,
+            rounds: 1,
+            scaling: vec![4],
+            fleet: vec![3],
             sections,
         }
     } else {
@@ -97,6 +106,9 @@ fn main() -> Result<()> {
             events: 20000,
             fixed: Duration::from_secs(10),
             scaling_events: 5000,
+            rounds: ROUNDS,
+            scaling: vec![1, 2, 4],
+            fleet: vec![1, 2, 3],
             sections,
         }
     };
@@ -138,10 +150,11 @@ async fn run(settings: &Settings) -> Result<Report> {
         // `ROUNDS` times, alternating runtime and baselines, and the median
         // round is reported.
         let (mut r_rounds, mut b_rounds, mut p_rounds) = (Vec::new(), Vec::new(), Vec::new());
-        for round in 1..=ROUNDS {
+        for round in 1..=settings.rounds {
             eprintln!(
-                "== {}: saturation, round {round} of {ROUNDS}",
-                workload.name()
+                "== {}: saturation, round {round} of {}",
+                workload.name(),
+                settings.rounds
             );
             load::reset(&js).await?;
             let runtime = bench.runtime(&[(workload, workload.name(), 16)], 1)?;
@@ -190,8 +203,9 @@ async fn run(settings: &Settings) -> Result<Report> {
     if settings.sections.contains(&"state") {
         let (mut rounds, mut plain_rounds) = (Vec::new(), Vec::new());
         let (workload, events) = (Workload::State, settings.events);
-        for round in 1..=ROUNDS {
-            eprintln!("== state (counter): saturation, round {round} of {ROUNDS}");
+        for round in 1..=settings.rounds {
+            let of = settings.rounds;
+            eprintln!("== state (counter): saturation, round {round} of {of}");
             load::reset(&js).await?;
             let runtime = bench.runtime(&[(workload, "counter", 16)], 1)?;
             rounds.push(warm_then_saturate(&js, workload, events, &runtime, &nats).await?);
@@ -211,10 +225,9 @@ async fn run(settings: &Settings) -> Result<Report> {
     }
 
     let workload = Workload::Payment;
-    let scaling = if settings.sections.contains(&"scaling") {
-        vec![1, 2, 4]
-    } else {
-        vec![]
+    let scaling = match settings.sections.contains(&"scaling") {
+        true => settings.scaling.clone(),
+        false => vec![],
     };
     for concurrency in scaling {
         eprintln!("== scaling: {concurrency} in flight");
@@ -279,8 +292,9 @@ async fn run(settings: &Settings) -> Result<Report> {
     Ok(report)
 }
 
-/// The payment workload at saturation with 1, 2 and 3 runtime processes
-/// against a three-node cluster (streams, buckets, dead letters: R3).
+/// The payment workload at saturation with each number of runtime processes
+/// in `settings.fleet` (1, 2 and 3 in a full run) against a three-node
+/// cluster (streams, buckets, dead letters: R3).
 async fn fleet(settings: &Settings, work: &Path) -> Result<Vec<(usize, f64)>> {
     let cluster = NatsCluster::start(work, 3)?;
     let urls: Vec<async_nats::ServerAddr> = (cluster.url.split(','))
@@ -297,7 +311,7 @@ async fn fleet(settings: &Settings, work: &Path) -> Result<Vec<(usize, f64)>> {
     };
     let workload = Workload::Payment;
     let mut figures = Vec::new();
-    for processes in 1..=3 {
+    for &processes in &settings.fleet {
         eprintln!("== fleet: {processes} runtime process(es), three-node cluster");
         // The cluster elects its meta leader in the first seconds.
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
