@@ -178,8 +178,9 @@ async fn assert_each_event_settled(runtimes: &[&Runtime], events: usize) {
         "every event to be settled in a log",
         Duration::from_secs(60),
         || {
-            let mut settled = successful_runs(runtimes, "counter");
-            for line in runtimes.iter().flat_map(|r| r.logs()) {
+            let lines: Vec<_> = runtimes.iter().flat_map(|r| r.logs()).collect();
+            let mut settled = successful_runs_in(&lines, "counter");
+            for line in &lines {
                 if line["outcome"] == "duplicate" && line["span"]["handler"] == "counter" {
                     let id = line["span"]["event_id"].as_str().unwrap_or_default();
                     settled.entry(id.to_string()).or_insert(0);

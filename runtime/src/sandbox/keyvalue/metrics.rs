@@ -85,19 +85,18 @@ impl KeyValueSeries {
     /// An invocation's reads and refusals, per bucket.
     pub fn record(&self, usage: &[(String, BucketUsage)]) {
         for (bucket, used) in usage {
-            if used.reads > 0 {
-                let labels = self.labels(bucket);
-                self.families
-                    .reads
-                    .get_or_create(&labels)
-                    .inc_by(used.reads);
+            // Every granted bucket is listed; most events touch few.
+            if used.reads == 0 && used.denied == 0 {
+                continue;
             }
-            if used.denied > 0 {
-                let labels = self.labels(bucket);
-                self.families
-                    .denied
-                    .get_or_create(&labels)
-                    .inc_by(used.denied);
+            let labels = self.labels(bucket);
+            for (family, count) in [
+                (&self.families.reads, used.reads),
+                (&self.families.denied, used.denied),
+            ] {
+                if count > 0 {
+                    family.get_or_create(&labels).inc_by(count);
+                }
             }
         }
     }
