@@ -18,6 +18,7 @@ use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 
 use crate::native::{self, Workload};
+use crate::neighbour::HOSTILE_SUBJECT;
 
 pub const INPUT_STREAM: &str = "BENCH_IN";
 pub const OUTPUT_STREAM: &str = "BENCH_OUT";
@@ -54,11 +55,11 @@ pub async fn reset_with_replicas(js: &jetstream::Context, replicas: usize) -> Re
     for (name, subjects) in [
         (
             INPUT_STREAM,
-            vec!["relay.in", "orders.created", "counter.in"],
+            vec!["relay.in", "orders.created", "counter.in", HOSTILE_SUBJECT],
         ),
         (
             OUTPUT_STREAM,
-            vec!["relay.out", "payments.>", "counter.updated"],
+            vec!["relay.out", "payments.>", "counter.updated", "chaos.done"],
         ),
     ] {
         js.create_stream(jetstream::stream::Config {

@@ -15,6 +15,8 @@
 //! - resident memory with 1 and with 20 handlers loaded;
 //! - a state-writing workload (`counter`: one key-value write and one output
 //!   per event), against a plain native consumer doing the same writes;
+//! - a neighbour: the relay's throughput beside a hostile handler
+//!   ([`neighbour`]);
 //!
 //! and folds in the sandbox micro-benchmark (`benches/sandbox.rs`) if it
 //! ran first. `scripts/bench` runs both; `--quick` makes a short smoke run.
@@ -24,6 +26,7 @@ mod native;
 
 mod baseline;
 mod load;
+mod neighbour;
 mod processes;
 mod report;
 
@@ -54,11 +57,18 @@ struct Settings {
     /// Events in flight in the scaling runs; runtime processes in the fleet's.
     scaling: Vec<usize>,
     fleet: Vec<usize>,
-    /// Which parts to run: `compare`, `scaling`, `memory` (`--only a,b`).
+    /// Which parts to run: some of [`SECTIONS`] (`--only a,b`).
     sections: Vec<&'static str>,
 }
 
-const SECTIONS: [&str; 5] = ["compare", "state", "scaling", "fleet", "memory"];
+const SECTIONS: [&str; 6] = [
+    "compare",
+    "state",
+    "scaling",
+    "neighbour",
+    "fleet",
+    "memory",
+];
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -266,6 +276,10 @@ async fn run(settings: &Settings) -> Result<Report> {
         });
     }
 
+    if settings.sections.contains(&"neighbour") {
+        report.neighbour = Some(neighbour::run(&bench, &js, &nats, settings.events).await?);
+    }
+
     if settings.sections.contains(&"fleet") {
         report.fleet = fleet(settings, &work).await?;
     }
@@ -402,6 +416,13 @@ impl Bench {
     /// `processes` runtime processes sharing one plugins directory with the
     /// handlers `specs` (workload, name, concurrency).
     fn runtime(&self, specs: &[(Workload, &str, usize)], processes: usize) -> Result<Vec<Process>> {
+        let plugins = self.plugins(specs)?;
+        self.start(&plugins, processes)
+    }
+
+    /// A new plugins directory with the handlers `specs` (workload, name,
+    /// concurrency).
+    fn plugins(&self, specs: &[(Workload, &str, usize)]) -> Result<PathBuf> {
         let plugins = self
             .work
             .join(format!("plugins-{}", uuid::Uuid::new_v4().simple()));
@@ -415,10 +436,18 @@ impl Bench {
                 manifest(*workload, *concurrency),
             )?;
         }
-        eprintln!(
-            "   runtime: {} handler(s), {processes} process(es)",
-            specs.len()
-        );
+        Ok(plugins)
+    }
+
+    /// `processes` runtime processes sharing the handlers in `plugins`.
+    fn start(&self, plugins: &Path, processes: usize) -> Result<Vec<Process>> {
+        let handlers = std::fs::read_dir(plugins)?
+            .filter(|e| {
+                e.as_ref()
+                    .is_ok_and(|e| e.path().extension() == Some("toml".as_ref()))
+            })
+            .count();
+        eprintln!("   runtime: {handlers} handler(s), {processes} process(es)");
         let cache = target_dir().join("bench-compiled-cache");
         (0..processes)
             .map(|i| {
@@ -433,7 +462,7 @@ impl Bench {
                     ])
                     .arg(format!("127.0.0.1:{}", processes::free_port()?))
                     .arg("--plugins")
-                    .arg(&plugins)
+                    .arg(plugins)
                     .arg("--cache-dir")
                     .arg(&cache);
                 if let Some(config) = &self.config {

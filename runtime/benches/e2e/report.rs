@@ -8,6 +8,7 @@ use anyhow::Result;
 use serde::Serialize;
 
 use crate::load::Measurement;
+use crate::neighbour::NeighbourRun;
 use crate::processes::Rss;
 
 #[derive(Debug, Serialize)]
@@ -30,6 +31,8 @@ pub struct Report {
     pub sandbox_faults: Vec<(String, f64)>,
     /// The state-writing workload, runtime only.
     pub state: Option<StateRun>,
+    /// The relay alone and beside a hostile handler.
+    pub neighbour: Option<NeighbourRun>,
 }
 
 /// The `counter` workload at saturation, on the runtime and on a plain
@@ -112,6 +115,7 @@ impl Report {
             sandbox: Vec::new(),
             sandbox_faults: Vec::new(),
             state: None,
+            neighbour: None,
         })
     }
 
@@ -262,6 +266,22 @@ impl Report {
                 t,
                 "  {:<28} runtime {:>7.0}   native {:>7}   ratio {:>6}",
                 s.setup, s.runtime, native, r
+            );
+        }
+        if let Some(n) = &self.neighbour {
+            let _ = writeln!(
+                t,
+                "\nneighbour (relay at saturation, events/s, beside a handler whose every \
+                 event spins, grows memory, sleeps or overflows its stack until stopped)"
+            );
+            let _ = writeln!(
+                t,
+                "  alone {:>7.0}   beside {:>7.0}   ratio {:>6} (target ≥ 0.50x)   \
+                 attacks left at the end: {}",
+                n.alone.throughput,
+                n.beside.throughput,
+                ratio(n.beside.throughput, n.alone.throughput),
+                n.attacks_left
             );
         }
         if let Some((_, one)) = self.fleet.first() {

@@ -7,8 +7,8 @@
 //! not UTF-8, a `cabi_realloc` that traps while the host returns a value, an
 //! import nobody provides, a 32 MiB component). Stack overflow, an emit
 //! flood, a 4 MiB log line, a WASI sleep past the timeout and runaway loops
-//! are in `sandbox::containment`. The last test measures what a hostile handler costs
-//! a well-behaved one beside it.
+//! are in `sandbox::containment`. The last test checks that a well-behaved
+//! handler keeps working beside a hostile one.
 
 use std::time::{Duration, Instant};
 
@@ -270,45 +270,36 @@ async fn a_component_of_tens_of_megabytes_loads_while_the_others_run() {
     });
 }
 
-/// The issue's bar: a well-behaved handler keeps at least half its
-/// throughput while a hostile one beside it burns its time limit on every
-/// event. Both figures come from this test, on this machine.
+/// A handler beside one whose every event spins, grows memory, sleeps past
+/// its timeout or overflows its stack keeps handling its own: every one of
+/// its events is handled while the attack is still going. How much of its
+/// throughput it keeps (the 0.5x target) is a figure, so it lives in the
+/// benchmark (`runtime/benches/e2e/neighbour.rs`), not here.
 ///
-/// Guests run on the executor that does everyone's I/O. With only a yield
-/// at every epoch tick, 16 spinning guests made every step of every other
-/// event wait a whole round of them (0.01x on 2 cores); guests that run
-/// past their first tick now take turns on part of the machine
-/// (`sandbox/turns.rs`).
-///
-/// It must run alone, since any other test would take its CPU and blur the
-/// ratio it measures: `cargo test` leaves it out, and `scripts/test` runs it
-/// on its own afterwards (`-- --ignored`).
+/// Guests run on the executor that does everyone's I/O; guests that run
+/// past their first tick take turns on part of the machine
+/// (`sandbox/turns.rs`). Without that, spinning guests starved every other
+/// event of the executor.
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "measures a throughput ratio: run alone, as scripts/test does"]
-async fn a_well_behaved_handler_keeps_half_its_throughput_beside_a_hostile_one() {
+async fn a_well_behaved_handler_keeps_working_beside_a_hostile_one() {
     let nats = NatsServer::start();
     let plugins = Plugins::new();
     plugins.install("good", "chaos", &chaos_manifest(""));
+    // Four attacks at a time, so the other tests of the suite keep their CPU.
     let hostile = "subscribe = [\"chaos.hostile\"]\npublish = [\"chaos.done\"]\n\
-                   [retry]\nmax_attempts = 1\n[limits]\ntimeout = \"300ms\"\nmemory = \"16 MiB\"\n";
+                   [retry]\nmax_attempts = 1\n[limits]\ntimeout = \"300ms\"\n\
+                   memory = \"16 MiB\"\nconcurrency = 4\n";
     plugins.install("hostile", "chaos", hostile);
-    let _runtime = Runtime::start(&nats, &plugins, 2);
+    let runtime = Runtime::start(&nats, &plugins, 2);
     let js = nats.jetstream().await;
 
-    const EVENTS: usize = 1000;
-    // Warm-up, then the baseline with the hostile handler idle.
-    good_batch(&js, "warm", 50).await;
-    let alone = good_batch(&js, "alone", EVENTS).await;
-
-    // A stream of guests that spin, grow memory without end, sleep past
-    // their timeout, overflow their stack.
     let attacks = [
         json!({"action": "loop"}),
         json!({"action": "grow-loop"}),
         json!({"action": "sleep", "ms": 5000}),
         json!({"action": "recurse"}),
     ];
-    for i in 0..400 {
+    for i in 0..200 {
         let event = TestEvent::new(
             format!("attack-{i}"),
             "com.example.chaos",
@@ -317,53 +308,28 @@ async fn a_well_behaved_handler_keeps_half_its_throughput_beside_a_hostile_one()
         publish(&js, "chaos.hostile", event.structured()).await;
     }
     wait_for_ack_pending(&js, "CHAOS", "hostile", 4).await;
-    let beside = good_batch(&js, "beside", EVENTS).await;
+
+    const EVENTS: usize = 300;
+    for i in 0..EVENTS {
+        send(
+            &js,
+            &format!("beside-{i}"),
+            json!({"action": "ok", "seq": i}),
+        )
+        .await;
+    }
+    let outputs = collect(&js, "CHAOS", "chaos.done", EVENTS, Duration::from_secs(120)).await;
+    assert_eq!(outputs.len(), EVENTS, "outputs of the well-behaved handler");
     let (pending, in_flight, _) = consumer_state(&js, "CHAOS", "hostile").await;
     assert!(
         pending + in_flight as u64 > 0,
-        "the attack outlasted the measurement"
+        "the attack ended before the well-behaved handler's events did"
     );
-
-    let rate = |took: Duration| EVENTS as f64 / took.as_secs_f64();
-    let ratio = rate(beside) / rate(alone);
-    println!(
-        "well-behaved handler: {:.0} events/s alone, {:.0} events/s beside the hostile one ({ratio:.2}x)",
-        rate(alone),
-        rate(beside)
-    );
-    assert!(ratio >= 0.5, "kept {ratio:.2} of its throughput");
-}
-
-/// Publishes `n` well-behaved events to the `good` handler at once and
-/// returns how long it took until every one was handled.
-async fn good_batch(js: &jetstream::Context, prefix: &str, n: usize) -> Duration {
-    let started = Instant::now();
-    let acks = futures::future::join_all((0..n).map(|i| {
-        let event = TestEvent::new(
-            format!("{prefix}-{i}"),
-            "com.example.chaos",
-            json!({"action": "ok"}),
-        );
-        let (headers, body) = event.structured();
-        let js = js.clone();
-        async move {
-            let ack = js
-                .publish_with_headers("chaos.in", headers, body.into())
-                .await
-                .unwrap();
-            ack.await.unwrap();
-        }
-    }));
-    acks.await;
-    loop {
-        let (pending, in_flight, _) = consumer_state(js, "CHAOS", "good").await;
-        if pending == 0 && in_flight == 0 {
-            return started.elapsed();
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(120),
-            "{prefix}: not drained"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let handled = || {
+        (runtime.outcomes("succeeded").iter())
+            .filter(|l| l["span"]["handler"] == "good")
+            .count()
+    };
+    wait_until("every run logged", WAIT, || handled() >= EVENTS);
+    assert_eq!(handled(), EVENTS, "runs of the well-behaved handler");
 }
