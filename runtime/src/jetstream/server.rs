@@ -13,6 +13,7 @@
 //! | 2.9.10  | the oldest supported: everything on a single server            |
 //! | 2.11.0  | compare-and-set replicated safely: `replicas` > 1              |
 //! | 2.14.0  | consumer reset: a new lease holder's rewind in one request      |
+//! | 2.14.4  | atomic batches with sound per-subject checks ([`super::batch`]) |
 //!
 //! Compare-and-set (`Nats-Expected-Last-Subject-Sequence`) on a replicated
 //! stream was unsafe before three fixes: nats-io/nats-server#4320 (2.9.21),
@@ -46,6 +47,11 @@ impl ServerVersion {
     pub const REPLICATED_COMPARE_AND_SET: ServerVersion = ServerVersion::new(2, 11, 0);
     /// The first release with `$JS.API.CONSUMER.RESET`.
     pub const CONSUMER_RESET: ServerVersion = ServerVersion::new(2, 14, 0);
+    /// Atomic batches came in 2.12.0; the fixes to the expected
+    /// subject-sequence checks inside a batch, which a one-write commit
+    /// relies on, in 2.14.4 (and 2.12.14, a branch eventhost does not
+    /// single out).
+    pub const ATOMIC_BATCH: ServerVersion = ServerVersion::new(2, 14, 4);
 
     pub const fn new(major: u64, minor: u64, patch: u64) -> Self {
         ServerVersion {
@@ -73,6 +79,10 @@ impl ServerVersion {
 
     pub fn resets_consumers(self) -> bool {
         self >= Self::CONSUMER_RESET
+    }
+
+    pub fn commits_atomic_batches(self) -> bool {
+        self >= Self::ATOMIC_BATCH
     }
 }
 
@@ -241,6 +251,8 @@ mod tests {
         assert!(!v("2.10.29").replicates_compare_and_set());
         assert!(v("2.11.0").replicates_compare_and_set());
         assert!(!v("2.13.9").resets_consumers() && v("2.14.0").resets_consumers());
+        assert!(!v("2.14.3").commits_atomic_batches() && v("2.14.4").commits_atomic_batches());
+        assert!(!v("2.12.14").commits_atomic_batches() && v("2.15.1").commits_atomic_batches());
     }
 
     #[test]
