@@ -10,7 +10,7 @@
 //!   throughput at saturation for a plain at-least-once native consumer;
 //! - scaling with 1, 2 and 4 events in flight per handler, and with two
 //!   runtime processes sharing the consumer;
-//! - a fleet: throughput with one, two and three runtime processes against
+//! - a fleet ([`fleet`]): throughput with one, two and three runtime processes against
 //!   a three-node cluster with R3 streams and buckets;
 //! - resident memory with 1 and with 20 handlers loaded;
 //! - a state-writing workload (`counter`: one key-value write and one output
@@ -25,6 +25,7 @@
 mod native;
 
 mod baseline;
+mod fleet;
 mod load;
 mod neighbour;
 mod processes;
@@ -41,7 +42,7 @@ use async_nats::jetstream;
 use baseline::Guarantees;
 use load::Measurement;
 use native::Workload;
-use processes::{NatsCluster, NatsServer, Process};
+use processes::{NatsServer, Process};
 use report::{Comparison, Report, Scaling, StateRun};
 
 /// How much load each measurement offers.
@@ -281,7 +282,7 @@ async fn run(settings: &Settings) -> Result<Report> {
     }
 
     if settings.sections.contains(&"fleet") {
-        report.fleet = fleet(settings, &work).await?;
+        report.fleet = fleet::run(settings, &work).await?;
     }
 
     if !settings.sections.contains(&"memory") {
@@ -304,51 +305,6 @@ async fn run(settings: &Settings) -> Result<Report> {
     drop(native);
     report.load_sandbox(&target_dir().join("criterion"));
     Ok(report)
-}
-
-/// The payment workload at saturation with each number of runtime processes
-/// in `settings.fleet` (1, 2 and 3 in a full run) against a three-node
-/// cluster (streams, buckets, dead letters: R3).
-async fn fleet(settings: &Settings, work: &Path) -> Result<Vec<(usize, f64)>> {
-    let cluster = NatsCluster::start(work, 3)?;
-    let urls: Vec<async_nats::ServerAddr> = (cluster.url.split(','))
-        .map(|u| u.parse())
-        .collect::<Result<_, _>>()?;
-    let client = async_nats::ConnectOptions::new().connect(urls).await?;
-    let js = jetstream::new(client);
-    let config = work.join("fleet.toml");
-    std::fs::write(&config, "replicas = 3\n")?;
-    let bench = Bench {
-        nats_url: cluster.url.clone(),
-        work: work.to_path_buf(),
-        config: Some(config),
-    };
-    let workload = Workload::Payment;
-    let mut figures = Vec::new();
-    for &processes in &settings.fleet {
-        eprintln!("== fleet: {processes} runtime process(es), three-node cluster");
-        // The cluster elects its meta leader in the first seconds.
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        while let Err(err) = load::reset_with_replicas(&js, 3).await {
-            anyhow::ensure!(
-                std::time::Instant::now() < deadline,
-                "cluster not ready: {err:#}"
-            );
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-        let runtimes = bench.runtime(&[(workload, "payment", 16)], processes)?;
-        load::saturation(&js, workload, 200)
-            .await
-            .context("warming up")?;
-        let measured = load::saturation(&js, workload, settings.scaling_events).await?;
-        drop(runtimes);
-        figures.push((processes, measured.throughput));
-    }
-    eprintln!(
-        "   cluster CPU used: {:.1} s",
-        cluster.cpu_time()?.as_secs_f64()
-    );
-    Ok(figures)
 }
 
 /// Saturation rounds per workload in the comparison. Two cores shared by
