@@ -17,6 +17,7 @@
 //!   per event), against a plain native consumer doing the same writes;
 //! - a neighbour: the relay's throughput beside a hostile handler
 //!   ([`neighbour`]);
+//! - issue 24's candidate protocols on native consumers ([`protocols`]);
 //!
 //! and folds in the sandbox micro-benchmark (`benches/sandbox.rs`) if it
 //! ran first. `scripts/bench` runs both; `--quick` makes a short smoke run.
@@ -29,6 +30,7 @@ mod fleet;
 mod load;
 mod neighbour;
 mod processes;
+mod protocols;
 mod report;
 
 use std::path::{Path, PathBuf};
@@ -62,9 +64,10 @@ struct Settings {
     sections: Vec<&'static str>,
 }
 
-const SECTIONS: [&str; 6] = [
+const SECTIONS: [&str; 7] = [
     "compare",
     "state",
+    "protocols",
     "scaling",
     "neighbour",
     "fleet",
@@ -275,6 +278,10 @@ async fn run(settings: &Settings) -> Result<Report> {
             runtime: two.throughput,
             baseline: None,
         });
+    }
+
+    if settings.sections.contains(&"protocols") {
+        report.protocols = protocols::run(&bench, &js, &nats, settings).await?;
     }
 
     if settings.sections.contains(&"neighbour") {

@@ -220,3 +220,11 @@ impl NatsCluster {
         Ok(total)
     }
 }
+
+/// A client of the server at `url`, or of a cluster's, comma-separated.
+pub async fn connect(url: &str) -> Result<async_nats::Client> {
+    let urls: Vec<async_nats::ServerAddr> = (url.split(','))
+        .map(|u| u.parse())
+        .collect::<Result<_, _>>()?;
+    Ok(async_nats::ConnectOptions::new().connect(urls).await?)
+}

@@ -10,6 +10,7 @@ use serde::Serialize;
 use crate::load::Measurement;
 use crate::neighbour::NeighbourRun;
 use crate::processes::Rss;
+use crate::protocols::ProtocolRun;
 
 #[derive(Debug, Serialize)]
 pub struct Report {
@@ -33,6 +34,8 @@ pub struct Report {
     pub state: Option<StateRun>,
     /// The relay alone and beside a hostile handler.
     pub neighbour: Option<NeighbourRun>,
+    /// Issue 24's candidate protocols on native consumers.
+    pub protocols: Vec<ProtocolRun>,
 }
 
 /// The `counter` workload at saturation, on the runtime and on a plain
@@ -116,6 +119,7 @@ impl Report {
             sandbox_faults: Vec::new(),
             state: None,
             neighbour: None,
+            protocols: Vec::new(),
         })
     }
 
@@ -268,6 +272,7 @@ impl Report {
                 s.setup, s.runtime, native, r
             );
         }
+        self.protocol_rows(&mut t);
         if let Some(n) = &self.neighbour {
             let _ = writeln!(
                 t,
@@ -356,6 +361,39 @@ impl Report {
 }
 
 impl Report {
+    /// Each candidate protocol against the plain consumer (the workload's
+    /// first row): throughput and nats-server CPU per event.
+    fn protocol_rows(&self, t: &mut String) {
+        let Some(first) = self.protocols.first() else {
+            return;
+        };
+        let _ = writeln!(
+            t,
+            "\nprotocols (native consumers, saturation; ratios against the plain consumer)"
+        );
+        let mut plain = &first.saturation;
+        for run in &self.protocols {
+            if run.protocol == "at-least-once" {
+                plain = &run.saturation;
+            }
+            let s = &run.saturation;
+            let nats = s
+                .cpu_us_per_event
+                .map_or("-".into(), |c| format!("{:.0}", c[1]));
+            let _ = writeln!(
+                t,
+                "  {:<8} {:<14} {:>7.0} events/s  {:>6}   nats µs/ev {:>4} {:>6}   rounds {}",
+                run.workload,
+                run.protocol,
+                s.throughput,
+                ratio(s.throughput, plain.throughput),
+                nats,
+                cpu_ratio(s, plain, 1),
+                joined(&run.rounds)
+            );
+        }
+    }
+
     /// The state workload on the runtime against a plain consumer doing
     /// the same read, write and output, and against the payment workload's
     /// runtime run (what a key-value write and its commit add per event).

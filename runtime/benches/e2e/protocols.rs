@@ -1,0 +1,122 @@
+//! Issue 24's candidate protocols, measured on native consumers before the
+//! runtime adopts one: today's claim + `done` records, the record written
+//! after the outputs or before them (stateless), and the state write with
+//! the record in one atomic batch (state). Each against the plain
+//! at-least-once consumer in the same rounds, so the ratios say what one
+//! decisive write per event can reach on this machine.
+
+use std::path::Path;
+use std::slice::from_ref;
+
+use anyhow::Result;
+use async_nats::jetstream;
+use serde::Serialize;
+
+use crate::baseline::Guarantees;
+use crate::load::{self, Measurement};
+use crate::native::Workload;
+use crate::processes::NatsServer;
+use crate::{Bench, Settings, fleet, median, warm_then_saturate};
+
+#[derive(Debug, Serialize)]
+pub struct ProtocolRun {
+    pub workload: &'static str,
+    pub protocol: &'static str,
+    /// The median round.
+    pub saturation: Measurement,
+    pub rounds: Vec<f64>,
+}
+
+/// Each workload's protocols; the first is the plain consumer they are
+/// compared with.
+const PROTOCOLS: [(Workload, &[Guarantees]); 2] = [
+    (
+        Workload::Relay,
+        &[
+            Guarantees::AtLeastOnce,
+            Guarantees::ExactlyOnce,
+            Guarantees::RecordLast,
+            Guarantees::RecordFirst,
+        ],
+    ),
+    (
+        Workload::State,
+        &[Guarantees::AtLeastOnce, Guarantees::OneBatch],
+    ),
+];
+
+pub async fn run(
+    bench: &Bench,
+    js: &jetstream::Context,
+    nats: &NatsServer,
+    settings: &Settings,
+) -> Result<Vec<ProtocolRun>> {
+    let mut runs = Vec::new();
+    for (workload, protocols) in PROTOCOLS {
+        let mut rounds: Vec<Vec<Measurement>> = vec![Vec::new(); protocols.len()];
+        for round in 1..=settings.rounds {
+            for (i, &protocol) in protocols.iter().enumerate() {
+                eprintln!(
+                    "== protocols: {} {}, round {round} of {}",
+                    workload.name(),
+                    protocol.arg(),
+                    settings.rounds
+                );
+                load::reset(js).await?;
+                let native = bench.baseline(workload, 16, protocol)?;
+                let events = events_for(protocol, settings.events);
+                let measured = warm_then_saturate(js, workload, events, from_ref(&native), nats);
+                rounds[i].push(measured.await?);
+            }
+        }
+        for (protocol, rounds) in protocols.iter().zip(rounds) {
+            runs.push(ProtocolRun {
+                workload: workload.name(),
+                protocol: protocol.arg(),
+                rounds: rounds.iter().map(|m| m.throughput).collect(),
+                saturation: median(rounds),
+            });
+        }
+    }
+    runs.extend(on_cluster(settings, &bench.work).await?);
+    Ok(runs)
+}
+
+/// Events per saturation run of `protocol`: an atomic batch on a
+/// single-node file stream costs milliseconds of server CPU (the server
+/// makes a file store for each batch), so its runs are kept short.
+fn events_for(protocol: Guarantees, events: usize) -> usize {
+    match protocol {
+        Guarantees::OneBatch => events.min(2000),
+        _ => events,
+    }
+}
+
+/// The state protocols again on a three-node cluster (R3 streams), where a
+/// batch is staged in memory rather than in a file store of its own. The
+/// CPU per event is the three servers' together.
+async fn on_cluster(settings: &Settings, work: &Path) -> Result<Vec<ProtocolRun>> {
+    let (cluster, js, bench) = fleet::cluster(work).await?;
+    let workload = Workload::State;
+    let mut runs = Vec::new();
+    for protocol in [Guarantees::AtLeastOnce, Guarantees::OneBatch] {
+        eprintln!("== protocols: counter {} on a cluster", protocol.arg());
+        fleet::reset_when_ready(&js).await?;
+        let native = bench.baseline(workload, 16, protocol)?;
+        load::saturation(&js, workload, 200).await?;
+        let before = cluster.cpu_time()?;
+        let events = events_for(protocol, settings.scaling_events);
+        let mut measured = load::saturation(&js, workload, events).await?;
+        let used = cluster.cpu_time()?.saturating_sub(before);
+        let per_event = used.as_secs_f64() * 1e6 / events as f64;
+        measured.cpu_us_per_event = Some([0.0, per_event]);
+        drop(native);
+        runs.push(ProtocolRun {
+            workload: "counter, R3",
+            protocol: protocol.arg(),
+            rounds: vec![measured.throughput],
+            saturation: measured,
+        });
+    }
+    Ok(runs)
+}
