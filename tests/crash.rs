@@ -25,7 +25,7 @@ async fn crash_at(point: &str, fill: usize) {
     let js = nats.jetstream().await;
     let data = json!({ "key": "k", "fill": fill, "size": 3 });
     let event = TestEvent::new("crashing", "com.example.count", data);
-    crash_on(&nats, &plugins, point, &event).await;
+    crash_on(&nats, &plugins, point, "counter.in", &event).await;
 
     // The successor gets the event after the ack wait and finishes (or
     // redoes) the same commit.
@@ -52,11 +52,17 @@ async fn crash_at(point: &str, fill: usize) {
 
 /// Starts a runtime that crashes at `point`, sends it `event`, and checks it
 /// died there.
-async fn crash_on(nats: &NatsServer, plugins: &Plugins, point: &str, event: &TestEvent) {
+async fn crash_on(
+    nats: &NatsServer,
+    plugins: &Plugins,
+    point: &str,
+    subject: &str,
+    event: &TestEvent,
+) {
     let failpoints = [("EVENTHOST_FAILPOINTS", point)];
     let mut doomed = Runtime::start_env(&nats.url(), plugins, 1, &[], &failpoints);
     let js = nats.jetstream().await;
-    publish(&js, "counter.in", event.structured()).await;
+    publish(&js, subject, event.structured()).await;
     let status = doomed.wait_for_exit(Duration::from_secs(30));
     let name = point.split(':').next().unwrap();
     let crashed = doomed.raw_log().contains(&format!("failpoint {name}"));
@@ -97,7 +103,7 @@ async fn a_crashed_single_write_is_not_built_on_before_it_is_finished() {
     plugins.install_example("counter");
     let js = nats.jetstream().await;
     let first = TestEvent::new("first", "com.example.count", json!({ "key": "k" }));
-    crash_on(&nats, &plugins, "commit.wrote:1", &first).await;
+    crash_on(&nats, &plugins, "commit.wrote:1", "counter.in", &first).await;
     // The write is in; another event of the same key arrives before the
     // successor can take the first one over (after the ack wait).
     let second = TestEvent::new("second", "com.example.count", json!({ "key": "k" }));
@@ -120,4 +126,48 @@ async fn a_crashed_single_write_is_not_built_on_before_it_is_finished() {
         rerun.is_empty(),
         "the successor took its own write for a lost race"
     );
+}
+
+/// A handler that only emits runs its first delivery without a claim
+/// (nats-server 2.14.4 and newer): killed after its outputs but before its
+/// record, the successor runs it again under a claim, and the outputs are
+/// stored once; killed after the record, the successor finds the run
+/// recorded and does not run it again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crash_in_an_unclaimed_run_stores_its_outputs_once() {
+    let cases = [
+        ("unclaimed.published:1", "succeeded"),
+        ("unclaimed.recorded:1", "duplicate"),
+    ];
+    let runs = cases.map(|(point, successor)| unclaimed_crash_at(point, successor));
+    futures::future::join_all(runs).await;
+}
+
+async fn unclaimed_crash_at(point: &str, successor_outcome: &str) {
+    let nats = NatsServer::start();
+    let js = nats.jetstream().await;
+    if !support::chaos::runs_unclaimed(&js) {
+        println!("{point}: this server runs no event unclaimed; nothing to crash");
+        return;
+    }
+    let plugins = Plugins::new();
+    plugins.install("chaos", "chaos", &support::chaos::chaos_manifest(""));
+    let event = TestEvent::new("cut", "com.example.chaos", json!({"action": "ok"}));
+    crash_on(&nats, &plugins, point, "chaos.in", &event).await;
+
+    let successor = Runtime::start(&nats, &plugins, 1);
+    eventually(
+        "the event to settle",
+        SETTLE,
+        || consumer_state(&js, "CHAOS", "chaos"),
+        |(pending, ack_pending, _)| *pending == 0 && *ack_pending == 0,
+    )
+    .await;
+    let outputs = stored_messages(&js, "CHAOS", "chaos.done").await;
+    assert_eq!(outputs.len(), 1, "{point}: one output");
+    let settled = successor.outcomes(successor_outcome).len();
+    assert_eq!(settled, 1, "{point}: the successor's {successor_outcome}");
+    let runs = successful_runs(&[&successor], "chaos");
+    let expected_runs = usize::from(successor_outcome == "succeeded");
+    assert_eq!(runs.len(), expected_runs, "{point}: the successor's runs");
 }

@@ -159,6 +159,9 @@ pub async fn rebuild(
         store,
         metrics: Arc::new(Metrics::new()),
         replicas,
+        // A rebuild replays a read model's events once, alone: the claims
+        // cost it nothing worth saving.
+        unclaimed_runs: false,
         // The rebuild is the only consumer of the new generation's
         // consumers: no lease to hold.
         leases: None,

@@ -24,6 +24,14 @@ pub struct ChaosHost {
     pub js: jetstream::Context,
 }
 
+/// Whether the runtime runs handlers that need no claim without one on
+/// the server `js` is connected to (nats-server 2.14.4 and newer).
+pub fn runs_unclaimed(js: &jetstream::Context) -> bool {
+    let version = js.client().server_info().version;
+    let parsed = eventhost::jetstream::server::ServerVersion::parse(&version);
+    parsed.is_some_and(|v| v.commits_atomic_batches())
+}
+
 impl ChaosHost {
     pub async fn start(sections: &str) -> Self {
         let nats = NatsServer::start();

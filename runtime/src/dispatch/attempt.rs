@@ -1,5 +1,7 @@
 //! One attempt at one event: claim → run → commit, ending in a
 //! [`Settlement`] that the caller carries out (see [`super::settle`]).
+//! (Handlers that need no claim run an event's first delivery without one:
+//! [`super::unclaimed`].)
 //!
 //! - **claim** the event's record: a copy already handled or dead-lettered
 //!   is a duplicate (acked); a commit found half done is finished (or
@@ -38,6 +40,9 @@ use crate::store::Store;
 
 /// Everything one handler's attempts need.
 pub(super) struct Attempts {
+    /// Whether every event is claimed before it runs; if not, first
+    /// deliveries run without one ([`super::unclaimed`]).
+    pub(super) claims: bool,
     pub(super) component: HandlerComponent,
     pub(super) manifest: HandlerManifest,
     pub(super) js: jetstream::Context,
@@ -72,7 +77,7 @@ impl Attempts {
         &self.component.spec().version
     }
 
-    fn committer(&self) -> Committer<'_> {
+    pub(super) fn committer(&self) -> Committer<'_> {
         Committer {
             store: &*self.store,
             records: &self.processed,
@@ -98,6 +103,10 @@ impl Attempts {
         trace: &TraceContext,
         failed_in_place: u32,
     ) -> Settlement {
+        let unclaimed = self.run_unclaimed(delivery, input, trace, failed_in_place);
+        if let Some(settlement) = unclaimed.await {
+            return settlement;
+        }
         let lease = match self.claim(input).await {
             Ok(lease) => lease,
             Err(settlement) => return settlement,
@@ -133,7 +142,7 @@ impl Attempts {
 
     /// Claims the event, finishing or undoing a commit found half done.
     /// `Err` is a settled copy or a claim to try again later.
-    async fn claim(&self, input: &Decoded) -> Result<Lease, Settlement> {
+    pub(super) async fn claim(&self, input: &Decoded) -> Result<Lease, Settlement> {
         let duplicate = |why: &str| {
             self.count(Outcome::Duplicate);
             tracing::info!(outcome = Outcome::Duplicate.as_str(), "{why}; skipped");
@@ -291,7 +300,7 @@ impl Attempts {
     }
 
     /// Counts and logs a handled event; its message is acked.
-    fn handled(
+    pub(super) fn handled(
         &self,
         attempt: u32,
         emitted: usize,
@@ -312,6 +321,21 @@ impl Attempts {
         Settlement::Ack
     }
 
+    /// What completes and encodes this handler's outputs for `input`.
+    pub(super) fn completion<'a>(
+        &'a self,
+        input: &'a Decoded,
+        trace: &'a TraceContext,
+    ) -> Completion<'a> {
+        let spec = self.component.spec();
+        Completion {
+            handler: &spec.name,
+            emit: EmitGrant::or_nothing(spec.capabilities.emit.as_ref()),
+            input,
+            trace,
+        }
+    }
+
     /// Commits a successful invocation's effects.
     async fn commit(
         &self,
@@ -321,13 +345,7 @@ impl Attempts {
         effects: Effects,
     ) -> Committed {
         let started = Instant::now();
-        let spec = self.component.spec();
-        let with = Completion {
-            handler: &spec.name,
-            emit: EmitGrant::or_nothing(spec.capabilities.emit.as_ref()),
-            input,
-            trace,
-        };
+        let with = self.completion(input, trace);
         let committer = self.committer();
         let committed = outcome::commit(&committer, lease, &with, effects, self.version()).await;
         self.metrics
@@ -358,13 +376,13 @@ impl Attempts {
     }
 
     /// Counts what a finished commit changed.
-    fn count_commit(&self, written: &Written) {
+    pub(super) fn count_commit(&self, written: &Written) {
         self.metrics.capabilities.committed(written);
         self.metrics.emitted.inc_by(written.emitted as u64);
     }
 
     /// The attempt failed: retry after the backoff, or dead-letter.
-    async fn failed(
+    pub(super) async fn failed(
         &self,
         delivery: &Delivery,
         input: &Decoded,
@@ -402,7 +420,7 @@ impl Attempts {
         }
     }
 
-    fn record_invocation(&self, invocation: &Invocation) {
+    pub(super) fn record_invocation(&self, invocation: &Invocation) {
         let m = &self.metrics;
         m.duration.observe(invocation.elapsed.as_secs_f64());
         m.instantiation

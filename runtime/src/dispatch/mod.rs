@@ -29,6 +29,7 @@ mod keyed;
 mod owned;
 mod receive;
 mod settle;
+mod unclaimed;
 
 use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex};
@@ -70,6 +71,13 @@ pub struct Services {
     /// Replicas of the idempotency bucket a dispatcher declares (see
     /// [`crate::jetstream::declare::Replication`]).
     pub replicas: usize,
+    /// Whether handlers that need no claim ([`Capabilities::need_claim`],
+    /// `[idempotency] claim`) may run without one: the servers are new
+    /// enough (nats-server 2.14.4) for the protocol of one decisive write.
+    /// Older ones keep the claim for every event.
+    ///
+    /// [`Capabilities::need_claim`]: crate::sandbox::Capabilities::need_claim
+    pub unclaimed_runs: bool,
     /// Leases of ordered consumers. `None` consumes them without one, for a
     /// single process such as `eventhost projection rebuild`.
     pub leases: Option<Arc<Leases>>,
@@ -108,6 +116,7 @@ impl Dispatcher {
             store,
             metrics,
             replicas,
+            unclaimed_runs,
             leases,
         } = services.clone();
         let spec = component.spec();
@@ -119,7 +128,10 @@ impl Dispatcher {
         // The record around the plan (lease, history) and the message's
         // headers take a little of the server's limit.
         let max_record = js.client().server_info().max_payload.saturating_sub(4096);
+        let claims =
+            !unclaimed_runs || manifest.idempotency.claim || spec.capabilities.need_claim();
         let attempts = Attempts {
+            claims,
             component,
             manifest,
             js,

@@ -84,12 +84,19 @@ pub struct Idempotency {
     /// of the first one's success is acked without running the handler.
     #[serde(with = "humantime_serde")]
     pub window: Duration,
+    /// Claim every event before running it, so that two copies of one event
+    /// in flight at once never both run. Handlers whose grants have effects
+    /// that cannot be discarded (`[http]`, state) always claim; the others
+    /// run unclaimed on servers that allow it, and a copy that loses the
+    /// race to record its run has its outputs discarded (see the ledger).
+    pub claim: bool,
 }
 
 impl Default for Idempotency {
     fn default() -> Self {
         Idempotency {
             window: Duration::from_secs(24 * 60 * 60),
+            claim: false,
         }
     }
 }

@@ -74,6 +74,7 @@ pub async fn run(options: RuntimeOptions, shutdown: CancellationToken) -> Result
         store: store.clone(),
         metrics: Arc::new(Metrics::new()),
         replicas: replication.copies,
+        unclaimed_runs: replication.oldest.commits_atomic_batches(),
         leases: Some(leases.clone()),
     };
     let mut handlers = HandlerSet::new(sandbox, services.clone(), shutdown.clone());
@@ -225,7 +226,7 @@ async fn declare(
     config: &RuntimeConfig,
     replication: Replication,
 ) -> Result<()> {
-    let Replication { copies } = replication;
+    let Replication { copies, .. } = replication;
     crate::jetstream::declare::ensure_streams(js, &config.streams, copies).await?;
     crate::outcome::dead_letter::ensure_stream(js, copies).await?;
     crate::jetstream::declare::ensure_buckets(js, &config.buckets, copies).await?;

@@ -11,7 +11,7 @@ use anyhow::{Context, Result};
 use async_nats::jetstream::{self, stream};
 
 use crate::jetstream::config_file::{BucketDeclaration, Storage, StreamDeclaration};
-use crate::jetstream::server::{Servers, UnsupportedServer};
+use crate::jetstream::server::{ServerVersion, Servers, UnsupportedServer};
 
 /// How many copies JetStream keeps of what the runtime creates.
 ///
@@ -25,17 +25,27 @@ use crate::jetstream::server::{Servers, UnsupportedServer};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Replication {
     pub copies: usize,
+    /// The oldest server seen, which decides what else the runtime may rely
+    /// on (see [`crate::jetstream::server`]).
+    pub oldest: ServerVersion,
 }
 
 impl Replication {
+    /// One copy, relying on nothing newer than the oldest supported server.
     pub fn single() -> Self {
-        Replication { copies: 1 }
+        Replication {
+            copies: 1,
+            oldest: ServerVersion::OLDEST,
+        }
     }
 
     /// `replicas` copies of everything, if `servers` can keep them safely.
     pub fn checked(replicas: usize, servers: &Servers) -> Result<Self, UnsupportedServer> {
-        servers.check(replicas)?;
-        Ok(Replication { copies: replicas })
+        let oldest = servers.check(replicas)?;
+        Ok(Replication {
+            copies: replicas,
+            oldest,
+        })
     }
 
     /// For the servers `client` (connected through `urls`) can see: reads

@@ -8,7 +8,9 @@
 //! holder of the current lease can make it:
 //!
 //! ```text
-//!            claim               plan written          all applied
+//!    │ run without a claim, outputs published (created only if none)
+//!    ├────────────────────────────────────────────────────────────┐
+//!    │       claim               plan written          all applied ▼
 //!  (none) ─────────▶ claimed ─────────────▶ committing ───────────▶ done
 //!                     │  ▲                      │
 //!       failed attempt│  │re-run                │conflict
@@ -18,6 +20,10 @@
 //!   out of attempts   ▼
 //!               dead_lettered
 //! ```
+//!
+//! The top edge is a run without a claim (see [`commit`]): a handler that
+//! only emits, on its event's first delivery. Its record is written once,
+//! already `done`; a copy that finds the record made first is discarded.
 //!
 //! - [`record`]: the record's shape, and the commit plan it carries while
 //!   `committing` or `aborting` (so whoever takes the event over after a
@@ -34,7 +40,7 @@ pub mod commit;
 pub mod processed;
 pub mod record;
 
-pub use commit::{CommitError, Committer};
+pub use commit::{CommitError, Committer, UnclaimedRun};
 pub use processed::{Claim, Interrupted, Lease, ProcessedEvents};
 
 use crate::store::StoreError;

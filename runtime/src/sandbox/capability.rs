@@ -39,6 +39,13 @@ pub trait Capability: Sized + 'static {
     const GRANTED_BY: Option<&'static str>;
     /// The start of every import name it serves (`wasi:keyvalue/`).
     const IMPORTS: &'static [&'static str];
+    /// Whether a handler granted it must claim each event before running
+    /// it. A run without a claim may run beside a copy of its event, which
+    /// is harmless only while every effect can be discarded at the commit
+    /// (emitted events: deduplicated by id). Effects that leave NATS (HTTP
+    /// calls) cannot be; state changes could be, but their commit takes
+    /// the claim's lease today.
+    const NEEDS_CLAIM: bool = false;
 
     /// A fresh state for one invocation (`grant`: `None` if not granted).
     fn state(grant: Option<&Arc<Self::Grant>>, invocation: &InvocationContext<'_>) -> Self::State;

@@ -138,6 +138,12 @@ macro_rules! capabilities {
                     .unwrap_or_else(|| physical.to_string())
             }
 
+            /// Whether a granted capability needs each event claimed
+            /// before it runs ([`Capability::NEEDS_CLAIM`]).
+            pub fn need_claim(&self) -> bool {
+                false $(|| (<$capability>::NEEDS_CLAIM && self.$field.is_some()))*
+            }
+
             /// Every store the grants name, by label.
             pub fn stores(&self) -> Vec<String> {
                 let mut stores = Vec::new();

@@ -116,6 +116,10 @@ async fn a_copy_after_the_idempotency_window_runs_again_and_one_within_it_does_n
     assert_eq!(runs(&runtime), 2, "a replay of a handled event ran");
 }
 
+/// Under a claim (`[idempotency] claim = true`, or any grant whose effects
+/// cannot be discarded), copies of one event in two processes at once run
+/// once. Without one they may both run, and one run counts:
+/// `delivery::once::copies_in_flight_at_once_run_unclaimed_and_only_one_run_counts`.
 #[tokio::test(flavor = "multi_thread")]
 async fn copies_in_flight_in_two_processes_at_once_run_once() {
     const EVENTS: usize = 6;
@@ -124,7 +128,7 @@ async fn copies_in_flight_in_two_processes_at_once_run_once() {
         plugins,
         runtime: first,
         js,
-    } = ChaosHost::start("[limits]\nconcurrency = 4").await;
+    } = ChaosHost::start("[limits]\nconcurrency = 4\n[idempotency]\nclaim = true").await;
     let second = Runtime::start(&nats, &plugins, 1);
     // Every first copy, then every second: the pulls of the two processes
     // take them in turn, so copies of one event land in both.

@@ -69,6 +69,61 @@ async fn the_same_event_is_handled_once_however_often_it_arrives() {
     });
 }
 
+/// The one case in which a handler without `[http]` or state runs twice:
+/// copies of one event in flight at the same moment, both unclaimed. Only
+/// one run counts; the other's outputs are deduplicated against it and it
+/// is settled as a duplicate. With `[idempotency] claim = true` (and on
+/// servers older than 2.14.4) the copies wait for the claim instead, and
+/// the handler runs once.
+#[tokio::test(flavor = "multi_thread")]
+async fn copies_in_flight_at_once_run_unclaimed_and_only_one_run_counts() {
+    for claim in [false, true] {
+        let sections = format!("[limits]\nconcurrency = 8\n[idempotency]\nclaim = {claim}");
+        let ChaosHost {
+            nats: _nats,
+            plugins: _plugins,
+            runtime,
+            js,
+        } = ChaosHost::start(&sections).await;
+        let slow = TestEvent::new(
+            "slow",
+            "com.example.chaos",
+            json!({"action": "sleep", "ms": 500}),
+        );
+        for _ in 0..6 {
+            publish(&js, "chaos.in", slow.structured()).await;
+        }
+        let counts = outputs_by_input(&js, 1).await;
+        assert_eq!(counts, [("slow".to_string(), 1)].into(), "claim = {claim}");
+        wait_until("every copy to be settled", WAIT * 2, || {
+            runtime.outcomes("succeeded").len() + runtime.outcomes("duplicate").len() >= 6
+        });
+        assert_eq!(
+            runtime.outcomes("succeeded").len(),
+            1,
+            "claim = {claim}: one run counts"
+        );
+        assert_eq!(runtime.outcomes("duplicate").len(), 5, "claim = {claim}");
+        let discarded = runtime.logs_with_message(DISCARDED).len();
+        if claim || !runs_unclaimed(&js) {
+            assert_eq!(
+                discarded, 0,
+                "claim = {claim}: a copy ran beside the counted run"
+            );
+        } else {
+            // The copies overlap (each runs 500 ms), so several ran.
+            assert!(
+                discarded >= 1,
+                "no copy ran beside another: the case was not provoked"
+            );
+        }
+    }
+}
+
+/// What the runtime logs for an unclaimed run that lost to a copy.
+const DISCARDED: &str = "a copy of this event in flight at the same moment recorded its run \
+                         first; this run is discarded";
+
 const STREAM_EVENTS: usize = 3000;
 
 /// Publishes the stream of events the SIGKILL tests cut through.
@@ -232,8 +287,11 @@ async fn writing_a_dead_letter_twice_stores_it_once() {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_event_whose_attempts_were_all_cut_off_is_dead_lettered_unrun() {
     // A poison event that takes its runtime down with it must not do so
-    // forever: once its deliveries pass max_attempts it is parked.
-    let sections = "[retry]\nmax_attempts = 1\n[limits]\ntimeout = \"10s\"";
+    // forever: once its deliveries pass max_attempts it is parked. Under a
+    // claim every run counts, even one cut off (an unclaimed first run cut
+    // off does not: `an_unclaimed_run_cut_off_costs_at_most_one_more_run`).
+    let sections = "[retry]\nmax_attempts = 1\n[limits]\ntimeout = \"10s\"\n\
+                    [idempotency]\nclaim = true";
     let ChaosHost {
         nats,
         plugins,

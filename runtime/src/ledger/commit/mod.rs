@@ -30,6 +30,18 @@
 //!
 //! A handler that changes no state skips steps 2–4: its outputs are
 //! published and the record marked `done`, as before state existed.
+//!
+//! **A run without a claim** ([`Committer::commit_unclaimed`]) is for a
+//! handler whose every effect can be discarded (emitted events only; see
+//! [`crate::sandbox::Capability::NEEDS_CLAIM`]) on a server new enough for
+//! it: its outputs are published (deduplicated by their ids), then the
+//! event's record is *created* `done`, conditional on there being none.
+//! That one write decides which run counts. Two copies of the event in
+//! flight at the same moment may both run; the one whose record write is
+//! refused is discarded (its outputs were deduplicated against the other's:
+//! whichever stored an output first keeps it). A crash before the record
+//! leaves none: the next copy claims the event, runs it again, and its
+//! outputs are deduplicated.
 
 use bytes::Bytes;
 
@@ -53,6 +65,18 @@ pub enum CommitError {
     /// JetStream failed part-way. The record keeps the plan (if it was
     /// written), so whoever next holds the event finishes or undoes it.
     Unavailable(LedgerError),
+}
+
+/// What became of a run made without a claim.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnclaimedRun {
+    /// Its outputs are stored and its run recorded (or, if the record could
+    /// not be written, its outputs are stored and a later copy will be
+    /// deduplicated against them).
+    Counted,
+    /// A copy of the event in flight at the same moment recorded its run
+    /// first: this run is discarded, its outputs deduplicated.
+    Discarded,
 }
 
 /// Where commits write: the state and the event's record.
@@ -103,6 +127,43 @@ impl Committer<'_> {
             .map_err(CommitError::Unavailable)?;
         failpoint::hit("commit.planned");
         self.finish(lease, &plan, version).await
+    }
+
+    /// Commits a run made without a claim: its outputs, then its record,
+    /// created only if the event has none. `Err` is the attempt's failure:
+    /// a plan with state writes (which needs a claim), or outputs the
+    /// store did not take.
+    pub async fn commit_unclaimed(
+        &self,
+        record_key: &str,
+        plan: CommitPlan,
+        version: &str,
+    ) -> Result<UnclaimedRun, Failure> {
+        if !plan.writes.is_empty() {
+            let why = "state changes were made by a run without a claim; the handler's \
+                       grants should have made it claim the event";
+            return Err(Failure::new(FailureKind::Output, why));
+        }
+        let outputs = plan.outputs.into_iter().map(Publish::from);
+        if let Err(err) = publish_all(self.store, outputs).await {
+            let err = anyhow::Error::from(err);
+            let why = format!("the outputs were not stored: {err:#}");
+            return Err(Failure::new(FailureKind::Output, why));
+        }
+        failpoint::hit("unclaimed.published");
+        let counted = match self.records.record_unclaimed_run(record_key, version).await {
+            Ok(counted) => counted,
+            Err(err) => {
+                let err = anyhow::Error::from(err);
+                tracing::warn!(error = format!("{err:#}"), "could not record the success");
+                true
+            }
+        };
+        failpoint::hit("unclaimed.recorded");
+        Ok(match counted {
+            true => UnclaimedRun::Counted,
+            false => UnclaimedRun::Discarded,
+        })
     }
 
     /// Applies a recorded plan (again): the writes, then the outputs.

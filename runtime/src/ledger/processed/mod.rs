@@ -246,6 +246,46 @@ impl ProcessedEvents {
         Err(LedgerError::Contended(CLAIM_TRIES))
     }
 
+    /// Whether the event has a record (a deleted one, after a dead-letter
+    /// replay, is none). A run without a claim starts only where there is
+    /// none: a record means the event was handled, dead-lettered, failed
+    /// before or is held, and the claim decides what comes next.
+    pub async fn has_record(&self, event: &Event) -> Result<bool> {
+        let entry = kv::entry(&*self.store, &self.bucket, &Self::key(event))
+            .await
+            .map_err(store_error("reading the event's record"))?;
+        Ok(entry.value.is_some())
+    }
+
+    /// Records a run made without a claim as done, if the event has no
+    /// record yet: `false` if it has one, because a copy of the event in
+    /// flight at the same moment recorded its run first.
+    pub async fn record_unclaimed_run(&self, key: &str, version: &str) -> Result<bool> {
+        let record = Record::Done {
+            version: version.to_string(),
+            at: Utc::now(),
+        };
+        let value = self.encode(&record)?;
+        let mut expected = 0;
+        for _ in 0..CLAIM_TRIES {
+            match self.write(key, value.clone(), expected).await {
+                Ok(_) => return Ok(true),
+                Err(StoreError::WrongLastSequence) => {}
+                Err(err) => {
+                    return Err(store_error("recording the run in the event's record")(err));
+                }
+            }
+            let entry = (kv::entry(&*self.store, &self.bucket, key).await)
+                .map_err(store_error("reading the event's record"))?;
+            if entry.value.is_some() {
+                return Ok(false);
+            }
+            // Deleted (a replay): the deletion is the subject's last message.
+            expected = entry.revision;
+        }
+        Err(LedgerError::Contended(CLAIM_TRIES))
+    }
+
     /// Writes the commit plan: from here on the commit is finished or undone
     /// by whoever holds the event, never forgotten.
     pub async fn begin_commit(&self, lease: Lease, plan: &CommitPlan) -> Result<Lease> {

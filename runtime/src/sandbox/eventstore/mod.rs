@@ -421,6 +421,7 @@ impl Capability for EventStore {
     const GRANTED_BY: Option<&'static str> =
         Some("[eventstore] (the subjects it may read and append to)");
     const IMPORTS: &'static [&'static str] = &["eventhost:handler/event-store@"];
+    const NEEDS_CLAIM: bool = true;
 
     fn state(grant: Option<&Arc<EventStoreGrants>>, _: &InvocationContext) -> EventStoreState {
         EventStoreState::new(grant.cloned())

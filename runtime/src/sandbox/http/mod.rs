@@ -402,6 +402,7 @@ impl Capability for Http {
     type Grant = OutboundGrants;
     type State = HttpState;
     const GRANTED_BY: Option<&'static str> = Some("[http] (the origins it may call)");
+    const NEEDS_CLAIM: bool = true;
     const IMPORTS: &'static [&'static str] = &["wasi:http/"];
 
     fn state(grant: Option<&Arc<OutboundGrants>>, invocation: &InvocationContext) -> HttpState {

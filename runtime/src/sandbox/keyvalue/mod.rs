@@ -46,6 +46,7 @@ impl Capability for KeyValue {
     type Grant = KeyValueGrants;
     type State = KeyValueState;
     const GRANTED_BY: Option<&'static str> = Some("[keyvalue] (the buckets it may open)");
+    const NEEDS_CLAIM: bool = true;
     const IMPORTS: &'static [&'static str] = &["wasi:keyvalue/"];
 
     fn state(grant: Option<&Arc<KeyValueGrants>>, _: &InvocationContext) -> KeyValueState {
