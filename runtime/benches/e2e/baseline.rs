@@ -55,11 +55,13 @@ pub enum Guarantees {
     /// after a crash before `done`. One read and one write per event.
     RecordLast,
     /// Stateless, record first: handle, create the record carrying the
-    /// encoded outputs, publish them, ack. One write, but a weaker promise:
-    /// whoever finds a record cannot tell whether its outputs went out, so
-    /// it must publish them again, which duplicates them once the outputs'
-    /// duplicate window has passed. Measured for the comparison issue 24
-    /// asks for.
+    /// encoded outputs, publish them, ack. One write and no read, so a
+    /// weaker promise: every later copy of a handled event runs before its
+    /// record write is refused (discarded, but run), where issue 24 allows
+    /// a second run only while two copies are in flight at once; and a
+    /// copy taking a record over cannot tell whether its outputs went out.
+    /// With the read that the promise needs, it costs what `RecordLast`
+    /// does. Measured for the comparison issue 24 asks for.
     RecordFirst,
     /// State (`counter`): the key's write, conditional on the revision read,
     /// and the event's record, conditional on not existing, in one atomic

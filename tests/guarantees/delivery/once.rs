@@ -120,6 +120,54 @@ async fn copies_in_flight_at_once_run_unclaimed_and_only_one_run_counts() {
     }
 }
 
+/// The bound for a handler without claims: its first run, unclaimed, leaves
+/// no record when a crash cuts it off, so a poison event that kills every
+/// runtime running it is parked after `max_attempts + 1` runs, not
+/// `max_attempts` (the test above, with a claim).
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unclaimed_run_cut_off_costs_at_most_one_more_run() {
+    let sections = "[retry]\nmax_attempts = 1\n[limits]\ntimeout = \"10s\"";
+    let ChaosHost {
+        nats,
+        plugins,
+        mut runtime,
+        js,
+    } = ChaosHost::start(sections).await;
+    if !runs_unclaimed(&js) {
+        println!("this server runs no event unclaimed; the claimed bound is tested above");
+        return;
+    }
+    send(&js, "poison", json!({"action": "sleep", "ms": 5000})).await;
+    wait_for_ack_pending(&js, "CHAOS", "chaos", 1).await;
+    // Unclaimed: nothing is recorded before the run.
+    assert!(bucket_json(&js, "processed-chaos").await.is_empty());
+    runtime.kill();
+
+    // The redelivery is claimed (attempt 1 of 1) and cut off too.
+    let mut second = Runtime::start(&nats, &plugins, 1);
+    let records = eventually(
+        "the redelivery to be claimed",
+        Duration::from_secs(90),
+        || bucket_json(&js, "processed-chaos"),
+        |records| !records.is_empty(),
+    )
+    .await;
+    second.kill();
+    // The first run went uncounted: this second one is attempt 1 of 1 (a
+    // claimed first run would have parked the event here, unrun).
+    let record = records.values().next().unwrap();
+    assert_eq!(record["state"], "claimed", "{record}");
+    assert_eq!(record["attempts"], 1, "{record}");
+
+    // The next one finds a claimed attempt 1 of 1 cut off: parked, unrun.
+    let third = Runtime::start(&nats, &plugins, 1);
+    let letters = dead_letters(&js, "chaos", 1, Duration::from_secs(90)).await;
+    assert_eq!(letters[0].header("Eventhost-Error-Kind"), "no_outcome");
+    assert_eq!(letters[0].header("Eventhost-Attempts"), "1");
+    let runs = successful_runs(&[&third], "chaos");
+    assert!(runs.is_empty(), "poison ran a third time: {runs:?}");
+}
+
 /// What the runtime logs for an unclaimed run that lost to a copy.
 const DISCARDED: &str = "a copy of this event in flight at the same moment recorded its run \
                          first; this run is discarded";
