@@ -78,8 +78,51 @@ pub async fn run(
             });
         }
     }
+    runs.extend(runtime_with_and_without_claims(bench, js, nats, settings).await?);
     runs.extend(on_cluster(settings, &bench.work).await?);
     Ok(runs)
+}
+
+/// The runtime's relay as it runs now (no claim: issue 24) and as it ran
+/// before (`[idempotency] claim = true`), alternating in the same rounds:
+/// the before and after on one machine and server.
+async fn runtime_with_and_without_claims(
+    bench: &Bench,
+    js: &jetstream::Context,
+    nats: &NatsServer,
+    settings: &Settings,
+) -> Result<Vec<ProtocolRun>> {
+    let workload = Workload::Relay;
+    let variants = [("runtime", false), ("runtime, claims", true)];
+    let mut rounds: Vec<Vec<Measurement>> = vec![Vec::new(); variants.len()];
+    for round in 1..=settings.rounds {
+        for (i, (name, claim)) in variants.iter().enumerate() {
+            eprintln!(
+                "== protocols: relay {name}, round {round} of {}",
+                settings.rounds
+            );
+            load::reset(js).await?;
+            let plugins = bench.plugins(&[(workload, "relay", 16)])?;
+            if *claim {
+                let manifest = plugins.join("relay.toml");
+                let text = std::fs::read_to_string(&manifest)?;
+                std::fs::write(&manifest, format!("{text}\n[idempotency]\nclaim = true\n"))?;
+            }
+            let runtime = bench.start(&plugins, 1)?;
+            let events = settings.events;
+            rounds[i].push(warm_then_saturate(js, workload, events, &runtime, nats).await?);
+        }
+    }
+    Ok(variants
+        .iter()
+        .zip(rounds)
+        .map(|((name, _), rounds)| ProtocolRun {
+            workload: workload.name(),
+            protocol: name,
+            rounds: rounds.iter().map(|m| m.throughput).collect(),
+            saturation: median(rounds),
+        })
+        .collect())
 }
 
 /// Events per saturation run of `protocol`: an atomic batch on a

@@ -364,25 +364,24 @@ impl Report {
     /// Each candidate protocol against the plain consumer (the workload's
     /// first row): throughput and nats-server CPU per event.
     fn protocol_rows(&self, t: &mut String) {
-        let Some(first) = self.protocols.first() else {
+        if self.protocols.is_empty() {
             return;
-        };
+        }
         let _ = writeln!(
             t,
-            "\nprotocols (native consumers, saturation; ratios against the plain consumer)"
+            "\nprotocols (saturation; ratios against the plain consumer of the same workload)"
         );
-        let mut plain = &first.saturation;
         for run in &self.protocols {
-            if run.protocol == "at-least-once" {
-                plain = &run.saturation;
-            }
+            let plain = (self.protocols.iter())
+                .find(|p| p.workload == run.workload && p.protocol == "at-least-once")
+                .map_or(&run.saturation, |p| &p.saturation);
             let s = &run.saturation;
             let nats = s
                 .cpu_us_per_event
                 .map_or("-".into(), |c| format!("{:.0}", c[1]));
             let _ = writeln!(
                 t,
-                "  {:<8} {:<14} {:>7.0} events/s  {:>6}   nats µs/ev {:>4} {:>6}   rounds {}",
+                "  {:<12} {:<16} {:>7.0} events/s  {:>6}   nats µs/ev {:>5} {:>6}   rounds {}",
                 run.workload,
                 run.protocol,
                 s.throughput,
