@@ -347,7 +347,15 @@ async fn an_event_whose_attempts_were_all_cut_off_is_dead_lettered_unrun() {
         js,
     } = ChaosHost::start(sections).await;
     send(&js, "poison", json!({"action": "sleep", "ms": 5000})).await;
-    wait_for_ack_pending(&js, "CHAOS", "chaos", 1).await;
+    // Killed once the run is claimed (counted), not merely delivered: a
+    // kill between the two would leave nothing to count.
+    eventually(
+        "the run to be claimed",
+        Duration::from_secs(30),
+        || bucket_json(&js, "processed-chaos"),
+        |records| !records.is_empty(),
+    )
+    .await;
     runtime.kill();
 
     let successor = Runtime::start(&nats, &plugins, 1);
