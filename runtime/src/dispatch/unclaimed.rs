@@ -36,7 +36,9 @@ impl Attempts {
         if self.claims || delivery.count() > 1 || failed_in_place > 0 {
             return None;
         }
-        match self.processed.has_record(&input.event).await {
+        // The record key is a hash of the event's source and id: made once.
+        let key = ProcessedEvents::key(&input.event);
+        match self.processed.has_record(&key).await {
             Ok(false) => {}
             Ok(true) => return None,
             Err(err) => {
@@ -52,7 +54,7 @@ impl Attempts {
         self.record_invocation(&invocation);
         let used = (invocation.elapsed, invocation.peak_memory);
         let failure = match invocation.result {
-            Ok(effects) => match self.commit_unclaimed(input, trace, effects).await {
+            Ok(effects) => match self.commit_unclaimed(&key, input, trace, effects).await {
                 Ok((UnclaimedRun::Counted, emitted)) => {
                     return Some(self.handled(1, emitted, used, 0));
                 }
@@ -88,18 +90,18 @@ impl Attempts {
     /// how many events it emitted.
     async fn commit_unclaimed(
         &self,
+        key: &str,
         input: &Decoded,
         trace: &TraceContext,
         effects: Effects,
     ) -> Result<(UnclaimedRun, usize), Failure> {
         let started = Instant::now();
         let with = self.completion(input, trace);
-        let key = ProcessedEvents::key(&input.event);
-        let plan = plan::plan(&key, &with, effects)
+        let plan = plan::plan(key, &with, effects)
             .map_err(|err| Failure::new(FailureKind::EmitRefused, chain(&err)))?;
         let written = Written::of(&plan);
         let committer = self.committer();
-        let run = committer.commit_unclaimed(&key, plan, self.version()).await;
+        let run = committer.commit_unclaimed(key, plan, self.version()).await;
         self.metrics
             .commit_duration
             .observe(started.elapsed().as_secs_f64());

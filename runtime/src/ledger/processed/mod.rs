@@ -246,12 +246,12 @@ impl ProcessedEvents {
         Err(LedgerError::Contended(CLAIM_TRIES))
     }
 
-    /// Whether the event has a record (a deleted one, after a dead-letter
-    /// replay, is none). A run without a claim starts only where there is
-    /// none: a record means the event was handled, dead-lettered, failed
+    /// Whether the record of key `key` exists (a deleted one, after a
+    /// dead-letter replay, does not). A run without a claim starts only
+    /// where there is none: a record means the event was handled, dead-lettered, failed
     /// before or is held, and the claim decides what comes next.
-    pub async fn has_record(&self, event: &Event) -> Result<bool> {
-        let entry = kv::entry(&*self.store, &self.bucket, &Self::key(event))
+    pub async fn has_record(&self, key: &str) -> Result<bool> {
+        let entry = kv::entry(&*self.store, &self.bucket, key)
             .await
             .map_err(store_error("reading the event's record"))?;
         Ok(entry.value.is_some())
