@@ -83,6 +83,7 @@ fuzz_target!(|data: &[u8]| {
         last_failure: last,
         mode,
         record: Some("processed-fuzzed/0123abcd"),
+        given_up_at: Some(sequence),
     };
     let headers = letter.headers(Some(&original), &subject, "ORDERS", sequence);
     let stored = StoredDeadLetter {

@@ -117,7 +117,11 @@ impl Attempts {
         tracing::Span::current().record("attempt", attempt);
         // A permanent failure is only on record when its dead letter could
         // not be stored: running the handler again would not change it.
-        let hopeless = lease.history.last_kind.is_some_and(|k| k.is_permanent());
+        // A decision to give up is on record when its holder died before
+        // recording the dead letter's outcome.
+        let history = &lease.history;
+        let hopeless =
+            history.gave_up.is_some() || history.last_kind.is_some_and(|k| k.is_permanent());
         if attempt > self.manifest.retry.max_attempts || hopeless {
             // Earlier deliveries ended without an outcome we could record (a
             // crash, a kill) or the dead letter could not be written then.
@@ -408,6 +412,8 @@ impl Attempts {
             }
             Verdict::DeadLetter => {
                 let reason = DeadLetterReason::Failed(failure.kind);
+                let mut lease = lease;
+                lease.history.record_failure(failure.kind, &failure.message);
                 self.dead_letter_claimed(delivery, input, lease, reason, &failure.message, attempt)
                     .await
             }

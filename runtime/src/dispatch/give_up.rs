@@ -2,12 +2,16 @@
 //!
 //! The letter itself (its headers, its subject, how it keeps the original)
 //! is [`crate::outcome::dead_letter`]. Here is the order of the steps, which
-//! is what makes a dead letter happen once: store the letter, then record the
-//! event's outcome, then ack (the caller settles). A letter that cannot be
-//! stored leaves the event in its stream, its failure on record, for another
-//! try.
+//! is what makes a dead letter happen once: record the decision to give up
+//! (the claim is kept), store the letter, record the event's outcome, then
+//! ack (the caller settles). A holder killed after storing the letter leaves
+//! the decision on record, so its successor stores the same letter again
+//! (the queue drops it as a duplicate) instead of running the handler: the
+//! event never gets both a dead letter and a success. A letter that cannot
+//! be stored leaves the event in its stream, the decision on record, for
+//! another try.
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 
 use super::attempt::Attempts;
 use super::settle::{Delivery, Settlement};
@@ -29,18 +33,24 @@ impl Attempts {
         error: &str,
         attempts: u32,
     ) -> Settlement {
-        let first_failure = lease.history.first_failure;
+        let lease = match self.processed.give_up(lease).await {
+            Ok(lease) => lease,
+            Err(err) => {
+                tracing::warn!(
+                    error = chain(&err),
+                    "could not record the decision to dead-letter; the event stays in its stream for now"
+                );
+                return Settlement::host_trouble();
+            }
+        };
         let record = lease.record_ref(&self.processed);
-        let letter = self.letter(
-            Some(input.mode),
-            reason,
-            error,
-            attempts,
-            first_failure,
-            Some(&record),
-        );
+        let mut letter = self.letter(Some(input.mode), reason, error, attempts);
+        letter.first_failure = lease.history.first_failure.unwrap_or(letter.first_failure);
+        letter.record = Some(&record);
+        letter.given_up_at = lease.history.gave_up;
         match self.store_dead_letter(delivery, letter).await {
             Settlement::Ack => {
+                crate::failpoint::hit("dead_letter.stored");
                 let version = self.version();
                 if let Err(err) = self.processed.dead_lettered(lease, version, reason).await {
                     tracing::warn!(error = chain(&err), "could not record the dead letter");
@@ -48,22 +58,11 @@ impl Attempts {
                 self.dead_lettered(reason, error, attempts)
             }
             again => {
-                self.keep_failure(lease, reason, error).await;
+                // The decision stays on record: the next delivery stores
+                // the letter with the real kind and message.
+                self.release(lease).await;
                 again
             }
-        }
-    }
-
-    /// Gives up the claim on an event whose dead letter could not be
-    /// stored, keeping its failure on record: the next delivery then
-    /// dead-letters it with the real kind and message, not as one whose
-    /// attempts ended without an outcome.
-    async fn keep_failure(&self, lease: Lease, reason: DeadLetterReason, error: &str) {
-        let DeadLetterReason::Failed(kind) = reason else {
-            return self.release(lease).await;
-        };
-        if let Err(err) = self.processed.failed(lease, kind, error).await {
-            tracing::warn!(error = chain(&err), "could not record the failure");
         }
     }
 
@@ -76,21 +75,21 @@ impl Attempts {
         error: &str,
         attempts: u32,
     ) -> Settlement {
-        let letter = self.letter(None, reason, error, attempts, None, None);
+        let letter = self.letter(None, reason, error, attempts);
         match self.store_dead_letter(delivery, letter).await {
             Settlement::Ack => self.dead_lettered(reason, error, attempts),
             again => again,
         }
     }
 
+    /// A letter failing now, for the first time; a claimed event's letter
+    /// adds its record.
     fn letter<'a>(
         &'a self,
         mode: Option<ContentMode>,
         reason: DeadLetterReason,
         error: &'a str,
         attempts: u32,
-        first_failure: Option<DateTime<Utc>>,
-        record: Option<&'a str>,
     ) -> DeadLetter<'a> {
         let now = Utc::now();
         DeadLetter {
@@ -99,10 +98,11 @@ impl Attempts {
             reason,
             error,
             attempts,
-            first_failure: first_failure.unwrap_or(now),
+            first_failure: now,
             last_failure: now,
             mode,
-            record,
+            record: None,
+            given_up_at: None,
         }
     }
 

@@ -17,13 +17,20 @@
 //!                     ▼  │                      ▼
 //!                    failed ◀────────────── aborting (undo what was applied)
 //!                     │
-//!   out of attempts   ▼
-//!               dead_lettered
+//!   out of attempts,  ▼ or a permanent failure
+//!          claimed, gave_up ───────────────────▶ dead_lettered
+//!                            letter stored
 //! ```
 //!
 //! The top edge is a run without a claim (see [`commit`]): a handler that
 //! only emits, on its event's first delivery. Its record is written once,
 //! already `done`; a copy that finds the record made first is discarded.
+//!
+//! Giving up is recorded (`gave_up`, still claimed) before the dead letter
+//! is stored, and the letter is named after that decision: a holder killed
+//! between storing the letter and recording `dead_lettered` leaves its
+//! successor the same letter to store (the queue keeps one) and no run to
+//! make, so an event never gets both a dead letter and a success.
 //!
 //! - [`record`]: the record's shape, and the commit plan it carries while
 //!   `committing` or `aborting` (so whoever takes the event over after a

@@ -88,6 +88,12 @@ pub struct FailureHistory {
     /// later delivery than the one that failed.
     pub last_kind: Option<FailureKind>,
     pub last_error: Option<String>,
+    /// Set once a holder decides to dead-letter the event, before the letter
+    /// is stored: the record's revision at that moment. Whoever holds the
+    /// event next stores the same letter (named after this decision, so the
+    /// queue keeps one) instead of running the handler again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gave_up: Option<u64>,
 }
 
 impl FailureHistory {
@@ -97,6 +103,14 @@ impl FailureHistory {
             attempts: 1,
             ..Default::default()
         }
+    }
+
+    /// Adds a failed attempt of `kind` with message `error`.
+    pub fn record_failure(&mut self, kind: FailureKind, error: &str) {
+        self.failures += 1;
+        self.first_failure = self.first_failure.or(Some(Utc::now()));
+        self.last_kind = Some(kind);
+        self.last_error = Some(error.to_string());
     }
 }
 

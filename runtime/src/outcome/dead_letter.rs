@@ -10,9 +10,12 @@
 //! writing them into its JSON would change the original bytes.
 //!
 //! The input is acked only after JetStream has stored the dead letter, and
-//! the dead letter's `Nats-Msg-Id` is derived from the input's stream and
-//! sequence, so a crash between the two steps gives a redelivery whose
-//! dead letter the stream drops as a duplicate: never zero, never two.
+//! the dead letter's `Nats-Msg-Id` is derived from the event's decision to
+//! give up (its record and the record's revision then) or, for a message
+//! that never had a record, from the input's stream and sequence. So a
+//! crash between the two steps gives a redelivery whose dead letter the
+//! stream drops as a duplicate: never zero, never two, within the stream's
+//! one-hour duplicate window.
 
 use std::time::Duration;
 
@@ -123,6 +126,10 @@ pub struct DeadLetter<'a> {
     pub mode: Option<ContentMode>,
     /// The event's idempotency record, when it has one.
     pub record: Option<&'a str>,
+    /// The record's revision when the event was given up (see
+    /// [`crate::ledger::record::FailureHistory::gave_up`]): with the record,
+    /// it names the letter, so every holder that stores it stores one.
+    pub given_up_at: Option<u64>,
 }
 
 impl DeadLetter<'_> {
@@ -198,7 +205,10 @@ impl DeadLetter<'_> {
         if let Some(record) = self.record {
             headers.insert(header::RECORD, record);
         }
-        let id = format!("dlq-{stream}-{sequence}-{}", self.handler);
+        let id = match (self.record, self.given_up_at) {
+            (Some(record), Some(revision)) => format!("dlq-{record}-{revision}"),
+            _ => format!("dlq-{stream}-{sequence}-{}", self.handler),
+        };
         headers.insert("Nats-Msg-Id", id.as_str());
         headers
     }
@@ -281,6 +291,7 @@ mod tests {
             last_failure: time,
             mode: Some(ContentMode::Binary),
             record: None,
+            given_up_at: None,
         };
         let headers = letter.headers(Some(&original), "orders.created", "ORDERS", 7);
         let values = |wanted: &str| -> Vec<String> {
@@ -331,6 +342,7 @@ mod tests {
             last_failure: time,
             mode: Some(ContentMode::Binary),
             record: Some("b/k"),
+            given_up_at: Some(7),
         };
         let headers = letter.headers(Some(&original), "orders.created", "ORDERS", 7);
         let mut kept = Vec::new();
@@ -349,5 +361,32 @@ mod tests {
                 "ce-dlqpriority"
             ]
         );
+    }
+
+    #[test]
+    fn a_given_up_event_names_its_letter_after_the_decision_not_the_delivery() {
+        let time = DateTime::from_timestamp_millis(0).unwrap();
+        let letter = |given_up_at| DeadLetter {
+            handler: "h",
+            version: "v",
+            reason: DeadLetterReason::InvalidEvent,
+            error: "e",
+            attempts: 1,
+            first_failure: time,
+            last_failure: time,
+            mode: None,
+            record: Some("processed-h/k"),
+            given_up_at,
+        };
+        let id = |letter: DeadLetter, sequence| {
+            let headers = letter.headers(None, "orders.created", "ORDERS", sequence);
+            headers.get("Nats-Msg-Id").unwrap().to_string()
+        };
+        // Two copies of one event (two stream sequences), one decision.
+        assert_eq!(id(letter(Some(7)), 1), "dlq-processed-h/k-7");
+        assert_eq!(id(letter(Some(7)), 2), "dlq-processed-h/k-7");
+        // After a replay the event is given up anew: a new letter.
+        assert_ne!(id(letter(Some(9)), 1), id(letter(Some(7)), 1));
+        assert_eq!(id(letter(None), 3), "dlq-ORDERS-3-h");
     }
 }

@@ -324,6 +324,7 @@ async fn writing_a_dead_letter_twice_stores_it_once() {
         last_failure: now,
         mode: Some(eventhost::event::decode::ContentMode::Binary),
         record: None,
+        given_up_at: None,
     };
     letter.publish(&js, &message).await.unwrap();
     letter.publish(&js, &message).await.unwrap();

@@ -318,16 +318,27 @@ impl ProcessedEvents {
 
     /// The attempt failed with `kind`/`error` and the event will be retried.
     pub async fn failed(&self, lease: Lease, kind: FailureKind, error: &str) -> Result<()> {
-        let history = FailureHistory {
-            failures: lease.history.failures + 1,
-            first_failure: lease.history.first_failure.or(Some(Utc::now())),
-            last_kind: Some(kind),
-            last_error: Some(error.to_string()),
-            ..lease.history
-        };
+        let mut history = lease.history.clone();
+        history.record_failure(kind, error);
         self.advance(lease, &Record::Failed { history })
             .await
             .map(drop)
+    }
+
+    /// Records the decision to dead-letter the event, before its letter is
+    /// stored, keeping the claim: a holder that dies after storing the
+    /// letter leaves this decision to its successor, which stores the same
+    /// letter and never runs the handler again. Returns the lease with the
+    /// decision in its history (already there if a predecessor made it).
+    pub async fn give_up(&self, lease: Lease) -> Result<Lease> {
+        if lease.history.gave_up.is_some() {
+            return Ok(lease);
+        }
+        let mut history = lease.history.clone();
+        history.gave_up = Some(lease.revision);
+        let record = self.claimed(history.clone());
+        let lease = self.advance(lease, &record).await?;
+        Ok(Lease { history, ..lease })
     }
 
     /// Gives the claim up without counting an attempt (the host, not the

@@ -120,3 +120,34 @@ async fn failures_and_attempts_accumulate_across_claims() {
             .unwrap();
     }
 }
+
+#[tokio::test]
+async fn a_decision_to_give_up_outlives_its_holder() {
+    let (_, records) = records(Duration::from_millis(1));
+    let e = event("/a", "1");
+    let Claim::Acquired(mut lease) = records.claim(&e).await.unwrap() else {
+        panic!("claim")
+    };
+    lease
+        .history
+        .record_failure(FailureKind::Permanent, "bad order");
+    let decided = records.give_up(lease).await.unwrap();
+    let decision = decided
+        .history
+        .gave_up
+        .expect("the decision is on the lease");
+    // The holder dies after storing the letter; its successor finds the
+    // decision with the failure behind it, and deciding again keeps it.
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let Claim::Acquired(successor) = records.claim(&e).await.unwrap() else {
+        panic!("takeover")
+    };
+    assert_eq!(successor.history.gave_up, Some(decision));
+    assert_eq!(successor.history.last_error.as_deref(), Some("bad order"));
+    let again = records.give_up(successor).await.unwrap();
+    assert_eq!(again.history.gave_up, Some(decision));
+    let reason = DeadLetterReason::Failed(FailureKind::Permanent);
+    records.dead_lettered(again, "v1", reason).await.unwrap();
+    // The dead holder can no longer write.
+    assert!(records.done(decided, "v1").await.is_err());
+}
