@@ -104,7 +104,7 @@ impl Settings {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_hundred_crashes_apply_every_event_once() {
+async fn repeated_kills_and_restarts_apply_every_event_once() {
     let settings = Settings::from_env();
     let (kills, restarts, seed) = (settings.kills, settings.nats_restarts, settings.seed);
     eprintln!(

@@ -206,6 +206,39 @@ async fn hangs_big_bodies_and_request_floods_are_bounded() {
     assert_eq!(server.records().hits, 6);
 }
 
+/// The key the host adds is the documented one (the UUIDv5, in the
+/// namespace docs/guarantees.md gives, of handler, source, id and the
+/// request's index), not only a stable one; a key the guest set is sent as
+/// it is.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_idempotency_key_is_the_documented_one_unless_the_guest_sets_its_own() {
+    let server = provider(None).await;
+    let port = server.address.port();
+    let nats = NatsServer::start();
+    let plugins = Plugins::new();
+    let grants = format!("allowed_outbound_hosts = [\"http://127.0.0.1:{port}\"]");
+    plugins.install("fetch", "fetch", &fetch_manifest(&grants, ""));
+    let _runtime = Runtime::start(&nats, &plugins, 1);
+    let js = nats.jetstream().await;
+    let url = format!("http://127.0.0.1:{port}/records");
+    probe(&js, "derived", json!({ "urls": [url, url] })).await;
+    let chosen = json!({ "urls": [url], "key": "chosen-by-the-guest" });
+    probe(&js, "chosen", chosen).await;
+    let done = results(&js, 2).await;
+    assert_eq!(done.len(), 2, "{done:?}");
+
+    let namespace = uuid::Uuid::parse_str("6576656e-7468-6f73-742d-687474702d31").unwrap();
+    let documented = |n: usize| {
+        let name = format!("fetch\n/tests\nderived\n{n}");
+        uuid::Uuid::new_v5(&namespace, name.as_bytes()).to_string()
+    };
+    let mut keys = server.records().idempotency_keys;
+    keys.sort();
+    let mut expected = vec![documented(0), documented(1), "chosen-by-the-guest".into()];
+    expected.sort();
+    assert_eq!(keys, expected);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn secrets_reach_the_provider_and_nothing_else() {
     const SECRET: &str = "sk_test_9f8e7d6c5b4a";

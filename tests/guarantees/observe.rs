@@ -86,6 +86,13 @@ async fn metrics_match_a_known_workload() {
     assert_eq!(metric("eventhost_consumer_ack_pending", &chaos), 0.0);
     assert_eq!(metric("eventhost_dead_letters", &chaos), 4.0);
     assert_eq!(metric("eventhost_build_info", &[]), 1.0);
+    // Labels stay bounded: no event id and no subject is ever a label.
+    let per_event = ["ok-0", "ok-4", "flaky", "rejected", "loop"];
+    let leaked: Vec<&str> = label_values(&text)
+        .into_iter()
+        .filter(|v| per_event.contains(v) || v.contains("chaos.in") || v.contains("chaos.done"))
+        .collect();
+    assert!(leaked.is_empty(), "per-event labels: {leaked:?}");
     // Every per-event series names the version that produced it.
     let version = runtime.logs_with_message("handler loaded")[0]["version"]
         .as_str()
@@ -134,6 +141,18 @@ async fn metrics_match_a_known_workload() {
     });
     let missing: Vec<String> = asked.filter(|help| !text.contains(help)).collect();
     assert!(missing.is_empty(), "the dashboard asks for {missing:?}");
+}
+
+/// Every label value of every sample in a `/metrics` text.
+fn label_values(text: &str) -> Vec<&str> {
+    let labels = text
+        .lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| line.split_once('{')?.1.rsplit_once('}').map(|(l, _)| l));
+    labels
+        .flat_map(|l| l.split("\",").filter_map(|pair| pair.split_once("=\"")))
+        .map(|(_, value)| value.trim_end_matches('"'))
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -295,4 +314,69 @@ async fn spans_are_exported_over_otlp_as_one_trace_across_handlers() {
             "{what} ({id}) was not exported"
         );
     }
+}
+
+/// With no `--otlp-endpoint` nothing is exported: after handling events the
+/// runtime's only connections are to NATS (and into its own admin server),
+/// and nothing reaches a listener on OTLP's default ports.
+#[tokio::test(flavor = "multi_thread")]
+async fn without_an_otlp_endpoint_the_runtime_connects_only_to_nats() {
+    // Ports another process holds are skipped; the socket check still runs.
+    let listeners: Vec<std::net::TcpListener> = [4317, 4318]
+        .into_iter()
+        .filter_map(|port| std::net::TcpListener::bind(("127.0.0.1", port)).ok())
+        .collect();
+    let ChaosHost {
+        nats,
+        plugins: _plugins,
+        runtime,
+        js,
+    } = ChaosHost::start("").await;
+    for i in 0..5 {
+        send(&js, &format!("e-{i}"), json!({"action": "ok"})).await;
+    }
+    collect(&js, "CHAOS", "chaos.done", 5, WAIT).await;
+
+    let peers = outgoing_connections(runtime.pid());
+    assert!(!peers.is_empty(), "not even the NATS connection was found");
+    assert!(peers.iter().all(|port| *port == nats.port), "{peers:?}");
+    for listener in &listeners {
+        listener.set_nonblocking(true).unwrap();
+        let accepted = listener.accept();
+        assert!(accepted.is_err(), "connected to {listener:?}");
+    }
+}
+
+/// The remote ports of process `pid`'s TCP connections, leaving out those
+/// into its own listening ports (read from `/proc`).
+fn outgoing_connections(pid: u32) -> Vec<u16> {
+    let sockets: std::collections::BTreeSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+        .filter_map(|target| {
+            let target = target.to_string_lossy().into_owned();
+            let inode = target.strip_prefix("socket:[")?.strip_suffix(']')?;
+            Some(inode.to_string())
+        })
+        .collect();
+    // Columns: sl local remote state … inode (the tenth).
+    let mut rows = Vec::new();
+    for table in ["tcp", "tcp6"] {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")).unwrap();
+        for line in text.lines().skip(1) {
+            let columns: Vec<&str> = line.split_whitespace().collect();
+            if sockets.contains(columns[9]) {
+                let port = |address: &str| {
+                    let hex = address.rsplit_once(':').unwrap().1;
+                    u16::from_str_radix(hex, 16).unwrap()
+                };
+                rows.push((port(columns[1]), port(columns[2]), columns[3] == "0A"));
+            }
+        }
+    }
+    let listening: Vec<u16> = rows.iter().filter(|r| r.2).map(|r| r.0).collect();
+    rows.iter()
+        .filter(|(local, _, listen)| !listen && !listening.contains(local))
+        .map(|(_, remote, _)| *remote)
+        .collect()
 }

@@ -173,8 +173,14 @@ async fn sighup_and_eventhost_reload_work_without_watching_and_removal_stops_a_h
         }
     };
 
+    // A watching runtime beside it sees the change; then this one has had
+    // its chance to, and must not have.
+    let mut watching = Runtime::start(&nats, &plugins, 2);
     plugins.install("chaos", "chaos", &tagged("v2"));
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    wait_until("the watching runtime's reload", WAIT, || {
+        watching.logs_with_message("handler reloaded").len() == 1
+    });
+    watching.terminate();
     assert!(
         runtime.logs_with_message("handler reloaded").is_empty(),
         "not watching"

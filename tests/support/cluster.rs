@@ -215,7 +215,8 @@ impl NatsCluster {
     }
 }
 
-fn signal(pid: u32, which: &str) {
+/// Sends signal `which` (`-STOP`, `-CONT`, …) to process `pid`.
+pub fn signal(pid: u32, which: &str) {
     let status = std::process::Command::new("kill")
         .args([which, &pid.to_string()])
         .status()

@@ -8,6 +8,8 @@
 //! mapping decides retryable or permanent) instead of being reported. With
 //! `"leak": "<config key>"` the handler logs that config value and fails
 //! with it in the message: what a careless handler does with a secret.
+//! With `"key": "<value>"` every request carries that `Idempotency-Key`,
+//! set by the guest, which the host must leave as it is.
 use eventhost_sdk::{Emit, Event, HandlerError, Level, http, log};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -21,10 +23,15 @@ struct Probe {
     #[serde(default)]
     fail: bool,
     leak: Option<String>,
+    key: Option<String>,
 }
 
-fn get(url: &str, follow: bool) -> Result<http::Response, http::HttpError> {
-    let response = http::Request::get(url).send()?;
+fn get(url: &str, follow: bool, key: Option<&str>) -> Result<http::Response, http::HttpError> {
+    let mut request = http::Request::get(url);
+    if let Some(key) = key {
+        request = request.header("idempotency-key", key);
+    }
+    let response = request.send()?;
     match response.header("location") {
         Some(next) if follow && (300..400).contains(&response.status) => {
             http::Request::get(next).send()
@@ -42,7 +49,7 @@ fn handle(event: Event) -> Result<(), HandlerError> {
     }
     let mut results = Vec::new();
     for url in &probe.urls {
-        match get(url, probe.follow) {
+        match get(url, probe.follow, probe.key.as_deref()) {
             Ok(response) => results.push(json!({
                 "status": response.status,
                 "bytes": response.body.len(),

@@ -62,7 +62,7 @@ pub struct Records {
     pub unauthorized: u64,
     pub charges: Vec<Effect>,
     pub emails: Vec<Effect>,
-    /// Every header value received, for tests that look for leaks.
+    /// Every `Idempotency-Key` received, on any endpoint, in order.
     pub idempotency_keys: Vec<String>,
     pub traceparents: Vec<String>,
 }
@@ -139,7 +139,13 @@ async fn count_hit(
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    p.books.lock().expect("never poisoned").records.hits += 1;
+    {
+        let mut books = p.books.lock().expect("never poisoned");
+        books.records.hits += 1;
+        if let Some(key) = text(request.headers(), "idempotency-key") {
+            books.records.idempotency_keys.push(key);
+        }
+    }
     next.run(request).await
 }
 
@@ -235,9 +241,6 @@ impl Provider {
         let mut books = self.books.lock().expect("never poisoned");
         let records = &mut books.records;
         records.requests += 1;
-        if let Some(key) = key {
-            records.idempotency_keys.push(key.to_string());
-        }
         if let Some(tp) = text(headers, "traceparent") {
             records.traceparents.push(tp);
         }

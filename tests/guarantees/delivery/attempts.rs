@@ -18,14 +18,14 @@ use serde_json::json;
 const WAIT: Duration = Duration::from_secs(60);
 
 /// How many times the runtime has invoked the chaos handler, over every
-/// version it ran. No series yet means no run yet.
+/// version it ran. The series exists from load: a missing or relabelled
+/// one fails the test instead of reading as no run.
 fn runs(runtime: &Runtime) -> u64 {
-    let (_, text) = runtime.admin_get("/metrics");
-    text.lines()
-        .filter(|l| l.starts_with("eventhost_handler_duration_seconds_count{"))
-        .filter(|l| l.contains("handler=\"chaos\""))
-        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
-        .sum::<f64>() as u64
+    let runs = runtime.metric(
+        "eventhost_handler_duration_seconds_count",
+        &[("handler", "chaos")],
+    );
+    runs as u64
 }
 
 /// The chaos handler with a `[retry]` section, extra top-level sections and

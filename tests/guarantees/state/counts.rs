@@ -330,6 +330,54 @@ async fn a_nats_outage_during_commits_loses_and_doubles_nothing() {
     assert!(wrong.is_empty() && counts.len() == KEYS, "{counts:?}");
 }
 
+/// A state commit whose outputs cannot be stored is not a failed attempt:
+/// its state is written, so the same commit is finished later, however
+/// many deliveries that takes; it is never dead-lettered (even with one
+/// attempt allowed) and the handler never runs again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_state_commit_whose_outputs_cannot_be_stored_is_finished_later() {
+    let nats = NatsServer::start();
+    let plugins = counter_plugins("[retry]\nmax_attempts = 1");
+    let runtime = Runtime::start(&nats, &plugins, 1);
+    let js = nats.jetstream().await;
+    let subjects = |subjects: &[&str]| {
+        let js = js.clone();
+        let subjects: Vec<String> = subjects.iter().map(|s| s.to_string()).collect();
+        async move {
+            let mut stream = js.get_stream("COUNTER").await.unwrap();
+            let mut config = stream.info().await.unwrap().config.clone();
+            config.subjects = subjects;
+            js.update_stream(config).await.unwrap();
+        }
+    };
+    // Loaded (the publish grant is checked at load); now nothing stores it.
+    subjects(&["counter.in"]).await;
+    let event = count_event("stranded", json!({"key": "k"}));
+    publish(&js, "counter.in", event.structured()).await;
+    // The first commit and at least one resumption fail to publish.
+    wait_until("a resumption to fail too", SETTLE, || {
+        !runtime
+            .logs_with_message("cannot resume the interrupted commit; retrying")
+            .is_empty()
+    });
+    assert_eq!(dead_letter_count(&js).await, 0);
+
+    subjects(&["counter.>"]).await;
+    settled(&js).await;
+    assert_eq!(counts(&js).await, [("k".to_string(), 1)].into());
+    let outputs = stored_messages(&js, "COUNTER", "counter.updated").await;
+    assert_eq!(outputs.len(), 1);
+    assert_eq!(dead_letter_count(&js).await, 0);
+    let finished = runtime.outcomes("succeeded");
+    assert_eq!(finished.len(), 1);
+    assert_eq!(finished[0]["resumed"], true, "the handler ran again");
+    let runs = runtime.metric(
+        "eventhost_handler_duration_seconds_count",
+        &[("handler", "counter")],
+    );
+    assert_eq!(runs, 1.0);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn an_event_has_one_outcome_and_a_replay_still_runs_it() {
     let nats = NatsServer::start();

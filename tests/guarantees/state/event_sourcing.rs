@@ -40,7 +40,7 @@ async fn concurrent_commands_from_two_replicas_keep_every_account_consistent() {
     // Without ordering, so that both replicas take commands of one account
     // at once and the event store's optimistic concurrency is what keeps
     // each account consistent. (With the example's `ordering = "key"` one
-    // replica at a time holds the consumer: tests/guarantees/fleet.rs.)
+    // replica at a time holds the consumer: tests/guarantees/fleet/leases.rs.)
     let manifest = std::fs::read_to_string(repo_root().join("examples/account/handler.toml"))
         .unwrap()
         .replace("ordering = \"key\"", "ordering = \"none\"");

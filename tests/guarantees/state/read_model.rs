@@ -38,6 +38,55 @@ async fn summaries(js: &async_nats::jetstream::Context, bucket: &str) -> BTreeMa
     bucket_json(js, bucket).await
 }
 
+/// Whether `model` holds every order of `orders` in its final status, its
+/// stock held or given back (the reservations of paid orders are not part
+/// of the status).
+fn all_final(model: &BTreeMap<String, Value>, orders: &[usize]) -> bool {
+    orders.iter().all(|i| {
+        let stock = if i % 5 == 3 { "released" } else { "reserved" };
+        model
+            .get(&format!("order.o-{i}"))
+            .is_some_and(|o| o["status"] == expected_status(*i) && o["stock"] == stock)
+    })
+}
+
+/// Per-user totals: every order counted, paid ones summed in cents.
+fn assert_user_totals(model: &BTreeMap<String, Value>, orders: &[usize]) {
+    let mut totals: BTreeMap<String, (u64, u64, i64)> = BTreeMap::new();
+    for i in orders {
+        let entry = totals.entry(format!("user.u-{}", i % 4)).or_default();
+        entry.0 += 1;
+        if i % 5 < 3 {
+            entry.1 += 1;
+            entry.2 += 2450;
+        }
+    }
+    for (key, (orders, paid, spent)) in &totals {
+        let user = &model[key];
+        assert_eq!(user["orders"], *orders, "{key}: {user}");
+        assert_eq!(user["paid_orders"], *paid, "{key}: {user}");
+        assert_eq!(user["spent_cents"], *spent, "{key}: {user}");
+    }
+}
+
+async fn publish_order(js: &async_nats::jetstream::Context, i: usize) {
+    let event = TestEvent::new(format!("order-{i}"), "com.example.order.created", order(i));
+    publish(js, "orders.created", event.structured()).await;
+}
+
+/// The durable consumers of the projection handler, over every stream.
+async fn projection_consumers(js: &async_nats::jetstream::Context) -> Vec<String> {
+    use futures::TryStreamExt;
+    let streams: Vec<String> = js.stream_names().try_collect().await.unwrap();
+    let mut names = Vec::new();
+    for name in streams {
+        let stream = js.get_stream(&name).await.unwrap();
+        let consumers: Vec<String> = stream.consumer_names().try_collect().await.unwrap();
+        names.extend(consumers.into_iter().filter(|c| c.contains("projection")));
+    }
+    names
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_read_model_follows_the_saga_and_a_rebuild_equals_it() {
     let nats = NatsServer::start();
@@ -48,44 +97,18 @@ async fn the_read_model_follows_the_saga_and_a_rebuild_equals_it() {
     // payment 1 + notification 1 + inventory 2 + projection 4 consumers.
     let runtime = Runtime::start(&nats, &plugins, 8);
     let js = nats.jetstream().await;
-    for i in 0..ORDERS {
-        let event = TestEvent::new(format!("order-{i}"), "com.example.order.created", order(i));
-        publish(&js, "orders.created", event.structured()).await;
+    let first: Vec<usize> = (0..ORDERS).collect();
+    for i in &first {
+        publish_order(&js, *i).await;
     }
-    // Final: every order's status, and its stock held or given back (the
-    // reservations of paid orders are not part of the status).
-    let all_final = |model: &BTreeMap<String, Value>| {
-        (0..ORDERS).all(|i| {
-            let stock = if i % 5 == 3 { "released" } else { "reserved" };
-            model
-                .get(&format!("order.o-{i}"))
-                .is_some_and(|o| o["status"] == expected_status(i) && o["stock"] == stock)
-        })
-    };
     let live = eventually(
         "every order's final status",
         SETTLE,
         || summaries(&js, "order-summary"),
-        all_final,
+        |model| all_final(model, &first),
     )
     .await;
-
-    // Per-user totals: every order counted, paid ones summed in cents.
-    let mut totals: BTreeMap<String, (u64, u64, i64)> = BTreeMap::new();
-    for i in 0..ORDERS {
-        let entry = totals.entry(format!("user.u-{}", i % 4)).or_default();
-        entry.0 += 1;
-        if i % 5 < 3 {
-            entry.1 += 1;
-            entry.2 += 2450;
-        }
-    }
-    for (key, (orders, paid, spent)) in &totals {
-        let user = &live[key];
-        assert_eq!(user["orders"], *orders, "{key}: {user}");
-        assert_eq!(user["paid_orders"], *paid, "{key}: {user}");
-        assert_eq!(user["spent_cents"], *spent, "{key}: {user}");
-    }
+    assert_user_totals(&live, &first);
     // Stock: two units for each order still held, none for released ones.
     let stock = bucket_json(&js, "inventory").await;
     let held = (0..ORDERS)
@@ -94,27 +117,58 @@ async fn the_read_model_follows_the_saga_and_a_rebuild_equals_it() {
         .sum::<u64>();
     assert_eq!(stock["stock.sku-1"], 100 - held, "{stock:?}");
 
-    // Rebuild from the stream: equal to the live model, then swapped in.
-    let output = eventhost_ok(
-        &nats,
-        &[
-            "projection",
-            "rebuild",
-            "projection",
-            "--plugins",
-            plugins.path().to_str().unwrap(),
-        ],
-    );
+    // Rebuild from the stream while orders keep coming: the new generation
+    // holds every order, the ones before the rebuild as the live model had
+    // them, and is swapped in.
+    let during: Vec<usize> = (200..210).collect();
+    let publisher = tokio::spawn({
+        let (js, during) = (js.clone(), during.clone());
+        async move {
+            for i in during {
+                publish_order(&js, i).await;
+                tokio::time::sleep(Duration::from_millis(150)).await;
+            }
+        }
+    });
+    let plugins_dir = plugins.path().to_str().unwrap();
+    let rebuild = [
+        "projection",
+        "rebuild",
+        "projection",
+        "--plugins",
+        plugins_dir,
+    ];
+    let output = eventhost_ok(&nats, &rebuild);
     assert!(output.contains("generation 1 swapped in"), "{output}");
-    let rebuilt = summaries(&js, "order-summary_g1").await;
-    assert_eq!(rebuilt.len(), live.len());
-    assert_eq!(rebuilt, live);
+    publisher.await.unwrap();
     wait_until("the runtime to take the new generation", SETTLE, || {
         let (_, handlers) = runtime.admin_get("/handlers");
         handlers.contains("-g1\"") && handlers.contains("\"consuming\"")
     });
-    let late = TestEvent::new("order-late", "com.example.order.created", order(100));
-    publish(&js, "orders.created", late.structured()).await;
+    let every: Vec<usize> = first.iter().chain(&during).copied().collect();
+    let rebuilt = eventually(
+        "every order in the new generation",
+        SETTLE,
+        || summaries(&js, "order-summary_g1"),
+        |model| all_final(model, &every),
+    )
+    .await;
+    for i in &first {
+        let key = format!("order.o-{i}");
+        assert_eq!(rebuilt[&key], live[&key], "{key}");
+    }
+    assert_user_totals(&rebuilt, &every);
+
+    // The old generation is retired: its consumers are deleted once
+    // drained, and a late order reaches only the new one.
+    eventually(
+        "the old generation's consumers to be deleted",
+        SETTLE,
+        || projection_consumers(&js),
+        |names| !names.is_empty() && names.iter().all(|n| n.contains("_g1")),
+    )
+    .await;
+    publish_order(&js, 100).await;
     let rebuilt = eventually(
         "the late order in the new generation",
         SETTLE,

@@ -213,3 +213,26 @@ pub fn deadlines(
         total: clip(total),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_wait_is_clipped_to_what_remains_of_the_invocation() {
+        let ms = Duration::from_millis;
+        let now = Instant::now();
+        // Little is left: every bound ends with the invocation.
+        let invocation = now + ms(500);
+        let clipped = deadlines(ms(10_000), ms(30_000), ms(60_000), invocation);
+        assert_eq!(clipped.connect, invocation);
+        assert_eq!(clipped.first_byte, invocation);
+        assert_eq!(clipped.total, invocation);
+        // Plenty is left: each bound is its own.
+        let invocation = now + ms(60_000);
+        let own = deadlines(ms(100), ms(200), ms(300), invocation);
+        assert!(own.connect < own.first_byte && own.first_byte < own.total);
+        assert!(own.total <= Instant::now() + ms(300) && own.total < invocation);
+        assert!(own.connect >= now + ms(100));
+    }
+}
