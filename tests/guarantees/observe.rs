@@ -318,7 +318,8 @@ async fn spans_are_exported_over_otlp_as_one_trace_across_handlers() {
 
 /// With no `--otlp-endpoint` nothing is exported: after handling events the
 /// runtime's only connections are to NATS (and into its own admin server),
-/// and nothing reaches a listener on OTLP's default ports.
+/// and nothing reaches a listener on OTLP's default ports, even once the
+/// runtime has stopped (the moment an exporter flushes what it buffered).
 #[tokio::test(flavor = "multi_thread")]
 async fn without_an_otlp_endpoint_the_runtime_connects_only_to_nats() {
     // Ports another process holds are skipped; the socket check still runs.
@@ -329,7 +330,7 @@ async fn without_an_otlp_endpoint_the_runtime_connects_only_to_nats() {
     let ChaosHost {
         nats,
         plugins: _plugins,
-        runtime,
+        mut runtime,
         js,
     } = ChaosHost::start("").await;
     for i in 0..5 {
@@ -340,6 +341,7 @@ async fn without_an_otlp_endpoint_the_runtime_connects_only_to_nats() {
     let peers = outgoing_connections(runtime.pid());
     assert!(!peers.is_empty(), "not even the NATS connection was found");
     assert!(peers.iter().all(|port| *port == nats.port), "{peers:?}");
+    assert!(runtime.terminate().success());
     for listener in &listeners {
         listener.set_nonblocking(true).unwrap();
         let accepted = listener.accept();
