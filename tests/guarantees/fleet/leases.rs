@@ -70,9 +70,10 @@ impl Pair {
     }
 }
 
-/// An event that sleeps 50 ms, numbered `seq` in its key.
-fn sleep_50ms(seq: u64) -> Value {
-    json!({"action": "sleep", "ms": 50, "seq": seq})
+/// An event that sleeps 200 ms, numbered `seq` in its key: slow enough that
+/// the holder is stopped or paused with most of its events still to do.
+fn slow_event(seq: u64) -> Value {
+    json!({"action": "sleep", "ms": 200, "seq": seq})
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -132,7 +133,7 @@ async fn key_order_holds_across_two_runtimes_through_retries_and_a_kill() {
 async fn a_stopped_holder_hands_its_keys_back_in_order_and_its_lease_over_at_once() {
     const KEYS: [&str; 3] = ["a", "b", "c"];
     let mut pair = Pair::start("[limits]\nconcurrency = 3").await;
-    let total = pair.publish(&KEYS, 15, sleep_50ms).await;
+    let total = pair.publish(&KEYS, 15, slow_event).await;
     pair.holder_handled(total / 5);
     let status = pair.holder.terminate();
     assert!(status.success(), "{status:?}");
@@ -162,7 +163,7 @@ async fn a_paused_holder_wakes_to_a_lost_lease_and_runs_nothing_beside_its_succe
     const KEYS: [&str; 3] = ["a", "b", "c"];
     const CONCURRENCY: usize = 3;
     let pair = Pair::start(&format!("[limits]\nconcurrency = {CONCURRENCY}")).await;
-    let total = pair.publish(&KEYS, 20, sleep_50ms).await;
+    let total = pair.publish(&KEYS, 20, slow_event).await;
     pair.holder_handled(total / 5);
     let (first, second) = (&pair.holder, &pair.standby);
     signal(first.pid(), "-STOP");
