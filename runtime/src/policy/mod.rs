@@ -1,12 +1,13 @@
 //! The delivery policy: which events run, in what order, and what becomes
 //! of an event after an attempt.
 //!
-//! - [`dedup`]: a handler runs successfully at most once per event;
 //! - [`ordering`]: events sharing a partition key run one at a time;
 //! - [`retry`]: failed attempts are retried with backoff, up to a limit.
 //!
-//! Keeping these decisions here, apart from the mechanics of publishing and
-//! acking in [`crate::outcome`], is what keeps each of them small.
+//! Whether an event already has its outcome is the ledger's
+//! ([`crate::ledger`]). Keeping these decisions here, apart from the
+//! mechanics of publishing and acking in [`crate::outcome`], is what keeps
+//! each of them small.
 
 pub mod ordering;
 pub mod retry;
@@ -60,6 +61,17 @@ mod tests {
 
     fn failure(kind: FailureKind) -> Failure {
         Failure::new(kind, "x")
+    }
+
+    #[test]
+    fn conflict_delays_grow_stay_in_their_band_and_stop_growing() {
+        for n in 1..=10 {
+            let base = 5u64 << n.min(6);
+            for _ in 0..200 {
+                let ms = conflict_delay(n).as_millis() as u64;
+                assert!((base / 2..=base / 2 + base).contains(&ms), "{n}: {ms}");
+            }
+        }
     }
 
     #[test]

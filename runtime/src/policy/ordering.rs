@@ -78,6 +78,25 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_key_is_the_partitionkey_extension_else_the_subject() {
+        use cloudevents::{EventBuilder, EventBuilderV10};
+        let event = |key: Option<&str>| {
+            let builder = EventBuilderV10::new().id("1").source("/s").ty("t");
+            match key {
+                Some(key) => builder.extension("partitionkey", key),
+                None => builder,
+            }
+            .build()
+            .unwrap()
+        };
+        assert_eq!(partition_key(&event(Some("o-1")), "orders.created"), "o-1");
+        assert_eq!(
+            partition_key(&event(None), "orders.created"),
+            "orders.created"
+        );
+    }
+
+    #[test]
     fn one_worker_per_key_in_arrival_order() {
         let q = KeyedQueue::default();
         assert_eq!(q.admit("a", 1), Some(1));

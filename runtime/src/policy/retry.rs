@@ -125,6 +125,17 @@ mod tests {
     }
 
     #[test]
+    fn the_longest_backoff_is_a_day() {
+        let hours = |h: u64| RetryPolicy {
+            max_backoff: Duration::from_secs(h * 3600),
+            ..policy(0.0)
+        };
+        assert!(hours(24).validate().is_ok());
+        assert!(hours(23).validate().is_ok());
+        assert!(hours(25).validate().is_err());
+    }
+
+    #[test]
     fn bad_values_are_refused() {
         let bad = [
             RetryPolicy {
