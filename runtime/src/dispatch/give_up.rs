@@ -58,9 +58,12 @@ impl Attempts {
                 self.dead_lettered(reason, error, attempts)
             }
             again => {
-                // The decision stays on record: the next delivery stores
-                // the letter with the real kind and message.
-                self.release(lease).await;
+                // The decision stays on record, the run counted: the next
+                // delivery stores the letter with the real kind, message
+                // and attempts.
+                if let Err(err) = self.processed.set_aside(lease).await {
+                    tracing::warn!(error = chain(&err), "could not hand the event back");
+                }
                 again
             }
         }

@@ -354,6 +354,16 @@ impl ProcessedEvents {
             .map(drop)
     }
 
+    /// Gives the claim up with the history as it is: the run stays counted
+    /// and a decision to give up stays on record, for the next delivery to
+    /// carry out at once (a dead letter that could not be stored).
+    pub async fn set_aside(&self, lease: Lease) -> Result<()> {
+        let history = lease.history.clone();
+        self.advance(lease, &Record::Failed { history })
+            .await
+            .map(drop)
+    }
+
     /// The event was dead-lettered: later copies are skipped until a replay
     /// deletes this record.
     pub async fn dead_lettered(

@@ -151,3 +151,20 @@ async fn a_decision_to_give_up_outlives_its_holder() {
     // The dead holder can no longer write.
     assert!(records.done(decided, "v1").await.is_err());
 }
+
+#[tokio::test]
+async fn an_event_set_aside_keeps_its_run_counted_and_its_decision() {
+    let (_, records) = records(Duration::from_secs(30));
+    let e = event("/a", "1");
+    let Claim::Acquired(lease) = records.claim(&e).await.unwrap() else {
+        panic!("claim")
+    };
+    let decided = records.give_up(lease).await.unwrap();
+    records.set_aside(decided).await.unwrap();
+    // Taken over at once (no lease to wait out), the first run still counted.
+    let Claim::Acquired(next) = records.claim(&e).await.unwrap() else {
+        panic!("takeover")
+    };
+    assert_eq!(next.history.attempts, 2);
+    assert!(next.history.gave_up.is_some());
+}
