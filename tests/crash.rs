@@ -30,7 +30,7 @@ async fn crash_at(point: &str, fill: usize) {
     // The successor gets the event after the ack wait and finishes (or
     // redoes) the same commit.
     let successor = Runtime::start(&nats, &plugins, 1);
-    settled(&js, "COUNTER", "counter").await;
+    consumer_settled(&js, "COUNTER", "counter", SETTLE).await;
     let state = bucket_json(&js, "counters").await;
     assert_eq!(state["k"], 1, "{point}: the count, applied once: {state:?}");
     for i in 0..fill {
@@ -53,17 +53,6 @@ async fn crash_at(point: &str, fill: usize) {
             "{point}: ran the handler again"
         );
     }
-}
-
-/// Waits until `consumer` of `stream` has nothing left to deliver or settle.
-async fn settled(js: &async_nats::jetstream::Context, stream: &str, consumer: &str) {
-    eventually(
-        "the events to settle",
-        SETTLE,
-        || consumer_state(js, stream, consumer),
-        |(pending, ack_pending, _)| *pending == 0 && *ack_pending == 0,
-    )
-    .await;
 }
 
 /// Starts a runtime that crashes at `point`, sends it `event`, and checks it
@@ -125,7 +114,7 @@ async fn a_crashed_single_write_is_not_built_on_before_it_is_finished() {
     let second = TestEvent::new("second", "com.example.count", json!({ "key": "k" }));
     publish(&js, "counter.in", second.structured()).await;
     let successor = Runtime::start(&nats, &plugins, 1);
-    settled(&js, "COUNTER", "counter").await;
+    consumer_settled(&js, "COUNTER", "counter", SETTLE).await;
     let state = bucket_json(&js, "counters").await;
     assert_eq!(state["k"], 2, "each event counted once: {state:?}");
     let runs = successful_runs(&[&successor], "counter");
@@ -166,7 +155,7 @@ async fn unclaimed_crash_at(point: &str, successor_outcome: &str) {
     crash_on(&nats, &plugins, point, "chaos.in", &event).await;
 
     let successor = Runtime::start(&nats, &plugins, 1);
-    settled(&js, "CHAOS", "chaos").await;
+    consumer_settled(&js, "CHAOS", "chaos", SETTLE).await;
     let outputs = stored_messages(&js, "CHAOS", "chaos.done").await;
     assert_eq!(outputs.len(), 1, "{point}: one output");
     let settled = successor.outcomes(successor_outcome).len();
@@ -197,7 +186,7 @@ async fn a_crash_after_storing_a_dead_letter_leaves_that_one_outcome() {
     // Fixed meanwhile: a run now would succeed.
     plugins.install("chaos", "chaos", &manifest(false));
     let successor = Runtime::start(&nats, &plugins, 1);
-    settled(&js, "CHAOS", "chaos").await;
+    consumer_settled(&js, "CHAOS", "chaos", SETTLE).await;
     assert_eq!(
         successor.outcomes("dead_lettered").len(),
         1,

@@ -248,6 +248,24 @@ pub fn is_added_header(name: &str) -> bool {
 mod tests {
     use super::*;
 
+    /// A letter of handler `h`, version `v`, failed at time 0; tests set
+    /// the fields they are about.
+    fn test_letter() -> DeadLetter<'static> {
+        let time = DateTime::from_timestamp_millis(0).unwrap();
+        DeadLetter {
+            handler: "h",
+            version: "v",
+            reason: DeadLetterReason::InvalidEvent,
+            error: "e",
+            attempts: 1,
+            first_failure: time,
+            last_failure: time,
+            mode: None,
+            record: None,
+            given_up_at: None,
+        }
+    }
+
     #[test]
     fn errors_become_one_bounded_line() {
         assert_eq!(one_line("a\nb\r\tc"), "a b  c");
@@ -280,18 +298,11 @@ mod tests {
         original.insert("ce-id", "o-1");
         original.insert("ce-source", "/t");
         original.insert("ce-type", "t");
-        let time = DateTime::from_timestamp_millis(0).unwrap();
         let letter = DeadLetter {
-            handler: "h",
-            version: "v",
-            reason: DeadLetterReason::InvalidEvent,
             error: "ours",
             attempts: 3,
-            first_failure: time,
-            last_failure: time,
             mode: Some(ContentMode::Binary),
-            record: None,
-            given_up_at: None,
+            ..test_letter()
         };
         let headers = letter.headers(Some(&original), "orders.created", "ORDERS", 7);
         let values = |wanted: &str| -> Vec<String> {
@@ -331,18 +342,11 @@ mod tests {
             original.insert(name, "kept");
         }
         original.insert("Nats-Msg-Id", "o-1");
-        let time = DateTime::from_timestamp_millis(0).unwrap();
         let letter = DeadLetter {
-            handler: "h",
-            version: "v",
-            reason: DeadLetterReason::InvalidEvent,
-            error: "e",
-            attempts: 1,
-            first_failure: time,
-            last_failure: time,
             mode: Some(ContentMode::Binary),
             record: Some("b/k"),
             given_up_at: Some(7),
+            ..test_letter()
         };
         let headers = letter.headers(Some(&original), "orders.created", "ORDERS", 7);
         let mut kept = Vec::new();
@@ -365,18 +369,10 @@ mod tests {
 
     #[test]
     fn a_given_up_event_names_its_letter_after_the_decision_not_the_delivery() {
-        let time = DateTime::from_timestamp_millis(0).unwrap();
         let letter = |given_up_at| DeadLetter {
-            handler: "h",
-            version: "v",
-            reason: DeadLetterReason::InvalidEvent,
-            error: "e",
-            attempts: 1,
-            first_failure: time,
-            last_failure: time,
-            mode: None,
             record: Some("processed-h/k"),
             given_up_at,
+            ..test_letter()
         };
         let id = |letter: DeadLetter, sequence| {
             let headers = letter.headers(None, "orders.created", "ORDERS", sequence);

@@ -320,9 +320,7 @@ impl ProcessedEvents {
     pub async fn failed(&self, lease: Lease, kind: FailureKind, error: &str) -> Result<()> {
         let mut history = lease.history.clone();
         history.record_failure(kind, error);
-        self.advance(lease, &Record::Failed { history })
-            .await
-            .map(drop)
+        self.hand_back(lease, history).await
     }
 
     /// Records the decision to dead-letter the event, before its letter is
@@ -349,9 +347,7 @@ impl ProcessedEvents {
         if lease.counted_run {
             history.attempts = history.attempts.saturating_sub(1);
         }
-        self.advance(lease, &Record::Failed { history })
-            .await
-            .map(drop)
+        self.hand_back(lease, history).await
     }
 
     /// Gives the claim up with the history as it is: the run stays counted
@@ -359,6 +355,12 @@ impl ProcessedEvents {
     /// carry out at once (a dead letter that could not be stored).
     pub async fn set_aside(&self, lease: Lease) -> Result<()> {
         let history = lease.history.clone();
+        self.hand_back(lease, history).await
+    }
+
+    /// Ends this holder's claim with `history` on record (`failed`): the
+    /// next delivery takes the event over at once.
+    async fn hand_back(&self, lease: Lease, history: FailureHistory) -> Result<()> {
         self.advance(lease, &Record::Failed { history })
             .await
             .map(drop)
