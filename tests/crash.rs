@@ -64,8 +64,21 @@ async fn crash_on(
     subject: &str,
     event: &TestEvent,
 ) {
+    crash_with_streams(nats, plugins, point, (subject, event), TEST_STREAMS).await;
+}
+
+/// [`crash_on`] with the runtime config `streams`.
+async fn crash_with_streams(
+    nats: &NatsServer,
+    plugins: &Plugins,
+    point: &str,
+    (subject, event): (&str, &TestEvent),
+    streams: &str,
+) {
     let failpoints = [("EVENTHOST_FAILPOINTS", point)];
-    let mut doomed = Runtime::start_env(&nats.url(), plugins, 1, &[], &failpoints);
+    let args = ["--plugins", plugins.path().to_str().unwrap()];
+    let mut doomed = Runtime::launch(&nats.url(), &args, streams, &failpoints);
+    doomed.wait_consuming(1);
     let js = nats.jetstream().await;
     publish(&js, subject, event.structured()).await;
     let status = doomed.wait_for_exit(Duration::from_secs(30));
@@ -201,4 +214,55 @@ async fn a_crash_after_storing_a_dead_letter_leaves_that_one_outcome() {
     assert!(outputs.is_empty(), "a dead-lettered event succeeded too");
     let letters = stored_messages(&js, "EVENTHOST_DLQ", "dlq.chaos").await;
     assert_eq!(letters.len(), 1, "one dead letter");
+}
+
+/// Outputs are stored once only within the output stream's duplicate
+/// window. A commit resumed after it publishes its outputs again with the
+/// same ids, and they are stored again: at-least-once, never lost, while
+/// the state is still applied once.
+#[tokio::test(flavor = "multi_thread")]
+async fn outputs_published_again_after_the_duplicate_window_are_stored_again() {
+    let nats = NatsServer::start();
+    let plugins = Plugins::new();
+    plugins.install_example("counter");
+    let js = nats.jetstream().await;
+    let counter_stream = "subjects = [\"counter.>\"]";
+    let window = format!("{counter_stream}\nduplicate_window = \"1s\"");
+    let streams = TEST_STREAMS.replace(counter_stream, &window);
+    assert_ne!(streams, TEST_STREAMS);
+    let event = TestEvent::new("late", "com.example.count", json!({ "key": "k" }));
+    let input = ("counter.in", &event);
+    crash_with_streams(&nats, &plugins, "commit.published:1", input, &streams).await;
+
+    // Evidence that the outputs' window has passed: a probe published after
+    // them, published again, is stored instead of taken for a duplicate.
+    let probe = || {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", "window-probe");
+        js.publish_with_headers("counter.probe", headers, "".into())
+    };
+    probe().await.unwrap().await.unwrap();
+    eventually(
+        "the duplicate window to pass",
+        SETTLE,
+        || async { probe().await.unwrap().await.unwrap().duplicate },
+        |duplicate| !duplicate,
+    )
+    .await;
+
+    let args = ["--plugins", plugins.path().to_str().unwrap()];
+    let successor = Runtime::launch(&nats.url(), &args, &streams, &[]);
+    successor.wait_consuming(1);
+    consumer_settled(&js, "COUNTER", "counter", SETTLE).await;
+    let succeeded = successor.outcomes("succeeded");
+    assert_eq!(succeeded.len(), 1);
+    assert_eq!(succeeded[0]["resumed"], true, "ran the handler again");
+    assert_eq!(bucket_json(&js, "counters").await["k"], 1, "state once");
+    let outputs = stored_messages(&js, "COUNTER", "counter.updated").await;
+    assert_eq!(
+        outputs.len(),
+        2,
+        "the output, published again, stored again"
+    );
+    assert_eq!(outputs[0].cloudevent()["id"], outputs[1].cloudevent()["id"]);
 }

@@ -2,7 +2,8 @@
 //! first signal drains, a second one exits at once) or SIGTERM, connecting
 //! with a `token@` URL to a server that requires a token and with a creds
 //! file to one in operator mode, replicas sharing a consumer, a NATS
-//! restart, and the compiled-code cache across restarts.
+//! restart, the compiled-code cache across restarts, and declarations
+//! JetStream refuses at start tried again.
 
 use std::collections::BTreeSet;
 use std::process::Command;
@@ -273,4 +274,40 @@ async fn compiled_code_is_cached_across_restarts_and_a_bad_entry_is_rebuilt() {
     let js = nats.jetstream().await;
     send(&js, "after-rebuild", json!({"action": "ok"})).await;
     collect(&js, "CHAOS", "chaos.done", 1, WAIT).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn declarations_jetstream_refuses_at_start_are_tried_again() {
+    // Another stream captures the chaos handler's subjects, so JetStream
+    // refuses the CHAOS stream until that one is gone: a stand-in for a
+    // cluster still electing its leaders when the runtime starts.
+    let nats = NatsServer::start();
+    let js = nats.jetstream().await;
+    let squatter = async_nats::jetstream::stream::Config {
+        name: "SQUATTER".into(),
+        subjects: vec!["chaos.>".into()],
+        ..Default::default()
+    };
+    js.create_stream(squatter).await.unwrap();
+    let plugins = Plugins::new();
+    plugins.install("chaos", "chaos", &chaos_manifest(""));
+    let args = ["--plugins", plugins.path().to_str().unwrap()];
+    let mut runtime = Runtime::launch(&nats.url(), &args, TEST_STREAMS, &[]);
+
+    let refused = "JetStream did not take the declarations yet";
+    wait_until("three refused declarations", WAIT, || {
+        runtime.logs_with_message(refused).len() >= 3
+    });
+    assert!(
+        runtime.is_running(),
+        "it keeps trying:\n{}",
+        runtime.raw_log()
+    );
+    assert!(runtime.logs_with_message("consuming").is_empty());
+
+    js.delete_stream("SQUATTER").await.unwrap();
+    runtime.wait_consuming(1);
+    send(&js, "after-the-refusals", json!({"action": "ok"})).await;
+    let done = collect(&js, "CHAOS", "chaos.done", 1, WAIT).await;
+    assert_eq!(inputs_of(&done), ["after-the-refusals".to_string()].into());
 }

@@ -57,7 +57,14 @@ pub fn invocation_started(at: Instant) {
 
 /// Whether other work arrived within the last two ticks.
 fn others_starting() -> bool {
-    ticks_at(Instant::now()).saturating_sub(LAST_START.load(Ordering::Relaxed)) <= 2
+    rests(ticks_at(Instant::now()), LAST_START.load(Ordering::Relaxed))
+}
+
+/// Whether a long runner rests before its next turn at tick `now`: only
+/// while invocations keep starting (the last one at most two ticks ago), so
+/// a CPU-heavy handler alone on the runtime runs without pauses.
+fn rests(now: u64, last_start: u64) -> bool {
+    now.saturating_sub(last_start) <= 2
 }
 
 /// The turn an invocation holds, if it is a long runner between two ticks.
@@ -86,6 +93,16 @@ impl Turn {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_long_runner_rests_only_while_other_invocations_start() {
+        assert!(rests(100, 100));
+        assert!(rests(102, 100));
+        assert!(!rests(103, 100));
+        assert!(!rests(100, 0), "alone since start");
+        // A start read after `now` was taken (another thread) is recent.
+        assert!(rests(100, 101));
+    }
 
     #[tokio::test]
     async fn long_runners_queue_for_the_turns_in_order() {

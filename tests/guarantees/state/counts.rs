@@ -1,5 +1,5 @@
 //! Handler state, end to end: every count exact under duplicates, replicas,
-//! SIGKILL and a NATS outage; no lost update when replicas race on one key;
+//! SIGKILL and a NATS outage;
 //! failed invocations write nothing; grants and limits enforced. Counts are
 //! read from the bucket itself, with a plain NATS client: a handler that ran
 //! twice with state it had already changed would count twice.
@@ -7,63 +7,9 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use super::counter::*;
 use crate::support::*;
-use async_nats::jetstream;
 use serde_json::{Value, json};
-
-const SETTLE: Duration = Duration::from_secs(150);
-
-fn counter_manifest(extra: &str) -> String {
-    let base = std::fs::read_to_string(repo_root().join("examples/counter/handler.toml")).unwrap();
-    format!("{base}\n{extra}")
-}
-
-/// The counter example, installed with `extra` manifest sections.
-fn counter_plugins(extra: &str) -> Plugins {
-    let plugins = Plugins::new();
-    plugins.install("counter", "counter", &counter_manifest(extra));
-    plugins
-}
-
-fn count_event(id: &str, data: Value) -> TestEvent {
-    TestEvent::new(id, "com.example.count", data)
-}
-
-/// Publishes every message, then waits for all the publish acks.
-async fn publish_all(js: &jetstream::Context, messages: Vec<(async_nats::HeaderMap, Vec<u8>)>) {
-    let mut acks = Vec::new();
-    for (headers, payload) in messages {
-        let ack = js.publish_with_headers("counter.in", headers, payload.into());
-        acks.push(ack.await.unwrap());
-    }
-    for ack in acks {
-        ack.await.unwrap();
-    }
-}
-
-/// The counters bucket as numbers.
-async fn counts(js: &jetstream::Context) -> BTreeMap<String, u64> {
-    let all = bucket_json(js, "counters").await;
-    all.into_iter()
-        .map(|(k, v)| (k, v.as_u64().expect("a count")))
-        .collect()
-}
-
-/// Waits until the counter's consumer has nothing left to deliver or settle.
-async fn settled(js: &jetstream::Context) {
-    eventually(
-        "the counter's consumer to settle",
-        SETTLE,
-        || consumer_state(js, "COUNTER", "counter"),
-        |(pending, ack_pending, _)| *pending == 0 && *ack_pending == 0,
-    )
-    .await;
-}
-
-async fn dead_letter_count(js: &jetstream::Context) -> u64 {
-    let mut dlq = js.get_stream("EVENTHOST_DLQ").await.unwrap();
-    dlq.info().await.unwrap().state.messages
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn every_count_is_exact_under_duplicates_replicas_and_a_sigkill() {
@@ -117,43 +63,6 @@ async fn every_count_is_exact_under_duplicates_replicas_and_a_sigkill() {
     let runs = successful_runs(&[&doomed, &survivor, &replacement], "counter");
     assert!(runs.len() <= EVENTS, "{} events ran", runs.len());
     assert!(!survivor.outcomes("succeeded").is_empty());
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn replicas_racing_on_one_key_lose_no_update() {
-    const EVENTS: u64 = 120;
-    let retry = "[retry]\nmax_attempts = 50\ninitial_backoff = \"10ms\"\nmax_backoff = \"200ms\"";
-    let nats = NatsServer::start();
-    let manifest = counter_manifest(retry).replace("concurrency = 32", "concurrency = 4");
-    let plugins = Plugins::new();
-    plugins.install("counter", "counter", &manifest);
-    let a = Runtime::start(&nats, &plugins, 1);
-    let b = Runtime::start(&nats, &plugins, 1);
-    let js = nats.jetstream().await;
-    let messages = (0..EVENTS)
-        .map(|i| {
-            count_event(&format!("r-{i}"), json!({ "key": "hot", "sleep_ms": 10 })).structured()
-        })
-        .collect();
-    publish_all(&js, messages).await;
-    settled(&js).await;
-
-    assert_eq!(counts(&js).await.get("hot"), Some(&EVENTS));
-    // Every value from 1 to N was reached by exactly one event: no two
-    // commits built on the same read.
-    let updates = collect(&js, "COUNTER", "counter.updated", EVENTS as usize, SETTLE).await;
-    let mut values: Vec<u64> = updates
-        .iter()
-        .map(|u| u.data()["value"].as_u64().unwrap())
-        .collect();
-    values.sort();
-    assert_eq!(values, (1..=EVENTS).collect::<Vec<_>>());
-    let conflicts: f64 = [&a, &b]
-        .iter()
-        .map(|r| r.metric("eventhost_state_conflicts_total", &[("store", "counters")]))
-        .sum();
-    assert!(conflicts > 0.0, "the races were seen and counted");
-    assert_eq!(dead_letter_count(&js).await, 0);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -1,8 +1,10 @@
-//! Handler state: key-value counts exact under every fault, an
-//! event-sourced account, the checkout's read model, and the atomic batch
-//! a one-write commit is built on.
+//! Handler state: key-value counts exact under every fault, races lost and
+//! run again, an event-sourced account, the checkout's read model, and the
+//! atomic batch a one-write commit is built on.
 
 mod atomic_batch;
+mod counter;
 mod counts;
 mod event_sourcing;
+mod races;
 mod read_model;
