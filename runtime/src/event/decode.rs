@@ -350,6 +350,13 @@ mod tests {
         );
         let v03 = br#"{"specversion":"0.3","id":"x","source":"/s","type":"t"}"#;
         assert!(error_of(None, v03).contains("0.3"));
+        // A version the SDK does not know at all: named, not the SDK's error.
+        let v2 = br#"{"specversion":"2.0","id":"x","source":"/s","type":"t"}"#;
+        let err = decode(None, v2).unwrap_err();
+        assert!(
+            matches!(err, DecodeError::SpecVersion(ref v) if v == "2.0"),
+            "{err}"
+        );
         let empty_id = br#"{"specversion":"1.0","id":"","source":"/s","type":"t"}"#;
         assert!(error_of(None, empty_id).contains("`id`"));
 

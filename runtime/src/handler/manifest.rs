@@ -430,6 +430,42 @@ mod tests {
     }
 
     #[test]
+    fn every_bound_itself_is_accepted() {
+        let with = |section: &str, line: &str| format!("subscribe = [\"a\"]\n[{section}]\n{line}");
+        for text in [
+            with("limits", "timeout = \"15m\""),
+            with("limits", "timeout = \"1ms\""),
+            with("limits", "memory = \"1 MiB\""),
+            with("limits", "memory = \"4 GiB\""),
+            with("limits", "concurrency = 1"),
+            with("limits", "concurrency = 1024"),
+            with("limits", "max_event_size = \"1 B\""),
+            with("limits", "max_event_size = \"64 MiB\""),
+            with("idempotency", "window = \"1m\""),
+            with("idempotency", "window = \"365d\""),
+        ] {
+            if let Err(err) = HandlerManifest::parse(&text, "h") {
+                panic!("{text:?}: {err:#}");
+            }
+        }
+        for (text, expect) in [
+            (with("limits", "memory = \"1023 KiB\""), "limits.memory"),
+            (with("limits", "concurrency = 0"), "limits.concurrency"),
+            (
+                with("limits", "max_event_size = \"65 MiB\""),
+                "limits.max_event_size",
+            ),
+            (
+                with("idempotency", "window = \"59s\""),
+                "idempotency.window",
+            ),
+        ] {
+            let err = error_of(&text);
+            assert!(err.contains(expect), "{text:?}: {err}");
+        }
+    }
+
+    #[test]
     fn load_names_the_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("broken.toml");

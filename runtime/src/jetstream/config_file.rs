@@ -192,6 +192,20 @@ mod tests {
     }
 
     #[test]
+    fn load_reads_the_file_and_its_errors_name_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("eventhost.toml");
+        std::fs::write(&path, "replicas = 3\n").unwrap();
+        assert_eq!(RuntimeConfig::load(&path).unwrap().replicas, 3);
+        std::fs::write(&path, "replicas = 9\n").unwrap();
+        let err = format!("{:#}", RuntimeConfig::load(&path).unwrap_err());
+        assert!(
+            err.contains("eventhost.toml") && err.contains("replicas"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn the_deployment_recipes_config_is_valid() {
         let config = RuntimeConfig::parse(include_str!("../../../deploy/systemd/eventhost.toml"))
             .expect("deploy/systemd/eventhost.toml");
