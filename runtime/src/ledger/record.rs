@@ -293,7 +293,11 @@ mod tests {
             }],
             outputs: vec![PlannedMessage {
                 subject: "out".into(),
-                headers: pairs_to_headers(&[("ce-type".into(), "t".into())]),
+                headers: {
+                    let mut headers = HeaderMap::new();
+                    headers.insert("ce-type", "t");
+                    headers
+                },
                 msg_id: Some("x".into()),
                 payload: Bytes::from_static(b"{}"),
             }],
@@ -312,7 +316,14 @@ mod tests {
         assert!(json.contains("\"last_kind\":\"conflict\""), "{json}");
         let back: Record = serde_json::from_str(&json).unwrap();
         assert_eq!(back.commit_in_progress(), Some(&plan));
+        let output = &back.commit_in_progress().unwrap().outputs[0];
+        assert_eq!(output.headers.get("ce-type").map(|v| v.as_str()), Some("t"));
         assert!(plan.marks_pending(), "a single write is pending too");
+        let outputs_only = CommitPlan {
+            writes: vec![],
+            ..plan
+        };
+        assert!(!outputs_only.marks_pending());
     }
 
     #[test]

@@ -348,6 +348,36 @@ async fn an_append_that_loses_undoes_the_writes_before_it() {
 }
 
 #[tokio::test]
+async fn appends_to_several_subjects_each_follow_their_own_last_event() {
+    let w = World::new();
+    let lease = w.lease().await;
+    let writes = vec![
+        append("ev.a", "a1", Some(0)),
+        append("ev.b", "b1", Some(0)),
+        append("ev.a", "a2", None),
+        append("ev.b", "b2", None),
+        append("ev.a", "a3", None),
+    ];
+    let plan = plan(&lease, writes);
+    w.committer().commit(lease, plan, "v1").await.unwrap();
+    assert_eq!(w.events(), ["a1", "b1", "a2", "b2", "a3"]);
+}
+
+#[test]
+fn an_undo_restores_the_prior_value_with_its_own_headers_only() {
+    let headers = [
+        ("Nats-Msg-Id", "their-write"),
+        ("KV-Operation", "DEL"),
+        ("Traceparent", "00-abc"),
+    ]
+    .map(|(n, v)| (n.to_string(), v.to_string()));
+    let restore = restore_prior("state", "k", Some(Bytes::from("old")), &headers);
+    assert_eq!(restore.payload, Bytes::from("old"));
+    let kept: Vec<&str> = restore.headers.iter().map(|(n, _)| n.as_ref()).collect();
+    assert_eq!(kept, ["Traceparent"], "{:?}", restore.headers);
+}
+
+#[tokio::test]
 async fn a_crash_while_undoing_is_undone_by_the_next_holder() {
     for cut in 0..4 {
         let w = World::new();
@@ -401,4 +431,50 @@ async fn a_plan_too_large_for_a_record_is_refused_before_anything_is_written() {
     };
     assert_eq!(failure.kind, FailureKind::LimitExceeded);
     assert_eq!(w.store.writes(), writes);
+
+    // A plan of exactly the limit fits.
+    let w = World::new();
+    let lease = w.lease().await;
+    let fitting = self::plan(&lease, vec![set("big", &big, 0, None)]);
+    let exact = Committer {
+        max_record: serde_json::to_vec(&fitting).unwrap().len(),
+        ..w.committer()
+    };
+    exact.commit(lease, fitting, "v1").await.unwrap();
+    assert_eq!(w.value("big").await.as_deref(), Some(big.as_bytes()));
+}
+
+#[tokio::test]
+async fn an_unclaimed_run_stores_its_outputs_once_and_may_not_change_state() {
+    let w = World::new();
+    let key = ProcessedEvents::key(&event());
+    let outputs = vec![message("out.a", "o1")];
+    let with_state = CommitPlan {
+        id: new_commit_id(&key),
+        writes: vec![set("k", "v", 0, None)],
+        outputs: outputs.clone(),
+    };
+    let failure = (w.committer().commit_unclaimed(&key, with_state, "v1").await).unwrap_err();
+    assert_eq!(failure.kind, FailureKind::Output);
+    assert_eq!((w.outputs(), w.value("k").await), (0, None));
+
+    let outputs_only = || CommitPlan {
+        id: new_commit_id(&key),
+        writes: vec![],
+        outputs: outputs.clone(),
+    };
+    let first = w
+        .committer()
+        .commit_unclaimed(&key, outputs_only(), "v1")
+        .await;
+    assert!(matches!(first, Ok(UnclaimedRun::Counted)));
+    assert_eq!(w.outputs(), 1);
+    // A copy run at the same time records second: discarded, its outputs
+    // deduplicated by their ids.
+    let copy = w
+        .committer()
+        .commit_unclaimed(&key, outputs_only(), "v1")
+        .await;
+    assert!(matches!(copy, Ok(UnclaimedRun::Discarded)));
+    assert_eq!(w.outputs(), 1);
 }

@@ -147,19 +147,23 @@ pub async fn declare(
     window: Duration,
     replicas: usize,
 ) -> anyhow::Result<()> {
+    let config = bucket_config(consumer, window, replicas);
+    let bucket = config.name.clone();
+    crate::jetstream::declare::declare_stream(js, config)
+        .await
+        .with_context(|| format!("declaring the idempotency bucket {bucket}"))?;
+    Ok(())
+}
+
+/// The record bucket's stream: on disk, each record kept for the window.
+fn bucket_config(consumer: &str, window: Duration, replicas: usize) -> stream::Config {
     let bucket = bucket_name(consumer);
     let description = format!("eventhost: events consumer {consumer} has processed");
-    crate::jetstream::declare::declare_stream(
-        js,
-        stream::Config {
-            max_age: window,
-            storage: stream::StorageType::File,
-            ..crate::jetstream::declare::bucket_stream(&bucket, description, replicas)
-        },
-    )
-    .await
-    .with_context(|| format!("declaring the idempotency bucket {bucket}"))?;
-    Ok(())
+    stream::Config {
+        max_age: window,
+        storage: stream::StorageType::File,
+        ..crate::jetstream::declare::bucket_stream(&bucket, description, replicas)
+    }
 }
 
 impl ProcessedEvents {

@@ -30,6 +30,28 @@ fn the_key_is_source_and_id() {
 }
 
 #[tokio::test]
+async fn a_lease_names_its_record_and_a_claim_makes_one() {
+    // The bucket name is part of the operator's interface (`KV_processed-…`).
+    assert_eq!(bucket_name("payment"), "processed-payment");
+    let config = bucket_config("payment", Duration::from_secs(86400), 3);
+    assert_eq!(config.name, "KV_processed-payment");
+    assert_eq!(config.max_age, Duration::from_secs(86400));
+    assert_eq!(config.storage, stream::StorageType::File);
+    let (store, records) = records(Duration::from_secs(30));
+    let e = event("/a", "1");
+    let key = ProcessedEvents::key(&e);
+    assert!(!records.has_record(&key).await.unwrap());
+    let Claim::Acquired(lease) = records.claim(&e).await.unwrap() else {
+        panic!("first claim")
+    };
+    assert!(records.has_record(&key).await.unwrap());
+    let named = lease.record_ref(&records);
+    assert_eq!(named, format!("processed-c/{key}"));
+    let read = crate::ledger::record::read_record(&*store, &named).await;
+    assert!(matches!(read, Ok(Some(Record::Claimed { .. }))), "{read:?}");
+}
+
+#[tokio::test]
 async fn one_holder_at_a_time_and_one_outcome() {
     let (_, records) = records(Duration::from_secs(30));
     let e = event("/a", "1");
