@@ -80,9 +80,9 @@ pub fn subject(handler: &str) -> String {
     format!("{SUBJECT_PREFIX}.{handler}")
 }
 
-/// Creates the dead-letter stream, or updates it to this shape.
-pub async fn ensure_stream(js: &jetstream::Context, replicas: usize) -> Result<()> {
-    crate::jetstream::declare::declare_stream(js, stream::Config {
+/// The dead-letter stream's shape.
+fn stream_config(replicas: usize) -> stream::Config {
+    stream::Config {
         name: STREAM.to_string(),
         description: Some("eventhost: events no handler could handle".into()),
         subjects: vec![format!("{SUBJECT_PREFIX}.>")],
@@ -91,8 +91,13 @@ pub async fn ensure_stream(js: &jetstream::Context, replicas: usize) -> Result<(
         allow_direct: true,
         num_replicas: replicas,
         ..Default::default()
-    })
-    .await
+    }
+}
+
+/// Creates the dead-letter stream, or updates it to this shape.
+pub async fn ensure_stream(js: &jetstream::Context, replicas: usize) -> Result<()> {
+    crate::jetstream::declare::declare_stream(js, stream_config(replicas))
+        .await
     .with_context(|| {
         format!("declaring the dead-letter stream {STREAM} on {SUBJECT_PREFIX}.> (does another stream capture it?)")
     })?;
@@ -267,12 +272,30 @@ mod tests {
     }
 
     #[test]
+    fn letters_are_kept_on_disk_per_handler_and_their_ids_for_an_hour() {
+        assert_eq!(subject("payment"), "dlq.payment");
+        let config = stream_config(3);
+        assert_eq!(config.name, STREAM);
+        assert!(config.description.is_some());
+        assert!(config.allow_direct, "`eventhost dlq` reads by direct get");
+        assert_eq!(config.subjects, ["dlq.>"]);
+        assert_eq!(config.duplicate_window, Duration::from_secs(3600));
+        assert_eq!(config.storage, stream::StorageType::File);
+        assert_eq!(config.num_replicas, 3);
+    }
+
+    #[test]
     fn errors_become_one_bounded_line() {
         assert_eq!(one_line("a\nb\r\tc"), "a b  c");
-        let long = "é".repeat(MAX_ERROR_LEN);
+        // Cut at the last character boundary within the limit (a 3-byte
+        // character straddles it here).
+        let long = "€".repeat(MAX_ERROR_LEN);
         let line = one_line(&long);
-        assert!(line.len() <= MAX_ERROR_LEN + '…'.len_utf8());
-        assert!(line.ends_with('…'));
+        let kept = MAX_ERROR_LEN / 3 * 3;
+        assert_eq!(line, format!("{}…", &long[..kept]));
+        // Exactly at the limit: kept whole.
+        let full = "a".repeat(MAX_ERROR_LEN);
+        assert_eq!(one_line(&full), full);
     }
 
     #[test]

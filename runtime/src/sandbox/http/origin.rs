@@ -171,11 +171,10 @@ fn split_host_port(text: &str) -> Option<(&str, Option<&str>)> {
             _ => Some((host, Some(after.strip_prefix(':')?))),
         };
     }
+    // An empty host is left to the name check, which refuses it.
     match text.split_once(':') {
-        Some((host, port)) if !host.is_empty() => Some((host, Some(port))),
-        Some(_) => None,
-        None if !text.is_empty() => Some((text, None)),
-        None => None,
+        Some((host, port)) => Some((host, Some(port))),
+        None => Some((text, None)),
     }
 }
 
@@ -243,6 +242,20 @@ mod tests {
     }
 
     #[test]
+    fn an_origin_is_shown_as_a_guest_would_write_it() {
+        // Refusals name the origin, so it must read back as a grant would.
+        assert_eq!(origin(true, "::1", 8443).to_string(), "https://[::1]:8443");
+        assert_eq!(
+            origin(false, "10.0.0.1", 80).to_string(),
+            "http://10.0.0.1:80"
+        );
+        assert_eq!(
+            origin(true, "api.example.com", 443).to_string(),
+            "https://api.example.com:443"
+        );
+    }
+
+    #[test]
     fn an_exact_grant_is_one_scheme_host_and_port() {
         let g = grant("https://api.example.com");
         assert!(g.matches(&origin(true, "api.example.com", 443)));
@@ -280,9 +293,58 @@ mod tests {
             ("*://x.example.com", "port must be written"),
             ("https://exa mple.com", "not a host name"),
             ("https://", "host"),
+            ("https://:443", "not a host name"),
+            ("https://[::1", "cannot read host and port"),
         ] {
             let err = AllowedOrigin::parse(text).unwrap_err().to_string();
             assert!(err.contains(why), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn names_with_hyphens_and_bracketed_v6_without_a_port_are_grants() {
+        let g = grant("https://my-api.example.com");
+        assert!(g.matches(&origin(true, "my-api.example.com", 443)));
+        assert!(grant("https://*.my_corp.example").matches(&origin(
+            true,
+            "a.my_corp.example",
+            443
+        )));
+        assert!(grant("https://[::1]").matches(&origin(true, "::1", 443)));
+    }
+
+    #[test]
+    fn every_kind_of_non_public_address_is_recognised() {
+        for address in [
+            "127.0.0.1",
+            "10.0.0.1",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "0.0.0.0",
+            "0.1.2.3",
+            "255.255.255.255",
+            "224.0.0.1",
+            "100.64.0.1",
+            "100.127.255.255",
+            "::1",
+            "::",
+            "ff02::1",
+            "fd00::1",
+            "fe80::1",
+            "::ffff:10.0.0.1",
+        ] {
+            assert!(!is_public(address.parse().unwrap()), "{address}");
+        }
+        for address in [
+            "93.184.216.34",
+            "100.63.255.255",
+            "100.128.0.0",
+            "1.1.1.1",
+            "2606:4700::1111",
+            "::ffff:1.1.1.1",
+        ] {
+            assert!(is_public(address.parse().unwrap()), "{address}");
         }
     }
 
