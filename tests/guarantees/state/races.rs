@@ -85,7 +85,7 @@ async fn an_outside_writer_wins_each_race_and_eleven_lost_in_a_row_fail_the_atte
             value
         }
     });
-    let event = count_event("contended", json!({ "key": "hot", "sleep_ms": 100 }));
+    let event = count_event("contended", json!({ "key": "hot", "sleep_ms": 300 }));
     publish_all(&js, vec![event.structured()]).await;
 
     wait_until("the first attempt to fail", SETTLE, || {
