@@ -76,9 +76,7 @@ async fn crash_with_streams(
     streams: &str,
 ) {
     let failpoints = [("EVENTHOST_FAILPOINTS", point)];
-    let args = ["--plugins", plugins.path().to_str().unwrap()];
-    let mut doomed = Runtime::launch(&nats.url(), &args, streams, &failpoints);
-    doomed.wait_consuming(1);
+    let mut doomed = Runtime::start_configured(&nats.url(), plugins, 1, streams, &failpoints);
     let js = nats.jetstream().await;
     publish(&js, subject, event.structured()).await;
     let status = doomed.wait_for_exit(Duration::from_secs(30));
@@ -205,11 +203,7 @@ async fn a_crash_after_storing_a_dead_letter_leaves_that_one_outcome() {
         1,
         "the successor"
     );
-    let runs = successor.metric(
-        "eventhost_handler_duration_seconds_count",
-        &[("handler", "chaos")],
-    );
-    assert_eq!(runs, 0.0, "the successor ran it");
+    assert_eq!(successor.handler_runs("chaos"), 0.0, "the successor ran it");
     let outputs = stored_messages(&js, "CHAOS", "chaos.done").await;
     assert!(outputs.is_empty(), "a dead-lettered event succeeded too");
     let letters = stored_messages(&js, "EVENTHOST_DLQ", "dlq.chaos").await;
@@ -250,9 +244,7 @@ async fn outputs_published_again_after_the_duplicate_window_are_stored_again() {
     )
     .await;
 
-    let args = ["--plugins", plugins.path().to_str().unwrap()];
-    let successor = Runtime::launch(&nats.url(), &args, &streams, &[]);
-    successor.wait_consuming(1);
+    let successor = Runtime::start_configured(&nats.url(), &plugins, 1, &streams, &[]);
     consumer_settled(&js, "COUNTER", "counter", SETTLE).await;
     let succeeded = successor.outcomes("succeeded");
     assert_eq!(succeeded.len(), 1);

@@ -303,11 +303,44 @@ impl Runtime {
         args: &[&str],
         env: &[(&str, &str)],
     ) -> Self {
+        Self::start_full(url, plugins, consumers, args, TEST_STREAMS, env)
+    }
+
+    /// Like [`Runtime::start_env`], with the runtime config `config` instead
+    /// of [`TEST_STREAMS`] and no extra arguments.
+    pub fn start_configured(
+        url: &str,
+        plugins: &Plugins,
+        consumers: usize,
+        config: &str,
+        env: &[(&str, &str)],
+    ) -> Self {
+        Self::start_full(url, plugins, consumers, &[], config, env)
+    }
+
+    fn start_full(
+        url: &str,
+        plugins: &Plugins,
+        consumers: usize,
+        args: &[&str],
+        config: &str,
+        env: &[(&str, &str)],
+    ) -> Self {
         let plugins = plugins.path().to_str().unwrap();
         let args = [&["--plugins", plugins], args].concat();
-        let runtime = Self::launch(url, &args, TEST_STREAMS, env);
+        let runtime = Self::launch(url, &args, config, env);
         runtime.wait_consuming(consumers);
         runtime
+    }
+
+    /// How many times this runtime has invoked `handler`, over every version
+    /// it ran (the invocation histogram's count). The series exists from
+    /// load, so a missing or relabelled one fails instead of reading as 0.
+    pub fn handler_runs(&self, handler: &str) -> f64 {
+        self.metric(
+            "eventhost_handler_duration_seconds_count",
+            &[("handler", handler)],
+        )
     }
 
     /// Waits until the runtime has opened `consumers` consumers and is

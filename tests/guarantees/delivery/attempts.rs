@@ -17,15 +17,9 @@ use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(60);
 
-/// How many times the runtime has invoked the chaos handler, over every
-/// version it ran. The series exists from load: a missing or relabelled
-/// one fails the test instead of reading as no run.
+/// How many times the runtime has invoked the chaos handler.
 fn runs(runtime: &Runtime) -> u64 {
-    let runs = runtime.metric(
-        "eventhost_handler_duration_seconds_count",
-        &[("handler", "chaos")],
-    );
-    runs as u64
+    runtime.handler_runs("chaos") as u64
 }
 
 /// The chaos handler with a `[retry]` section, extra top-level sections and

@@ -50,15 +50,6 @@ async fn replicas_racing_on_one_key_lose_no_update() {
     assert_eq!(dead_letter_count(&js).await, 0);
 }
 
-/// How many times the runtime has run the counter handler. The series
-/// exists from load, so a missing one fails instead of reading as no run.
-fn counter_runs(runtime: &Runtime) -> f64 {
-    runtime.metric(
-        "eventhost_handler_duration_seconds_count",
-        &[("handler", "counter")],
-    )
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn an_outside_writer_wins_each_race_and_eleven_lost_in_a_row_fail_the_attempt() {
     // Attempt 1 races a writer that changes the key every few milliseconds
@@ -97,7 +88,7 @@ async fn an_outside_writer_wins_each_race_and_eleven_lost_in_a_row_fail_the_atte
     assert_eq!(failure["kind"], "conflict", "{failure}");
     assert_eq!(failure["attempt"], 1, "{failure}");
     // One run and ten re-runs, each lost and counted; not one more.
-    assert_eq!(counter_runs(&runtime), 11.0);
+    assert_eq!(runtime.handler_runs("counter"), 11.0);
     let conflicts = || runtime.metric("eventhost_state_conflicts_total", &[("store", "counters")]);
     assert_eq!(conflicts(), 11.0);
 
@@ -110,7 +101,7 @@ async fn an_outside_writer_wins_each_race_and_eleven_lost_in_a_row_fail_the_atte
     );
     let updates = collect(&js, "COUNTER", "counter.updated", 1, SETTLE).await;
     assert_eq!(updates[0].data()["attempt"], 2);
-    assert_eq!(counter_runs(&runtime), 12.0);
+    assert_eq!(runtime.handler_runs("counter"), 12.0);
     assert_eq!(conflicts(), 11.0);
     assert_eq!(dead_letter_count(&js).await, 0);
     assert_eq!(runtime.outcomes("succeeded").len(), 1);

@@ -147,9 +147,8 @@ pub async fn declare(
     window: Duration,
     replicas: usize,
 ) -> anyhow::Result<()> {
-    let config = bucket_config(consumer, window, replicas);
-    let bucket = config.name.clone();
-    crate::jetstream::declare::declare_stream(js, config)
+    let bucket = bucket_name(consumer);
+    crate::jetstream::declare::declare_stream(js, bucket_config(consumer, window, replicas))
         .await
         .with_context(|| format!("declaring the idempotency bucket {bucket}"))?;
     Ok(())
