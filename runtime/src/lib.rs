@@ -7,7 +7,8 @@
 //!
 //! 1. [`source`]: a durable JetStream pull consumer per handler and subject;
 //! 2. [`event::decode`]: the NATS message becomes a CloudEvent (structured
-//!    or binary);
+//!    or binary), and [`contract`] checks its data against its type's
+//!    schema;
 //! 3. [`policy`]: idempotency, per-key ordering, and retry with backoff;
 //! 4. [`sandbox`]: a fresh, limited component instance runs the handler;
 //! 5. [`outcome`]: state and emitted events are committed, or the event is
@@ -24,6 +25,7 @@
 //! [`dead_letter_queue`] is the operator's side of the dead-letter queue
 //! (`eventhost dlq`), [`projection`] the rebuild of a read model.
 
+pub mod contract;
 pub mod dead_letter_queue;
 pub mod dispatch;
 pub mod event;

@@ -1,0 +1,308 @@
+//! Event contracts: a JSON Schema (2020-12) per CloudEvent type and
+//! version, enforced by the host on what a handler reads and what it emits.
+//!
+//! The contracts live in a folder (`schemas/` beside `plugins/`, or
+//! `--schemas DIR`), one file per version: `<type>/<version>.json`, for
+//! example `schemas/com.example.order.created/2.json`. Each document is
+//! compiled once, when the runtime starts ([`Contracts::load`]); a folder
+//! whose versions break their type's compatibility mode ([`compat`]) is
+//! refused as a whole, so the runtime never enforces a contract that
+//! `eventhost schema check` would refuse.
+//!
+//! An event names the version it claims in `dataschema` (the version's
+//! [`Schema::id`]); an event that names none is checked against its type's
+//! newest version, which under the default `backward` mode reads every
+//! older version's data. A type with no schema is not checked.
+//!
+//! - **Input**: data that fails its schema is dead-lettered before the
+//!   guest runs (reason `schema_invalid`), with every violation as a JSON
+//!   pointer and a message ([`ContractError`]).
+//! - **Output**: an emit whose data fails its type's newest schema is
+//!   refused with `invalid-event` naming the pointer (the emit capability
+//!   asks [`Contracts::check_emitted`]); an event that passes carries the
+//!   version's id in `dataschema`.
+
+pub mod compat;
+pub mod load;
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+
+use serde_json::Value;
+
+pub use compat::Compatibility;
+pub use load::LoadError;
+
+/// Most violations one error lists; the rest are counted.
+const MAX_VIOLATIONS: usize = 10;
+
+/// One compiled version of one event type's schema.
+pub struct Schema {
+    pub event_type: String,
+    pub version: u32,
+    /// What an event's `dataschema` says to claim this version: the
+    /// document's `$id`, or `urn:eventhost:schema:<type>:<version>`.
+    pub id: String,
+    pub document: Value,
+    /// The file it was read from, for messages.
+    pub path: PathBuf,
+    validator: jsonschema::Validator,
+}
+
+impl fmt::Debug for Schema {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Schema({} v{})", self.event_type, self.version)
+    }
+}
+
+/// Every version of one event type, oldest first, and how it may evolve.
+#[derive(Debug)]
+pub struct TypeContract {
+    pub versions: Vec<Schema>,
+    pub mode: Compatibility,
+}
+
+impl TypeContract {
+    pub fn newest(&self) -> &Schema {
+        self.versions
+            .last()
+            .expect("a type has at least one version")
+    }
+}
+
+/// The contracts a runtime enforces; empty when there is no folder.
+#[derive(Debug, Default)]
+pub struct Contracts {
+    types: BTreeMap<String, TypeContract>,
+    /// Types whose folder could not be loaded, and why.
+    broken: BTreeMap<String, String>,
+}
+
+/// The contracts a running host enforces, read from its folder at start
+/// and again at every reload; replaced whole while events are checked.
+#[derive(Debug, Default)]
+pub struct LiveContracts {
+    /// `None`: no folder, no contract (a projection rebuild, `invoke`).
+    dir: Option<PathBuf>,
+    current: RwLock<Arc<Contracts>>,
+}
+
+impl LiveContracts {
+    /// Reads the folder `dir`. Fails only if it cannot be read at all; a
+    /// type with a problem is logged and broken ([`Contracts::load_each`]).
+    pub fn open(dir: PathBuf) -> Result<Self, LoadError> {
+        let live = LiveContracts {
+            dir: Some(dir),
+            current: RwLock::default(),
+        };
+        live.reload()?;
+        Ok(live)
+    }
+
+    /// Reads the folder again; on failure the contracts in force stay.
+    pub fn reload(&self) -> Result<(), LoadError> {
+        let Some(dir) = &self.dir else { return Ok(()) };
+        let (contracts, problems) = Contracts::load_each(dir)?;
+        for problem in &problems {
+            tracing::error!(error = %problem, "an event contract could not be loaded; events of its type wait");
+        }
+        let types: Vec<_> = contracts.types().map(|(name, _)| name).collect();
+        tracing::info!(dir = %dir.display(), ?types, "event contracts loaded");
+        *self.current.write().expect("never poisoned") = Arc::new(contracts);
+        Ok(())
+    }
+
+    /// The contracts as they are now; a check holds them to its end.
+    pub fn current(&self) -> Arc<Contracts> {
+        self.current.read().expect("never poisoned").clone()
+    }
+}
+
+/// Where in the data a schema was broken, and how.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Violation {
+    /// A JSON pointer into the event's data (`""` is the data itself).
+    pub pointer: String,
+    pub message: String,
+}
+
+impl fmt::Display for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let pointer = if self.pointer.is_empty() {
+            "(the data)"
+        } else {
+            &self.pointer
+        };
+        write!(f, "{pointer}: {}", self.message)
+    }
+}
+
+/// Why an event's data does not keep its contract.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ContractError {
+    /// The type's contract could not be loaded: its events can be neither
+    /// checked nor refused, so they wait for a fixed folder (the host's
+    /// trouble, not the event's).
+    #[error("the contract of {event_type:?} is broken, so its events wait for a fix: {why}")]
+    Broken { event_type: String, why: String },
+    #[error("dataschema {claimed:?} is not a version of {event_type:?} (known: {known})")]
+    UnknownSchema {
+        event_type: String,
+        claimed: String,
+        known: String,
+    },
+    #[error("the data is not JSON ({0}), but {1} requires a JSON document")]
+    NotJson(String, String),
+    #[error("the data does not match {schema}: {}", list(.violations, *.more))]
+    Invalid {
+        schema: String,
+        violations: Vec<Violation>,
+        /// Violations found past [`MAX_VIOLATIONS`].
+        more: usize,
+    },
+}
+
+fn list(violations: &[Violation], more: usize) -> String {
+    let mut text = (violations.iter().map(Violation::to_string))
+        .collect::<Vec<_>>()
+        .join("; ");
+    if more > 0 {
+        text.push_str(&format!("; and {more} more"));
+    }
+    text
+}
+
+impl Contracts {
+    /// The event types with a contract.
+    pub fn types(&self) -> impl Iterator<Item = (&str, &TypeContract)> {
+        self.types.iter().map(|(name, c)| (name.as_str(), c))
+    }
+
+    pub fn get(&self, event_type: &str) -> Option<&TypeContract> {
+        self.types.get(event_type)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.types.is_empty() && self.broken.is_empty()
+    }
+
+    /// Why `event_type`'s contract could not be loaded, if it could not.
+    pub fn broken_reason(&self, event_type: &str) -> Option<&str> {
+        self.broken.get(event_type).map(String::as_str)
+    }
+
+    /// The types whose contract could not be loaded, and why.
+    pub fn broken(&self) -> impl Iterator<Item = (&str, &str)> {
+        (self.broken.iter()).map(|(name, why)| (name.as_str(), why.as_str()))
+    }
+
+    /// Checks an input event's data against the version it claims (or its
+    /// type's newest). `Ok(None)`: the type has no contract.
+    pub fn check_input(
+        &self,
+        event_type: &str,
+        dataschema: Option<&str>,
+        data: Payload<'_>,
+    ) -> Result<Option<&Schema>, ContractError> {
+        if let Some(why) = self.broken.get(event_type) {
+            let event_type = event_type.to_string();
+            let why = why.clone();
+            return Err(ContractError::Broken { event_type, why });
+        }
+        let Some(contract) = self.types.get(event_type) else {
+            return Ok(None);
+        };
+        let schema = match dataschema {
+            None => contract.newest(),
+            Some(claimed) => (contract.versions.iter())
+                .find(|schema| schema.id == claimed)
+                .ok_or_else(|| ContractError::UnknownSchema {
+                    event_type: event_type.to_string(),
+                    claimed: claimed.to_string(),
+                    known: (contract.versions.iter().map(|s| s.id.as_str()))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                })?,
+        };
+        schema.check(data)?;
+        Ok(Some(schema))
+    }
+
+    /// Checks an emitted event's data against its type's newest version;
+    /// `Ok(Some(id))` is the `dataschema` the event is to carry.
+    pub fn check_emitted(
+        &self,
+        event_type: &str,
+        dataschema: Option<&str>,
+        data: Option<&[u8]>,
+    ) -> Result<Option<&str>, ContractError> {
+        let data = data.map_or(Payload::Absent, Payload::Bytes);
+        let schema = self.check_input(event_type, dataschema, data)?;
+        Ok(schema.map(|schema| schema.id.as_str()))
+    }
+}
+
+/// An event's data as the contract sees it.
+#[derive(Debug, Clone, Copy)]
+pub enum Payload<'a> {
+    /// No data: checked as JSON `null`.
+    Absent,
+    Json(&'a Value),
+    /// Bytes or text, to be parsed as JSON.
+    Bytes(&'a [u8]),
+}
+
+impl<'a> From<Option<&'a cloudevents::Data>> for Payload<'a> {
+    fn from(data: Option<&'a cloudevents::Data>) -> Self {
+        match data {
+            None => Payload::Absent,
+            Some(cloudevents::Data::Json(value)) => Payload::Json(value),
+            Some(cloudevents::Data::Binary(bytes)) => Payload::Bytes(bytes),
+            Some(cloudevents::Data::String(text)) => Payload::Bytes(text.as_bytes()),
+        }
+    }
+}
+
+impl Schema {
+    /// Validates `data`.
+    pub fn check(&self, data: Payload<'_>) -> Result<(), ContractError> {
+        let parsed;
+        let value = match data {
+            Payload::Absent => &Value::Null,
+            Payload::Json(value) => value,
+            Payload::Bytes(bytes) => {
+                parsed = serde_json::from_slice(bytes)
+                    .map_err(|e| ContractError::NotJson(e.to_string(), self.id.clone()))?;
+                &parsed
+            }
+        };
+        self.check_value(value)
+    }
+
+    pub fn check_value(&self, value: &Value) -> Result<(), ContractError> {
+        if self.validator.is_valid(value) {
+            return Ok(());
+        }
+        let mut violations = Vec::new();
+        let mut more = 0;
+        for error in self.validator.iter_errors(value) {
+            if violations.len() == MAX_VIOLATIONS {
+                more += 1;
+                continue;
+            }
+            violations.push(Violation {
+                pointer: error.instance_path().to_string(),
+                message: error.to_string(),
+            });
+        }
+        Err(ContractError::Invalid {
+            schema: self.id.clone(),
+            violations,
+            more,
+        })
+    }
+}
