@@ -72,6 +72,7 @@ fuzz_target!(|data: &[u8]| {
         publish: vec!["out.>".into(), "payments.*".into()],
         source: "/eventhost/fuzzed".into(),
         mode,
+        contracts: None,
     };
     let mut emit = EmitState::new(Arc::new(grant.clone()));
     if emit.emit(event.clone()).is_err() {

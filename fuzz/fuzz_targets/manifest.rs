@@ -17,7 +17,7 @@ fuzz_target!(|data: &[u8]| {
     // What loading a handler computes from it (config values are left
     // out: a secret's `file` would read any path on this machine).
     let _ = manifest.consumer_name("fuzzed");
-    let grant = manifest.emit_grant("fuzzed");
+    let grant = manifest.emit_grant("fuzzed", Default::default());
     let _ = grant.may_publish("orders.created");
     let _ = manifest.bounds();
     for attempt in 0..=manifest.retry.max_attempts {

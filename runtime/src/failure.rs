@@ -129,6 +129,9 @@ pub enum DeadLetterReason {
     InvalidEvent,
     /// The payload is over the handler's `limits.max_event_size`.
     TooLarge,
+    /// The event's data breaks its type's schema (see [`crate::contract`]);
+    /// no handler ever saw it.
+    SchemaInvalid,
     /// Every attempt ended without an outcome the host could record (the
     /// runtime was killed while handling it, each time).
     NoOutcome,
@@ -141,6 +144,7 @@ impl DeadLetterReason {
             DeadLetterReason::Failed(kind) => kind.as_str(),
             DeadLetterReason::InvalidEvent => "invalid_event",
             DeadLetterReason::TooLarge => "too_large",
+            DeadLetterReason::SchemaInvalid => "schema_invalid",
             DeadLetterReason::NoOutcome => "no_outcome",
         }
     }
@@ -149,7 +153,9 @@ impl DeadLetterReason {
     pub fn is_invalid_input(self) -> bool {
         matches!(
             self,
-            DeadLetterReason::InvalidEvent | DeadLetterReason::TooLarge
+            DeadLetterReason::InvalidEvent
+                | DeadLetterReason::TooLarge
+                | DeadLetterReason::SchemaInvalid
         )
     }
 }
@@ -160,6 +166,7 @@ impl DeadLetterReason {
         match name {
             "invalid_event" => Some(DeadLetterReason::InvalidEvent),
             "too_large" => Some(DeadLetterReason::TooLarge),
+            "schema_invalid" => Some(DeadLetterReason::SchemaInvalid),
             "no_outcome" => Some(DeadLetterReason::NoOutcome),
             _ => (FailureKind::ALL.into_iter())
                 .find(|kind| kind.as_str() == name)
@@ -235,10 +242,13 @@ mod tests {
         assert_eq!(DeadLetterReason::Failed(FailureKind::Trap).as_str(), "trap");
         assert_eq!(DeadLetterReason::NoOutcome.as_str(), "no_outcome");
         assert!(DeadLetterReason::TooLarge.is_invalid_input());
+        assert!(DeadLetterReason::SchemaInvalid.is_invalid_input());
+        assert_eq!(DeadLetterReason::SchemaInvalid.as_str(), "schema_invalid");
         let reasons = FailureKind::ALL.map(DeadLetterReason::Failed);
         let others = [
             DeadLetterReason::InvalidEvent,
             DeadLetterReason::TooLarge,
+            DeadLetterReason::SchemaInvalid,
             DeadLetterReason::NoOutcome,
         ];
         for reason in reasons.into_iter().chain(others) {

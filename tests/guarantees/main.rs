@@ -14,6 +14,7 @@
 mod support;
 
 mod cli;
+mod contracts;
 mod delivery;
 mod fleet;
 mod http;

@@ -161,20 +161,39 @@ pub fn components_dir() -> &'static Path {
     })
 }
 
-/// A temporary plugins directory.
+/// A temporary plugins directory, `plugins/` in a folder of its own so that
+/// the runtime's default contracts folder beside it (`schemas/`) is the
+/// test's too.
 pub struct Plugins {
-    pub dir: TempDir,
+    root: TempDir,
+    path: PathBuf,
 }
 
 impl Plugins {
     pub fn new() -> Self {
-        Plugins {
-            dir: tempfile::tempdir().unwrap(),
-        }
+        let root = tempfile::tempdir().unwrap();
+        let path = root.path().join("plugins");
+        std::fs::create_dir(&path).unwrap();
+        Plugins { root, path }
     }
 
     pub fn path(&self) -> &Path {
-        self.dir.path()
+        &self.path
+    }
+
+    /// The contracts folder the runtime reads by default: `schemas/`
+    /// beside the plugins.
+    pub fn schemas(&self) -> PathBuf {
+        self.root.path().join("schemas")
+    }
+
+    /// Adds version `version` of `event_type`'s schema.
+    pub fn schema(&self, event_type: &str, version: u32, document: &Value) -> &Self {
+        let dir = self.schemas().join(event_type);
+        std::fs::create_dir_all(&dir).unwrap();
+        let bytes = serde_json::to_vec_pretty(document).unwrap();
+        std::fs::write(dir.join(format!("{version}.json")), bytes).unwrap();
+        self
     }
 
     /// Installs the example `name` with its own manifest.

@@ -125,7 +125,7 @@ pub async fn serve(
     let shared = Arc::new(Shared {
         store,
         processed,
-        emit: manifest.emit_grant(name),
+        emit: manifest.emit_grant(name, Default::default()),
         workload,
         guarantees,
         js: js.clone(),

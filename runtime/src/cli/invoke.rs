@@ -74,7 +74,14 @@ pub async fn execute(args: InvokeArgs) -> Result<()> {
 
     let store = memory_store_for(&manifest);
     let same_name = |bucket: &str| bucket.to_string();
-    let capabilities = grants::resolve(&name, &manifest, store.clone(), &same_name).await?;
+    let capabilities = grants::resolve(
+        &name,
+        &manifest,
+        Default::default(),
+        store.clone(),
+        &same_name,
+    )
+    .await?;
     seed_state(&store, &manifest, &args.state).await?;
     let spec = HandlerSpec {
         name: name.clone(),

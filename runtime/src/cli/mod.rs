@@ -1,6 +1,7 @@
 //! The `eventhost` command line: `run` the host, the `publish` / `tail`
 //! helpers that drive a walkthrough by hand, `dlq` for dead letters, `kv`
-//! for handler state, `invoke` to run a handler locally, and `deploy`,
+//! for handler state, `invoke` to run a handler locally, `schema` for event
+//! contracts, and `deploy`,
 //! `ls`, `undeploy`, `rollback` and `status` for a fleet.
 
 mod dlq;
@@ -11,6 +12,7 @@ mod kv;
 mod new;
 mod projection;
 mod run;
+mod schema;
 
 use std::path::PathBuf;
 
@@ -98,6 +100,12 @@ pub enum Command {
     Rollback { name: String },
     /// Print the runtimes on this NATS and what each runs.
     Status,
+    /// Event contracts: check a schema folder, or a new version before it
+    /// is added.
+    Schema {
+        #[command(subcommand)]
+        command: schema::SchemaCommand,
+    },
     /// Read models: rebuild a projection from its source stream.
     Projection {
         #[command(subcommand)]
@@ -138,6 +146,7 @@ impl Cli {
             Command::Rollback { name } => fleet::rollback(&name, &nats, bucket).await,
             Command::Status => fleet::status(&nats, bucket).await,
             Command::New(args) => new::execute(args),
+            Command::Schema { command } => schema::execute(command),
             Command::Projection { command } => projection::execute(command, &nats).await,
         }
     }

@@ -20,6 +20,10 @@ pub struct RunArgs {
     /// the deploy bucket, and follow it, instead of a directory.
     #[arg(long, conflicts_with = "plugins")]
     deployed: bool,
+    /// The event contracts: `<event type>/<version>.json` JSON Schemas.
+    /// Default: `schemas` beside the plugins directory.
+    #[arg(long)]
+    schemas: Option<PathBuf>,
     /// Runtime config file (NATS URL, streams and buckets to declare).
     #[arg(long)]
     config: Option<PathBuf>,
@@ -56,7 +60,9 @@ pub async fn execute(args: RunArgs, global: &Global, shutdown: CancellationToken
         Some(path) => RuntimeConfig::load(&path)?,
         None => RuntimeConfig::default(),
     };
+    let schemas_dir = (args.schemas).unwrap_or_else(|| super::schema::beside(&args.plugins));
     let options = RuntimeOptions {
+        schemas_dir,
         plugins_dir: args.plugins,
         deploy_bucket: args.deployed.then(|| global.deploy_bucket.clone()),
         watch: !args.no_watch,

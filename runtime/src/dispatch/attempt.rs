@@ -22,8 +22,10 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
+use cloudevents::AttributesReader;
 
 use super::settle::{Delivery, Settlement};
+use crate::contract::LiveContracts;
 use crate::event::decode::Decoded;
 use crate::event::trace::TraceContext;
 use crate::failure::{Conflict, DeadLetterReason, Failure, FailureKind, chain};
@@ -38,6 +40,10 @@ use crate::sandbox::emit::EmitGrant;
 use crate::sandbox::{Effects, HandlerComponent, Interruption, Invocation, Stop};
 use crate::store::Store;
 
+/// How long an event whose contract is broken waits before it is looked at
+/// again: long enough not to flood the log, short enough to follow a fix.
+const CONTRACT_WAIT: Duration = Duration::from_secs(10);
+
 /// Everything one handler's attempts need.
 pub(super) struct Attempts {
     /// Whether every event is claimed before it runs; if not, first
@@ -51,6 +57,8 @@ pub(super) struct Attempts {
     /// The largest message the server takes: a commit plan must fit.
     pub(super) max_record: usize,
     pub(super) metrics: HandlerMetrics,
+    /// The event contracts inputs are held to.
+    pub(super) contracts: Arc<LiveContracts>,
     /// The last failure, for `GET /handlers`.
     pub(super) last_error: Mutex<Option<String>>,
 }
@@ -103,6 +111,13 @@ impl Attempts {
         trace: &TraceContext,
         failed_in_place: u32,
     ) -> Settlement {
+        if let Some(why) = self.contracts.current().broken_reason(input.event.ty()) {
+            tracing::warn!(
+                error = why,
+                "the event's contract is broken; it waits for a fix (a reload reads the folder again)"
+            );
+            return Settlement::hand_back(CONTRACT_WAIT);
+        }
         let unclaimed = self.run_unclaimed(delivery, input, trace, failed_in_place);
         if let Some(settlement) = unclaimed.await {
             return settlement;

@@ -42,6 +42,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, Span};
 
+use crate::contract::LiveContracts;
 use crate::event::decode::Decoded;
 use crate::event::trace::TraceContext;
 use crate::fleet::lease::Leases;
@@ -81,6 +82,8 @@ pub struct Services {
     /// Leases of ordered consumers. `None` consumes them without one, for a
     /// single process such as `eventhost projection rebuild`.
     pub leases: Option<Arc<Leases>>,
+    /// The event contracts inputs are checked against before they run.
+    pub contracts: Arc<LiveContracts>,
 }
 
 /// A loaded handler and what it consumes.
@@ -118,6 +121,7 @@ impl Dispatcher {
             replicas,
             unclaimed_runs,
             leases,
+            contracts,
         } = services.clone();
         let spec = component.spec();
         let consumer = manifest.consumer_name(&spec.name);
@@ -139,6 +143,7 @@ impl Dispatcher {
             processed,
             max_record,
             metrics,
+            contracts,
             last_error: Mutex::new(None),
         };
         Ok(Arc::new(Dispatcher {

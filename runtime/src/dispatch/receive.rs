@@ -11,7 +11,8 @@ use tracing::Instrument;
 
 use super::settle::Delivery;
 use super::{Dispatcher, Held};
-use crate::event::decode;
+use crate::contract::ContractError;
+use crate::event::decode::{self, Decoded};
 use crate::event::trace::TraceContext;
 use crate::failure::DeadLetterReason;
 use crate::policy::ordering::partition_key;
@@ -62,10 +63,12 @@ impl Dispatcher {
                 format!("the payload is {size} bytes, over the handler's limit of {limit}"),
             ))
         } else {
-            decode::decode(message.headers.as_ref(), &message.payload).map_err(|reason| {
-                let why = format!("not a valid CloudEvent: {reason}");
-                (DeadLetterReason::InvalidEvent, why)
-            })
+            decode::decode(message.headers.as_ref(), &message.payload)
+                .map_err(|reason| {
+                    let why = format!("not a valid CloudEvent: {reason}");
+                    (DeadLetterReason::InvalidEvent, why)
+                })
+                .and_then(|input| self.keeps_contract(input))
         };
         let input = match decoded {
             Ok(input) => input,
@@ -98,6 +101,20 @@ impl Dispatcher {
             trace,
             span,
         })
+    }
+
+    /// `input`, if its data keeps its type's contract (a type without one
+    /// keeps it).
+    fn keeps_contract(&self, input: Decoded) -> Result<Decoded, (DeadLetterReason, String)> {
+        let event = &input.event;
+        let dataschema = event.dataschema().map(|url| url.as_str());
+        let contracts = self.attempts.contracts.current();
+        match contracts.check_input(event.ty(), dataschema, event.data().into()) {
+            // A broken contract is the host's trouble: the attempt holds
+            // the event back until the folder is fixed.
+            Ok(_) | Err(ContractError::Broken { .. }) => Ok(input),
+            Err(err) => Err((DeadLetterReason::SchemaInvalid, err.to_string())),
+        }
     }
 
     /// Dead-letters a message that never reached the handler, then settles

@@ -12,13 +12,16 @@ use std::sync::Arc;
 use anyhow::Result;
 
 use super::manifest::HandlerManifest;
+use crate::contract::LiveContracts;
 use crate::sandbox::{Capabilities, eventstore, http, keyvalue};
 use crate::store::Store;
 
-/// The capabilities `manifest` grants handler `name`.
+/// The capabilities `manifest` grants handler `name`; what it emits is
+/// held to `contracts`.
 pub async fn resolve(
     name: &str,
     manifest: &HandlerManifest,
+    contracts: Arc<LiveContracts>,
     store: Arc<dyn Store>,
     physical: &dyn Fn(&str) -> String,
 ) -> Result<Capabilities> {
@@ -35,7 +38,7 @@ pub async fn resolve(
         None => None,
     };
     Ok(Capabilities {
-        emit: Some(Arc::new(manifest.emit_grant(name))),
+        emit: Some(Arc::new(manifest.emit_grant(name, contracts))),
         logging: None,
         config: Some(Arc::new(manifest.config_values()?)),
         keyvalue,

@@ -11,12 +11,14 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use bytesize::ByteSize;
 use serde::Deserialize;
 
+use crate::contract::LiveContracts;
 use crate::event::subject;
 use crate::policy::RetryPolicy;
 use crate::sandbox::Bounds;
@@ -226,12 +228,14 @@ impl HandlerManifest {
         ConfigValues::resolve(&self.config)
     }
 
-    /// What the emit capability grants this handler.
-    pub fn emit_grant(&self, handler_name: &str) -> EmitGrant {
+    /// What the emit capability grants this handler, its events held to
+    /// `contracts`.
+    pub fn emit_grant(&self, handler_name: &str, contracts: Arc<LiveContracts>) -> EmitGrant {
         EmitGrant {
             publish: self.publish.clone(),
             source: self.default_source(handler_name),
             mode: self.emit_mode,
+            contracts: Some(contracts),
         }
     }
 
@@ -276,7 +280,7 @@ mod tests {
         let config = m.config_values().unwrap();
         assert_eq!(config.get("max_charge").as_deref(), Some("5000"));
         assert_eq!(config.get("currency").as_deref(), Some("EUR"));
-        let emit = m.emit_grant("payment");
+        let emit = m.emit_grant("payment", Default::default());
         assert!(emit.may_publish("payments.failed"));
         assert!(!emit.may_publish("orders.created"));
         assert!(!emit.may_publish("payments.failed.extra"));

@@ -81,6 +81,14 @@ impl HandlerSet {
         Some(current.version().to_string())
     }
 
+    /// Reads the event contracts' folder again; the old ones stay in force
+    /// if it cannot be read.
+    pub fn reload_contracts(&self) {
+        if let Err(err) = self.services.contracts.reload() {
+            tracing::error!(error = %err, "cannot read the event contracts; the ones in force stay");
+        }
+    }
+
     /// Starts, replaces and stops handlers to match `dir`.
     pub async fn reconcile(&mut self, dir: &Path) {
         let found = match plugins::discover(dir) {
@@ -208,9 +216,15 @@ impl HandlerSet {
             .with_context(context)?;
         let store = self.services.store.clone();
         let physical = |bucket: &str| generation.physical(bucket);
-        let capabilities = grants::resolve(&name, &manifest, store, &physical)
-            .await
-            .with_context(context)?;
+        let capabilities = grants::resolve(
+            &name,
+            &manifest,
+            self.services.contracts.clone(),
+            store,
+            &physical,
+        )
+        .await
+        .with_context(context)?;
         let spec = HandlerSpec {
             name: name.clone(),
             version: version.clone(),

@@ -22,6 +22,7 @@ use anyhow::{Context, Result};
 use async_nats::jetstream;
 use tokio_util::sync::CancellationToken;
 
+use crate::contract::LiveContracts;
 use crate::dispatch::Services;
 use crate::fleet;
 use crate::fleet::announce::{self, Announcement, HandlerState};
@@ -40,6 +41,9 @@ use handlers::{Board, HandlerSet};
 #[derive(Debug, Clone)]
 pub struct RuntimeOptions {
     pub plugins_dir: PathBuf,
+    /// The event contracts (`<type>/<version>.json`); a missing folder
+    /// holds none.
+    pub schemas_dir: PathBuf,
     /// Run the handlers deployed to this deploy bucket instead of the
     /// plugins directory.
     pub deploy_bucket: Option<String>,
@@ -69,6 +73,8 @@ pub async fn run(options: RuntimeOptions, shutdown: CancellationToken) -> Result
     let sandbox = Arc::new(Sandbox::new(cache)?);
     let store: Arc<dyn Store> = Arc::new(NatsStore::new(js.clone()));
     let leases = Leases::new(store.clone(), &id, &host);
+    let contracts =
+        LiveContracts::open(options.schemas_dir.clone()).context("reading the event contracts")?;
     let services = Services {
         js: js.clone(),
         store: store.clone(),
@@ -76,21 +82,20 @@ pub async fn run(options: RuntimeOptions, shutdown: CancellationToken) -> Result
         replicas: replication.copies,
         unclaimed_runs: replication.oldest.commits_atomic_batches(),
         leases: Some(leases.clone()),
+        contracts: Arc::new(contracts),
     };
     let mut handlers = HandlerSet::new(sandbox, services.clone(), shutdown.clone());
     // Up before the handlers load, so probes see "not ready" rather than
     // nothing while components compile.
     let admin_stop = CancellationToken::new();
+    let state = admin::AdminState {
+        metrics: services.metrics.clone(),
+        board: handlers.board(),
+        client: client.clone(),
+        js: js.clone(),
+    };
     let admin = match options.admin_addr {
-        Some(addr) => {
-            let state = admin::AdminState {
-                metrics: services.metrics.clone(),
-                board: handlers.board(),
-                client: client.clone(),
-                js: js.clone(),
-            };
-            Some(admin::serve(addr, state, admin_stop.clone()).await?)
-        }
+        Some(addr) => Some(admin::serve(addr, state, admin_stop.clone()).await?),
         None => None,
     };
     let (mut mirror, dir, source) = handler_source(&options, &js, replication).await?;
@@ -180,6 +185,7 @@ async fn follow(
                 };
                 if changed || !trigger.is_deploy_bucket() {
                     tracing::info!(%trigger, "reloading handlers");
+                    handlers.reload_contracts();
                     handlers.reconcile(dir).await;
                 }
             }

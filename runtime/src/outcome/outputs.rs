@@ -214,6 +214,7 @@ mod tests {
             publish: vec!["out".into()],
             source: "/eventhost/h".into(),
             mode,
+            contracts: None,
         }
     }
 

@@ -19,6 +19,7 @@ use super::capability::{Capability, InvocationContext, View};
 use super::eventhost::handler::emitter;
 use super::types::{self, EmitError};
 use super::{Effects, v0_1};
+use crate::contract::{ContractError, LiveContracts};
 use crate::event::decode::{InvalidAttributeName, validate_attribute_name};
 use crate::event::subject;
 use crate::failure::{Failure, FailureKind};
@@ -44,6 +45,9 @@ const RESERVED_EXTENSIONS: &[&str] = &[
     "causationid",
 ];
 
+/// How a refusal for a broken contract starts (see [`EmitState::emit`]).
+const BROKEN_CONTRACT: &str = "host trouble: ";
+
 /// How emitted events are encoded on the wire.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -63,6 +67,8 @@ pub struct EmitGrant {
     /// The `source` of emitted events that set none.
     pub source: String,
     pub mode: EmitMode,
+    /// The event contracts emitted data must keep (none: unchecked).
+    pub contracts: Option<Arc<LiveContracts>>,
 }
 
 /// What a handler without a grant may emit: nothing.
@@ -70,6 +76,7 @@ static NOTHING: EmitGrant = EmitGrant {
     publish: Vec::new(),
     source: String::new(),
     mode: EmitMode::Same,
+    contracts: None,
 };
 
 impl EmitGrant {
@@ -107,24 +114,34 @@ impl EmitState {
         std::mem::take(&mut self.emitted)
     }
 
-    pub fn emit(&mut self, event: types::OutgoingEvent) -> Result<(), EmitError> {
-        match self.check(&event) {
+    pub fn emit(&mut self, mut event: types::OutgoingEvent) -> Result<(), EmitError> {
+        match self.check(&mut event) {
             Ok(size) => {
                 self.bytes += size;
                 self.emitted.push(event);
                 Ok(())
             }
             Err(err) => {
-                let message = format!("emit refused: {err}");
+                let message = format!("emit refused: {}", describe(&err));
                 tracing::warn!(destination = %event.destination, "{message}");
-                self.refused
-                    .get_or_insert(Failure::new(FailureKind::EmitRefused, message));
+                // An event whose contract cannot be loaded is not the
+                // guest's fault: the attempt fails as the host's output
+                // trouble, retried, rather than as a permanent refusal.
+                let kind = match &err {
+                    EmitError::InvalidEvent(why) if why.starts_with(BROKEN_CONTRACT) => {
+                        FailureKind::Output
+                    }
+                    _ => FailureKind::EmitRefused,
+                };
+                self.refused.get_or_insert(Failure::new(kind, message));
                 Err(err)
             }
         }
     }
 
-    fn check(&self, event: &types::OutgoingEvent) -> Result<usize, EmitError> {
+    /// Checks `event` against the grant, the limits and its contract; an
+    /// event that keeps a contract is stamped with its `dataschema`.
+    fn check(&self, event: &mut types::OutgoingEvent) -> Result<usize, EmitError> {
         let destination = &event.destination;
         let allowed = self
             .grant
@@ -136,6 +153,7 @@ impl EmitState {
             )));
         }
         validate_event(event).map_err(|e| EmitError::InvalidEvent(e.to_string()))?;
+        self.check_contract(event)?;
         let size = event.data.as_ref().map_or(0, Vec::len);
         if self.emitted.len() >= MAX_EMITTED_EVENTS {
             return Err(EmitError::LimitExceeded(format!(
@@ -149,6 +167,34 @@ impl EmitState {
         }
         Ok(size)
     }
+
+    fn check_contract(&self, event: &mut types::OutgoingEvent) -> Result<(), EmitError> {
+        let Some(contracts) = self.grant.as_ref().and_then(|g| g.contracts.as_ref()) else {
+            return Ok(());
+        };
+        let contracts = contracts.current();
+        let data = event.data.as_deref();
+        let kept = contracts.check_emitted(&event.type_, event.dataschema.as_deref(), data);
+        match kept {
+            Ok(Some(id)) => event.dataschema = Some(id.to_string()),
+            Ok(None) => {}
+            Err(err @ ContractError::Broken { .. }) => {
+                return Err(EmitError::InvalidEvent(format!("{BROKEN_CONTRACT}{err}")));
+            }
+            Err(err) => return Err(EmitError::InvalidEvent(err.to_string())),
+        }
+        Ok(())
+    }
+}
+
+/// A refusal as the WIT names it, for logs and dead letters.
+fn describe(err: &EmitError) -> String {
+    let (name, detail) = match err {
+        EmitError::DestinationNotAllowed(detail) => ("destination-not-allowed", detail),
+        EmitError::InvalidEvent(detail) => ("invalid-event", detail),
+        EmitError::LimitExceeded(detail) => ("limit-exceeded", detail),
+    };
+    format!("{name}: {detail}")
 }
 
 /// The checks every event a guest hands over passes, emitted or appended:
@@ -274,6 +320,7 @@ mod tests {
             publish: vec!["out.*".into()],
             source: "/s".into(),
             mode: EmitMode::Same,
+            contracts: None,
         }))
     }
 
