@@ -3,7 +3,9 @@
 //! - Manifest: the top-level `publish` (subject patterns the handler may
 //!   emit to), `source` and `emit_mode` keys.
 //! - Resolved at load: [`EmitGrant`] (the loader also checks that a stream
-//!   captures every `publish` subject).
+//!   captures every `publish` subject), with the runtime's event contracts:
+//!   an event whose data breaks its type's schema is refused
+//!   (`invalid-event`), one that keeps it is stamped with its `dataschema`.
 //! - Per invocation: [`EmitState`] buffers the emitted events and refuses
 //!   what the grant or the limits forbid. A refusal fails the invocation even
 //!   if the guest ignores it: a handler cannot half-succeed.
