@@ -14,8 +14,10 @@ mod native;
 
 use std::path::{Path, PathBuf};
 
-use cloudevents::{EventBuilder, EventBuilderV10};
-use criterion::{Criterion, criterion_group, criterion_main};
+use cloudevents::{AttributesReader, EventBuilder, EventBuilderV10};
+use criterion::measurement::WallTime;
+use criterion::{BenchmarkGroup, Criterion, criterion_group, criterion_main};
+use eventhost::contract::Contracts;
 use eventhost::handler::manifest::HandlerManifest;
 use eventhost::sandbox::{Capabilities, CompiledCache, HandlerComponent, HandlerSpec, Sandbox};
 use native::Workload;
@@ -49,7 +51,9 @@ fn load_from(
         version: "bench".into(),
         bounds: manifest.bounds(),
         capabilities: Capabilities {
-            emit: Some(std::sync::Arc::new(manifest.emit_grant(name))),
+            emit: Some(std::sync::Arc::new(
+                manifest.emit_grant(name, Default::default()),
+            )),
             config: Some(std::sync::Arc::new(
                 manifest.config_values().expect("the example's config"),
             )),
@@ -146,9 +150,21 @@ fn sandbox_cost(c: &mut Criterion) {
         group.bench_function("fresh_instance_call", |b| {
             b.iter(|| rt.block_on(component.invoke(&event, 1, None)))
         });
+        if matches!(workload, Workload::Payment) {
+            contract_check(&mut group, &event);
+        }
         group.finish();
         count_faults(&rt, &component, &event, workload.name(), 1000);
     }
+}
+
+/// What the host's check of an order against the checkout's contract
+/// (examples/schemas) costs, beside the sandbox's cost for the same event.
+fn contract_check(group: &mut BenchmarkGroup<'_, WallTime>, event: &cloudevents::Event) {
+    let contracts = Contracts::load(&repo().join("examples/schemas")).unwrap();
+    let check = || contracts.check_input(event.ty(), None, event.data().into());
+    assert!(check().expect("the order keeps its contract").is_some());
+    group.bench_function("contract_check", |b| b.iter(check));
 }
 
 /// The payment handler written in Python and in TypeScript: each event
