@@ -47,9 +47,6 @@ const RESERVED_EXTENSIONS: &[&str] = &[
     "causationid",
 ];
 
-/// How a refusal for a broken contract starts (see [`EmitState::emit`]).
-const BROKEN_CONTRACT: &str = "host trouble: ";
-
 /// How emitted events are encoded on the wire.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -123,54 +120,42 @@ impl EmitState {
                 self.emitted.push(event);
                 Ok(())
             }
-            Err(err) => {
-                let message = format!("emit refused: {}", describe(&err));
+            Err(Refusal { told, fails_as }) => {
+                let message = format!("emit refused: {}", describe(&told));
                 tracing::warn!(destination = %event.destination, "{message}");
-                // An event whose contract cannot be loaded is not the
-                // guest's fault: the attempt fails as the host's output
-                // trouble, retried, rather than as a permanent refusal.
-                let kind = match &err {
-                    EmitError::InvalidEvent(why) if why.starts_with(BROKEN_CONTRACT) => {
-                        FailureKind::Output
-                    }
-                    _ => FailureKind::EmitRefused,
-                };
-                self.refused.get_or_insert(Failure::new(kind, message));
-                Err(err)
+                self.refused.get_or_insert(Failure::new(fails_as, message));
+                Err(told)
             }
         }
     }
 
     /// Checks `event` against the grant, the limits and its contract; an
     /// event that keeps a contract is stamped with its `dataschema`.
-    fn check(&self, event: &mut types::OutgoingEvent) -> Result<usize, EmitError> {
+    fn check(&self, event: &mut types::OutgoingEvent) -> Result<usize, Refusal> {
         let destination = &event.destination;
         let allowed = self
             .grant
             .as_ref()
             .is_some_and(|g| g.may_publish(destination));
         if !subject::is_concrete(destination) || !allowed {
-            return Err(EmitError::DestinationNotAllowed(format!(
-                "{destination:?} is not in this handler's `publish` list"
-            )));
+            let why = format!("{destination:?} is not in this handler's `publish` list");
+            return Err(EmitError::DestinationNotAllowed(why).into());
         }
         validate_event(event).map_err(|e| EmitError::InvalidEvent(e.to_string()))?;
-        self.check_contract(event)?;
         let size = event.data.as_ref().map_or(0, Vec::len);
         if self.emitted.len() >= MAX_EMITTED_EVENTS {
-            return Err(EmitError::LimitExceeded(format!(
-                "more than {MAX_EMITTED_EVENTS} events"
-            )));
+            let why = format!("more than {MAX_EMITTED_EVENTS} events");
+            return Err(EmitError::LimitExceeded(why).into());
         }
         if self.bytes + size > MAX_EMITTED_BYTES {
-            return Err(EmitError::LimitExceeded(format!(
-                "more than {MAX_EMITTED_BYTES} bytes of data"
-            )));
+            let why = format!("more than {MAX_EMITTED_BYTES} bytes of data");
+            return Err(EmitError::LimitExceeded(why).into());
         }
+        self.check_contract(event)?;
         Ok(size)
     }
 
-    fn check_contract(&self, event: &mut types::OutgoingEvent) -> Result<(), EmitError> {
+    fn check_contract(&self, event: &mut types::OutgoingEvent) -> Result<(), Refusal> {
         let Some(contracts) = self.grant.as_ref().and_then(|g| g.contracts.as_ref()) else {
             return Ok(());
         };
@@ -180,12 +165,34 @@ impl EmitState {
         match kept {
             Ok(Some(id)) => event.dataschema = Some(id.to_string()),
             Ok(None) => {}
+            // Not the guest's fault: the attempt fails as the host's output
+            // trouble, retried, rather than as a permanent refusal.
             Err(err @ ContractError::Broken { .. }) => {
-                return Err(EmitError::InvalidEvent(format!("{BROKEN_CONTRACT}{err}")));
+                return Err(Refusal {
+                    told: EmitError::InvalidEvent(err.to_string()),
+                    fails_as: FailureKind::Output,
+                });
             }
-            Err(err) => return Err(EmitError::InvalidEvent(err.to_string())),
+            Err(err) => return Err(EmitError::InvalidEvent(err.to_string()).into()),
         }
         Ok(())
+    }
+}
+
+/// Why an emit was refused: what the guest is told, and how the invocation
+/// fails because of it.
+struct Refusal {
+    told: EmitError,
+    fails_as: FailureKind,
+}
+
+/// The guest's own doing: the invocation fails as `emit_refused`.
+impl From<EmitError> for Refusal {
+    fn from(told: EmitError) -> Self {
+        Refusal {
+            told,
+            fails_as: FailureKind::EmitRefused,
+        }
     }
 }
 
@@ -355,6 +362,50 @@ mod tests {
             break_it(&mut e);
             assert!(matches!(emit.emit(e), Err(EmitError::InvalidEvent(_))));
         }
+    }
+
+    #[test]
+    fn contracts_refuse_broken_data_and_stamp_kept_data() {
+        let dir = tempfile::tempdir().unwrap();
+        for (path, schema) in [
+            ("t/1.json", r#"{"required": ["a"]}"#),
+            ("b/1.json", r#"{"type": 5}"#),
+        ] {
+            std::fs::create_dir_all(dir.path().join(path).parent().unwrap()).unwrap();
+            std::fs::write(dir.path().join(path), schema).unwrap();
+        }
+        let contracts = Arc::new(LiveContracts::open(dir.path().to_path_buf()).unwrap());
+        let state = || {
+            EmitState::new(Arc::new(EmitGrant {
+                publish: vec!["out.*".into()],
+                source: "/s".into(),
+                mode: EmitMode::Same,
+                contracts: Some(contracts.clone()),
+            }))
+        };
+        let typed = |ty: &str, data: &str| types::OutgoingEvent {
+            type_: ty.into(),
+            data: Some(data.as_bytes().to_vec()),
+            ..event("out.a")
+        };
+        let mut emit = state();
+        emit.emit(typed("t", r#"{"a": 1}"#)).unwrap();
+        assert_eq!(
+            emit.take()[0].dataschema.as_deref(),
+            Some("urn:eventhost:schema:t:1")
+        );
+        let refused = emit.emit(typed("t", "{}"));
+        assert!(
+            matches!(refused, Err(EmitError::InvalidEvent(why)) if why.contains("\"a\" is a required property"))
+        );
+        assert_eq!(emit.refused.unwrap().kind, FailureKind::EmitRefused);
+        // A contract the host could not load is its own trouble, retried.
+        let mut emit = state();
+        assert!(matches!(
+            emit.emit(typed("b", "{}")),
+            Err(EmitError::InvalidEvent(_))
+        ));
+        assert_eq!(emit.refused.unwrap().kind, FailureKind::Output);
     }
 
     #[test]
