@@ -7,8 +7,8 @@
 //!
 //! 1. [`source`]: a durable JetStream pull consumer per handler and subject;
 //! 2. [`event::decode`]: the NATS message becomes a CloudEvent (structured
-//!    or binary), and [`contract`] checks its data against its type's
-//!    schema;
+//!    or binary), whose data [`contract`] checks against its type's schema
+//!    before each attempt;
 //! 3. [`policy`]: idempotency, per-key ordering, and retry with backoff;
 //! 4. [`sandbox`]: a fresh, limited component instance runs the handler;
 //! 5. [`outcome`]: state and emitted events are committed, or the event is

@@ -193,19 +193,28 @@ async fn a_broken_contract_holds_its_events_until_the_folder_is_fixed() {
     );
 
     publish(&js, "orders.created", good_order("o-1").structured()).await;
+    // Held as well, and checked against the fixed contract when it runs.
+    let broken = order(
+        "o-bad",
+        json!({ "order_id": "o-bad", "items": [], "total": 1 }),
+    );
+    publish(&js, "orders.created", broken.binary()).await;
     let held =
         "the event's contract is broken; it waits for a fix (a reload reads the folder again)";
-    wait_until("the event held back", WAIT, || {
-        !runtime.logs_with_message(held).is_empty()
+    wait_until("both events held back", WAIT, || {
+        runtime.logs_with_message(held).len() >= 2
     });
     assert_eq!(runtime.handler_runs("payment"), 0.0);
+    let letters = js.get_stream("EVENTHOST_DLQ").await.unwrap();
+    let letter = letters.get_last_raw_message_by_subject("dlq.payment").await;
+    assert!(letter.is_err(), "the host's trouble was dead-lettered");
 
     plugins.schema(ORDER, 1, &example_schema(ORDER));
     eventhost_ok(&nats, &["reload"]);
     let completed = collect(&js, "CHECKOUT", "payments.completed", 1, WAIT).await;
     assert_eq!(completed[0].event["data"]["order_id"], "o-1");
+    let letters = dead_letters(&js, "payment", 1, WAIT).await;
+    assert_eq!(letters[0].header("Eventhost-Error-Kind"), "schema_invalid");
+    assert_eq!(letters[0].header("ce-id"), "evt-o-bad");
     assert_eq!(runtime.handler_runs("payment"), 1.0);
-    let letters = js.get_stream("EVENTHOST_DLQ").await.unwrap();
-    let letter = letters.get_last_raw_message_by_subject("dlq.payment").await;
-    assert!(letter.is_err(), "the host's trouble was dead-lettered");
 }

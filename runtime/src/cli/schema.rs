@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 
-use eventhost::contract::{Contracts, compat, load};
+use eventhost::contract::{Contracts, LoadError, load};
 
 #[derive(Debug, Subcommand)]
 pub enum SchemaCommand {
@@ -76,32 +76,47 @@ fn check(args: CheckArgs) -> Result<()> {
         );
         return Ok(());
     };
-    let newest = contract.newest();
-    let next = load::read_schema(&event_type, newest.version + 1, candidate.clone())?;
-    let changes = compat::check(contract.mode, newest, &next);
-    if !changes.is_empty() {
-        for change in &changes {
-            eprintln!("  {change}");
-        }
-        bail!(
-            "{} breaks {} compatibility of {event_type} with version {} ({} changes above)",
-            candidate.display(),
-            contract.mode,
-            newest.version,
-            changes.len()
-        );
+    // The folder as it would be with the candidate added, checked as the
+    // runtime checks it (the candidate's own mode, if it sets one, rules).
+    let mut versions = Vec::new();
+    for schema in &contract.versions {
+        versions.push(load::read_schema(
+            &event_type,
+            schema.version,
+            schema.path.clone(),
+        )?);
     }
-    println!(
-        "{event_type}: {} is {} compatible with version {}; add it as {}",
-        candidate.display(),
-        contract.mode,
-        newest.version,
-        args.schemas
-            .join(&event_type)
-            .join(format!("{}.json", next.version))
-            .display()
-    );
-    Ok(())
+    let newest = contract.newest().version;
+    let next = newest + 1;
+    versions.push(load::read_schema(&event_type, next, candidate.clone())?);
+    match load::contract_of(&event_type, versions) {
+        Ok(with_candidate) => {
+            let place = args.schemas.join(&event_type).join(format!("{next}.json"));
+            println!(
+                "{event_type}: {} is {} compatible with version {newest}; add it as {}",
+                candidate.display(),
+                with_candidate.mode,
+                place.display()
+            );
+            Ok(())
+        }
+        Err(LoadError::Breaking {
+            changes,
+            mode,
+            older,
+            ..
+        }) => {
+            for change in &changes {
+                eprintln!("  {change}");
+            }
+            bail!(
+                "{} breaks {mode} compatibility of {event_type} with version {older} ({} changes above)",
+                candidate.display(),
+                changes.len()
+            )
+        }
+        Err(other) => Err(other.into()),
+    }
 }
 
 fn ls(dir: &Path) -> Result<()> {

@@ -30,8 +30,10 @@
 //! reader declares but an open writer did not (adding an optional property
 //! is allowed, as the registries allow it).
 
+use std::collections::HashSet;
 use std::fmt;
 use std::str::FromStr;
+use std::sync::LazyLock;
 
 use serde_json::{Map, Value};
 
@@ -193,14 +195,18 @@ pub fn check(mode: Compatibility, older: &Schema, newer: &Schema) -> Vec<Breakin
     }
 }
 
-/// Deepest nesting followed: a `$ref` cycle ends here.
+/// Deepest nesting followed.
 const MAX_DEPTH: usize = 32;
+
+/// The schema that accepts everything, as an object (`true` is the same).
+static ANYTHING: LazyLock<Map<String, Value>> = LazyLock::new(Map::new);
 
 /// The ways a document `writer` accepts may be refused by `reader`.
 pub fn breaking(reader: &Value, writer: &Value) -> Vec<Change> {
     let mut walk = Walk {
         reader_root: reader,
         writer_root: writer,
+        compared: HashSet::new(),
         found: Vec::new(),
     };
     walk.compare(reader, writer, "", 0);
@@ -210,18 +216,27 @@ pub fn breaking(reader: &Value, writer: &Value) -> Vec<Change> {
 struct Walk<'a> {
     reader_root: &'a Value,
     writer_root: &'a Value,
+    /// Pairs of subschemas already compared: a recursive schema (a tree
+    /// whose nodes refer back to one definition) is walked once per pair,
+    /// not once per path, which would grow exponentially.
+    compared: HashSet<(*const Value, *const Value)>,
     found: Vec<Change>,
 }
 
 impl<'a> Walk<'a> {
     fn compare(&mut self, reader: &'a Value, writer: &'a Value, at: &str, depth: usize) {
-        if depth > MAX_DEPTH {
-            return;
-        }
         let reader = resolve(self.reader_root, reader);
         let writer = resolve(self.writer_root, writer);
-        // `true`/`{}` accept everything; a boolean `false` writer writes nothing.
-        let (Some(r), Some(w)) = (reader.as_object(), writer.as_object()) else {
+        if depth > MAX_DEPTH || !self.compared.insert((reader, writer)) {
+            return;
+        }
+        let as_schema = |schema: &'a Value| match schema {
+            Value::Bool(true) => Some(&*ANYTHING),
+            other => other.as_object(),
+        };
+        // A `true` (or `{}`) reader accepts everything; a `false` writer
+        // writes nothing.
+        let (Some(r), Some(w)) = (as_schema(reader), as_schema(writer)) else {
             if reader == &Value::Bool(false) && writer != &Value::Bool(false) {
                 self.narrowed(at, "false", Value::Bool(false), None);
             }

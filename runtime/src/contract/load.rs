@@ -52,6 +52,20 @@ pub enum LoadError {
     #[error("{path}: not a valid JSON Schema: {why}")]
     Invalid { path: PathBuf, why: String },
     #[error(
+        "{path}: `$id` {id:?} is not an absolute URI ({why}); events name it in `dataschema`, which must be one"
+    )]
+    Id {
+        path: PathBuf,
+        id: String,
+        why: String,
+    },
+    #[error("{path}: `$id` {id:?} is also version {other}'s; each version needs its own")]
+    SameId {
+        path: PathBuf,
+        id: String,
+        other: u32,
+    },
+    #[error(
         "{path}: `{MODE_KEYWORD}` must be one of backward, forward, full, none (found {found})"
     )]
     Mode { path: PathBuf, found: Value },
@@ -135,8 +149,25 @@ fn load_type(event_type: &str, type_dir: PathBuf) -> Result<TypeContract, LoadEr
         });
     }
     versions.sort_by_key(|schema| schema.version);
+    contract_of(event_type, versions)
+}
+
+/// `versions` (oldest first, at least one) as a type's contract: each id
+/// its own, the mode the newest states, each version compatible with the
+/// one before in that mode. The runtime's load and `schema check` of a
+/// candidate both come here, so they cannot disagree.
+pub fn contract_of(event_type: &str, versions: Vec<Schema>) -> Result<TypeContract, LoadError> {
+    for (i, schema) in versions.iter().enumerate() {
+        if let Some(other) = versions[..i].iter().find(|o| o.id == schema.id) {
+            return Err(LoadError::SameId {
+                path: schema.path.clone(),
+                id: schema.id.clone(),
+                other: other.version,
+            });
+        }
+    }
     let contract = TypeContract {
-        mode: mode_of(versions.last().expect("not empty"))?,
+        mode: mode_of(versions.last().expect("at least one version"))?,
         versions,
     };
     check_evolution(event_type, &contract)?;
@@ -223,7 +254,7 @@ pub fn compile(
     path: PathBuf,
 ) -> Result<Schema, LoadError> {
     if let Some(declared) = document.get("$schema")
-        && declared.as_str() != Some(DRAFT_2020_12)
+        && declared.as_str().map(|s| s.trim_end_matches('#')) != Some(DRAFT_2020_12)
     {
         let declared = declared.to_string();
         return Err(LoadError::Draft { path, declared });
@@ -237,9 +268,18 @@ pub fn compile(
             path: path.clone(),
             why: e.to_string(),
         })?;
-    let id = match document.get("$id").and_then(Value::as_str) {
-        Some(id) => id.to_string(),
+    // Stored as a URL prints it, since that is how an event's
+    // `dataschema` reads once decoded.
+    let id = match document.get("$id") {
         None => format!("urn:eventhost:schema:{event_type}:{version}"),
+        Some(id) => id.as_str().unwrap_or_default().to_string(),
+    };
+    let id = match url::Url::parse(&id) {
+        Ok(url) => url.as_str().to_string(),
+        Err(e) => {
+            let why = e.to_string();
+            return Err(LoadError::Id { path, id, why });
+        }
     };
     Ok(Schema {
         event_type: event_type.to_string(),
@@ -251,6 +291,9 @@ pub fn compile(
     })
 }
 
+/// Keywords whose values are data, not schemas: a `$ref` in them is text.
+const DATA_KEYWORDS: [&str; 4] = ["enum", "const", "default", "examples"];
+
 /// The first `$ref` or `$dynamicRef` that leaves the document.
 fn outside_reference(value: &Value) -> Option<String> {
     match value {
@@ -260,6 +303,9 @@ fn outside_reference(value: &Value) -> Option<String> {
                     && !target.starts_with('#')
                 {
                     return Some(target.clone());
+                }
+                if DATA_KEYWORDS.contains(&key.as_str()) {
+                    continue;
                 }
                 if let Some(found) = outside_reference(inner) {
                     return Some(found);

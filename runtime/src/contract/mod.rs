@@ -4,10 +4,11 @@
 //! The contracts live in a folder (`schemas/` beside `plugins/`, or
 //! `--schemas DIR`), one file per version: `<type>/<version>.json`, for
 //! example `schemas/com.example.order.created/2.json`. Each document is
-//! compiled once, when the runtime starts ([`Contracts::load`]); a folder
-//! whose versions break their type's compatibility mode ([`compat`]) is
-//! refused as a whole, so the runtime never enforces a contract that
-//! `eventhost schema check` would refuse.
+//! compiled once, when the runtime starts or reloads
+//! ([`Contracts::load_each`]). A type whose folder has a problem, versions
+//! that break its compatibility mode ([`compat`]) included, is *broken*:
+//! the runtime never enforces a contract `eventhost schema check` would
+//! refuse, and holds that type's events until the folder is fixed.
 //!
 //! An event names the version it claims in `dataschema` (the version's
 //! [`Schema::id`]); an event that names none is checked against its type's
@@ -17,12 +18,14 @@
 //! - **Input**: data that fails its schema is dead-lettered before the
 //!   guest runs (reason `schema_invalid`), with every violation as a JSON
 //!   pointer and a message ([`ContractError`]).
-//! - **Output**: an emit whose data fails its type's newest schema is
-//!   refused with `invalid-event` naming the pointer (the emit capability
-//!   asks [`Contracts::check_emitted`]); an event that passes carries the
-//!   version's id in `dataschema`.
+//! - **Output**: an emit whose data fails the version it claims (or its
+//!   type's newest) is refused with `invalid-event` naming the pointer (the
+//!   emit capability asks [`Contracts::check_emitted`]); an event that
+//!   passes carries the version's id in `dataschema`.
 
 pub mod compat;
+#[cfg(test)]
+mod compat_tests;
 pub mod load;
 #[cfg(test)]
 mod tests;
@@ -232,8 +235,8 @@ impl Contracts {
         Ok(Some(schema))
     }
 
-    /// Checks an emitted event's data against its type's newest version;
-    /// `Ok(Some(id))` is the `dataschema` the event is to carry.
+    /// Checks an emitted event's data against the version it claims, or its
+    /// type's newest; `Ok(Some(id))` is the `dataschema` it is to carry.
     pub fn check_emitted(
         &self,
         event_type: &str,

@@ -2,11 +2,11 @@ use std::path::Path;
 
 use serde_json::{Value, json};
 
-use super::compat::{Change, Compatibility, breaking};
+use super::compat::Compatibility;
 use super::{ContractError, Contracts, LoadError, Payload};
 
 /// The checkout's order, version 1.
-fn order_v1() -> Value {
+pub(super) fn order_v1() -> Value {
     json!({
         "type": "object",
         "required": ["order_id", "items", "total"],
@@ -34,7 +34,7 @@ fn order_v1() -> Value {
     })
 }
 
-fn folder(files: &[(&str, Value)]) -> tempfile::TempDir {
+pub(super) fn folder(files: &[(&str, Value)]) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     for (path, document) in files {
         write(
@@ -56,8 +56,6 @@ const ORDER: &str = "com.example.order.created";
 
 /// Whether a load error is the one a case expects.
 type IsExpected = fn(&LoadError) -> bool;
-/// A change made to a copy of a schema.
-type Edit = fn(&mut Value);
 
 #[test]
 fn data_is_checked_against_the_claimed_version_or_the_newest() {
@@ -251,180 +249,54 @@ fn a_folder_whose_versions_break_their_mode_is_refused() {
     assert_eq!(forward.get(ORDER).unwrap().mode, Compatibility::Forward);
 }
 
-/// `reader` and `writer` as the same order with one change applied to the
-/// reader.
-fn changed(edit: impl FnOnce(&mut Value)) -> Vec<Change> {
-    let mut reader = order_v1();
-    edit(&mut reader);
-    breaking(&reader, &order_v1())
-}
-
 #[test]
-fn the_common_breaking_changes_are_caught_where_they_are() {
-    let at = |change: &Change| match change {
-        Change::RequiredAdded { at, .. }
-        | Change::PropertyRemoved { at, .. }
-        | Change::TypeNarrowed { at, .. }
-        | Change::EnumValueRemoved { at, .. }
-        | Change::Narrowed { at, .. } => at.clone(),
-    };
-    for (edit, expected_at, expected_kind) in breaking_edits() {
-        let found = changed(edit);
-        assert_eq!(
-            found.len(),
-            1,
-            "{expected_kind} at {expected_at:?}: {found:?}"
-        );
-        assert_eq!(at(&found[0]), expected_at, "{found:?}");
-        assert!(
-            format!("{:?}", found[0]).starts_with(expected_kind),
-            "{found:?}"
-        );
-    }
-}
-
-/// One breaking edit of the reader each: the edit, where it shows, and the
-/// change it is.
-fn breaking_edits() -> Vec<(Edit, &'static str, &'static str)> {
-    vec![
-        (
-            |s| {
-                s["required"]
-                    .as_array_mut()
-                    .unwrap()
-                    .push(json!("currency"))
-            },
-            "",
-            "RequiredAdded",
-        ),
-        (
-            |s| {
-                s["$defs"]["item"]["required"]
-                    .as_array_mut()
-                    .unwrap()
-                    .push(json!("note"))
-            },
-            "/items/*",
-            "RequiredAdded",
-        ),
-        (
-            |s| s["properties"]["total"]["type"] = json!("integer"),
-            "/total",
-            "TypeNarrowed",
-        ),
-        (
-            |s| s["properties"]["order_id"]["type"] = json!("number"),
-            "/order_id",
-            "TypeNarrowed",
-        ),
-        (
-            |s| s["properties"]["currency"]["enum"] = json!(["EUR"]),
-            "/currency",
-            "EnumValueRemoved",
-        ),
-        (
-            |s| s["properties"]["order_id"]["enum"] = json!(["a"]),
-            "/order_id",
-            "Narrowed",
-        ),
-        (
-            |s| s["properties"]["total"]["minimum"] = json!(1),
-            "/total",
-            "Narrowed",
-        ),
-        (
-            |s| s["properties"]["total"]["maximum"] = json!(100),
-            "/total",
-            "Narrowed",
-        ),
-        (
-            |s| s["properties"]["order_id"]["maxLength"] = json!(8),
-            "/order_id",
-            "Narrowed",
-        ),
-        (
-            |s| s["properties"]["order_id"]["pattern"] = json!("^o-"),
-            "/order_id",
-            "Narrowed",
-        ),
-        (
-            |s| s["properties"]["items"]["maxItems"] = json!(3),
-            "/items",
-            "Narrowed",
-        ),
-        (
-            |s| s["$defs"]["item"]["properties"]["quantity"]["minimum"] = json!(2),
-            "/items/*/quantity",
-            "Narrowed",
-        ),
-        (|s| s["additionalProperties"] = json!(false), "", "Narrowed"),
-        (
-            |s| s["properties"]["currency"] = json!(false),
-            "/currency",
-            "Narrowed",
-        ),
-    ]
-}
-
-#[test]
-fn a_property_removed_from_a_closed_object_is_named() {
-    let mut writer = order_v1();
-    writer["additionalProperties"] = json!(false);
-    let mut reader = writer.clone();
-    reader["properties"]
-        .as_object_mut()
-        .unwrap()
-        .remove("currency");
-    let removed = Change::PropertyRemoved {
-        at: String::new(),
-        property: "currency".into(),
-    };
-    assert_eq!(breaking(&reader, &writer), vec![removed]);
-}
-
-#[test]
-fn widening_and_optional_additions_are_compatible() {
-    let compatible: [fn(&mut Value); 7] = [
-        |_| {},
-        |s| s["properties"]["note"] = json!({ "type": "string" }),
-        |s| s["properties"]["currency"]["enum"] = json!(["EUR", "USD", "GBP"]),
-        |s| s["properties"]["total"]["minimum"] = json!(-1),
-        |s| {
-            s["properties"]["total"]
-                .as_object_mut()
-                .unwrap()
-                .remove("minimum");
-        },
-        |s| s["required"] = json!(["order_id", "items"]),
-        |s| s["$defs"]["item"]["properties"]["quantity"]["type"] = json!("number"),
-    ];
-    for edit in compatible {
-        assert_eq!(changed(edit), vec![]);
-    }
-}
-
-#[test]
-fn modes_pick_the_direction() {
-    let mut v2 = order_v1();
-    v2["required"] = json!(["order_id", "items", "total", "currency"]);
-    let dir = folder(&[("a/1.json", order_v1()), ("a/2.json", v2)]);
-    let v1 = super::load::read_schema("a", 1, dir.path().join("a/1.json")).unwrap();
-    let v2 = super::load::read_schema("a", 2, dir.path().join("a/2.json")).unwrap();
-    use super::compat::check;
-    // A new required property: new readers break on old data, old readers
-    // read new data.
-    assert_eq!(check(Compatibility::Backward, &v1, &v2).len(), 1);
-    assert!(check(Compatibility::Forward, &v1, &v2).is_empty());
-    assert_eq!(check(Compatibility::Full, &v1, &v2).len(), 1);
-    assert!(check(Compatibility::None, &v1, &v2).is_empty());
-    // Dropping it again is the mirror image.
-    let back = check(Compatibility::Forward, &v2, &v1);
-    assert_eq!(back.len(), 1);
+fn ids_are_absolute_uris_as_events_carry_them_and_each_versions_own() {
+    let mut v1 = order_v1();
+    v1["$id"] = json!("https://example.com");
+    v1["$schema"] = json!("https://json-schema.org/draft/2020-12/schema#");
+    // A `$ref` that is only data is not a reference.
+    v1["examples"] = json!([{ "$ref": "https://example.com/not-a-schema" }]);
+    let dir = folder(&[("t/1.json", v1.clone()), ("t/README.md", json!("notes"))]);
+    let contracts = Contracts::load(dir.path()).unwrap();
     assert_eq!(
-        back[0].to_string(),
-        "/: v2 requires property \"currency\", which v1 data may leave out"
+        contracts.get("t").unwrap().newest().id,
+        "https://example.com/"
     );
-    for name in ["backward", "forward", "full", "none"] {
-        assert_eq!(name.parse::<Compatibility>().unwrap().as_str(), name);
-    }
+
+    let dir = folder(&[("t/1.json", v1.clone()), ("t/2.json", v1)]);
+    let err = Contracts::load(dir.path()).unwrap_err();
+    assert!(matches!(err, LoadError::SameId { other: 1, .. }), "{err}");
+
+    let mut relative = order_v1();
+    relative["$id"] = json!("order.json");
+    let dir = folder(&[("t/1.json", relative)]);
+    assert!(matches!(
+        Contracts::load(dir.path()),
+        Err(LoadError::Id { .. })
+    ));
+}
+
+#[test]
+fn a_runtime_keeps_the_types_it_could_load_and_names_the_broken_ones() {
+    let dir = folder(&[
+        ("good/1.json", order_v1()),
+        ("bad/1.json", json!({ "type": 5 })),
+    ]);
+    let (contracts, problems) = Contracts::load_each(dir.path()).unwrap();
+    assert_eq!(problems.len(), 1);
+    assert!(contracts.get("good").is_some());
+    assert!(
+        contracts
+            .broken_reason("bad")
+            .unwrap()
+            .contains("not a valid JSON Schema")
+    );
+    let held = contracts
+        .check_input("bad", None, Payload::Absent)
+        .unwrap_err();
+    assert!(matches!(held, ContractError::Broken { .. }), "{held}");
+    assert!(
+        Contracts::load(dir.path()).is_err(),
+        "`schema check` refuses the folder"
+    );
 }

@@ -25,7 +25,7 @@ use async_nats::jetstream;
 use cloudevents::AttributesReader;
 
 use super::settle::{Delivery, Settlement};
-use crate::contract::LiveContracts;
+use crate::contract::{ContractError, LiveContracts};
 use crate::event::decode::Decoded;
 use crate::event::trace::TraceContext;
 use crate::failure::{Conflict, DeadLetterReason, Failure, FailureKind, chain};
@@ -101,6 +101,33 @@ impl Attempts {
         *self.last_error.lock().expect("never poisoned") = Some(error);
     }
 
+    /// Checks the input against its type's contract as it is now (every
+    /// attempt, so an event held while its contract was broken, or retried
+    /// across a reload, meets the contract in force): data that breaks it
+    /// is dead-lettered unrun; a broken contract hands the event back.
+    async fn keeps_contract(&self, delivery: &Delivery, input: &Decoded) -> Result<(), Settlement> {
+        let event = &input.event;
+        let dataschema = event.dataschema().map(|url| url.as_str());
+        let contracts = self.contracts.current();
+        match contracts.check_input(event.ty(), dataschema, event.data().into()) {
+            Ok(_) => Ok(()),
+            Err(ContractError::Broken { why, .. }) => {
+                tracing::warn!(
+                    error = why,
+                    "the event's contract is broken; it waits for a fix (a reload reads the folder again)"
+                );
+                Err(Settlement::hand_back(CONTRACT_WAIT))
+            }
+            Err(err) => {
+                let reason = (DeadLetterReason::SchemaInvalid, Some(input.mode));
+                let attempts = delivery.count();
+                Err(self
+                    .dead_letter_unread(delivery, reason, &err.to_string(), attempts)
+                    .await)
+            }
+        }
+    }
+
     /// Makes one attempt. `failed_in_place` counts the failed attempts this
     /// process already made on this delivery (ordered handlers retry in
     /// place, where JetStream's delivery count does not move).
@@ -111,12 +138,8 @@ impl Attempts {
         trace: &TraceContext,
         failed_in_place: u32,
     ) -> Settlement {
-        if let Some(why) = self.contracts.current().broken_reason(input.event.ty()) {
-            tracing::warn!(
-                error = why,
-                "the event's contract is broken; it waits for a fix (a reload reads the folder again)"
-            );
-            return Settlement::hand_back(CONTRACT_WAIT);
+        if let Err(settlement) = self.keeps_contract(delivery, input).await {
+            return settlement;
         }
         let unclaimed = self.run_unclaimed(delivery, input, trace, failed_in_place);
         if let Some(settlement) = unclaimed.await {

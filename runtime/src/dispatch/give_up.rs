@@ -70,15 +70,16 @@ impl Attempts {
     }
 
     /// Parks a message that never reached the handler (not a CloudEvent, too
-    /// large) in the dead-letter queue; then it is acked.
+    /// large, data that breaks its contract) in the dead-letter queue; then
+    /// it is acked. `mode`: the content mode, if it was a CloudEvent.
     pub(super) async fn dead_letter_unread(
         &self,
         delivery: &Delivery,
-        reason: DeadLetterReason,
+        (reason, mode): (DeadLetterReason, Option<ContentMode>),
         error: &str,
         attempts: u32,
     ) -> Settlement {
-        let letter = self.letter(None, reason, error, attempts);
+        let letter = self.letter(mode, reason, error, attempts);
         match self.store_dead_letter(delivery, letter).await {
             Settlement::Ack => self.dead_lettered(reason, error, attempts),
             again => again,

@@ -11,8 +11,7 @@ use tracing::Instrument;
 
 use super::settle::Delivery;
 use super::{Dispatcher, Held};
-use crate::contract::ContractError;
-use crate::event::decode::{self, Decoded};
+use crate::event::decode;
 use crate::event::trace::TraceContext;
 use crate::failure::DeadLetterReason;
 use crate::policy::ordering::partition_key;
@@ -63,12 +62,10 @@ impl Dispatcher {
                 format!("the payload is {size} bytes, over the handler's limit of {limit}"),
             ))
         } else {
-            decode::decode(message.headers.as_ref(), &message.payload)
-                .map_err(|reason| {
-                    let why = format!("not a valid CloudEvent: {reason}");
-                    (DeadLetterReason::InvalidEvent, why)
-                })
-                .and_then(|input| self.keeps_contract(input))
+            decode::decode(message.headers.as_ref(), &message.payload).map_err(|reason| {
+                let why = format!("not a valid CloudEvent: {reason}");
+                (DeadLetterReason::InvalidEvent, why)
+            })
         };
         let input = match decoded {
             Ok(input) => input,
@@ -103,20 +100,6 @@ impl Dispatcher {
         })
     }
 
-    /// `input`, if its data keeps its type's contract (a type without one
-    /// keeps it).
-    fn keeps_contract(&self, input: Decoded) -> Result<Decoded, (DeadLetterReason, String)> {
-        let event = &input.event;
-        let dataschema = event.dataschema().map(|url| url.as_str());
-        let contracts = self.attempts.contracts.current();
-        match contracts.check_input(event.ty(), dataschema, event.data().into()) {
-            // A broken contract is the host's trouble: the attempt holds
-            // the event back until the folder is fixed.
-            Ok(_) | Err(ContractError::Broken { .. }) => Ok(input),
-            Err(err) => Err((DeadLetterReason::SchemaInvalid, err.to_string())),
-        }
-    }
-
     /// Dead-letters a message that never reached the handler, then settles
     /// it.
     pub(super) async fn refuse(&self, unreadable: Unreadable) {
@@ -130,7 +113,7 @@ impl Dispatcher {
             version = %spec.version, nats_subject = %delivery.message().subject);
         let attempts = delivery.count();
         let settlement = (self.attempts)
-            .dead_letter_unread(&delivery, kind, &reason, attempts)
+            .dead_letter_unread(&delivery, (kind, None), &reason, attempts)
             .instrument(span)
             .await;
         delivery.settle(settlement).await;
