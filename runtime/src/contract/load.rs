@@ -247,7 +247,7 @@ pub fn read_schema(event_type: &str, version: u32, path: PathBuf) -> Result<Sche
 }
 
 /// Checks and compiles a document already read.
-pub fn compile(
+fn compile(
     event_type: &str,
     version: u32,
     document: Value,

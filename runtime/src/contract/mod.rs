@@ -198,11 +198,6 @@ impl Contracts {
         self.broken.get(event_type).map(String::as_str)
     }
 
-    /// The types whose contract could not be loaded, and why.
-    pub fn broken(&self) -> impl Iterator<Item = (&str, &str)> {
-        (self.broken.iter()).map(|(name, why)| (name.as_str(), why.as_str()))
-    }
-
     /// Checks an input event's data against the version it claims (or its
     /// type's newest). `Ok(None)`: the type has no contract.
     pub fn check_input(
@@ -286,7 +281,7 @@ impl Schema {
         self.check_value(value)
     }
 
-    pub fn check_value(&self, value: &Value) -> Result<(), ContractError> {
+    fn check_value(&self, value: &Value) -> Result<(), ContractError> {
         if self.validator.is_valid(value) {
             return Ok(());
         }
