@@ -73,6 +73,8 @@ fuzz_target!(|data: &[u8]| {
         source: "/eventhost/fuzzed".into(),
         mode,
         contracts: None,
+        handler: "fuzzed".into(),
+        declared: Default::default(),
     };
     let mut emit = EmitState::new(Arc::new(grant.clone()));
     if emit.emit(event.clone()).is_err() {

@@ -9,6 +9,7 @@ use clap::Args;
 
 use eventhost::fleet::announce;
 use eventhost::fleet::deploy::DeployBucket;
+use eventhost::handler::manifest::HandlerManifest;
 use eventhost::jetstream::declare::Replication;
 use eventhost::jetstream::endpoint::NatsEndpoint;
 use eventhost::store::NatsStore;
@@ -27,6 +28,10 @@ pub struct DeployArgs {
     /// declare it with their config's `replicas`).
     #[arg(long, default_value_t = 1)]
     pub replicas: usize,
+    /// Deploy even if the version would break the handlers that read what
+    /// it emits, or emit what it cannot read (the blast-radius check).
+    #[arg(long)]
+    pub force: bool,
 }
 
 pub async fn deploy(args: DeployArgs, nats: &NatsEndpoint, bucket: &str) -> Result<()> {
@@ -38,6 +43,7 @@ pub async fn deploy(args: DeployArgs, nats: &NatsEndpoint, bucket: &str) -> Resu
     let replication = Replication::for_client(args.replicas, &client, &nats.url).await?;
     let js = async_nats::jetstream::new(client);
     let bucket = DeployBucket::declare(&js, bucket, replication).await?;
+    check_blast_radius(&bucket, &args, &manifest).await?;
     let deployment = bucket.deploy(&args.name, &wasm, &manifest).await?;
     println!(
         "{} {} deployed to {} ({} bytes){}",
@@ -51,6 +57,28 @@ pub async fn deploy(args: DeployArgs, nats: &NatsEndpoint, bucket: &str) -> Resu
         }
     );
     Ok(())
+}
+
+/// Refuses a version that would break the deployed handlers, against the
+/// deployed schemas, unless `--force`.
+async fn check_blast_radius(
+    bucket: &DeployBucket,
+    args: &DeployArgs,
+    manifest: &[u8],
+) -> Result<()> {
+    let text = std::str::from_utf8(manifest).context("the manifest is not UTF-8")?;
+    let manifest = HandlerManifest::parse(text, &args.name).context("invalid manifest")?;
+    let (contracts, _) = bucket.schemas().contracts().await?;
+    let handlers = bucket.current_manifests().await?;
+    let verdict = super::checks::report_blast_radius(&contracts, &args.name, &manifest, &handlers);
+    match (verdict, args.force) {
+        (Ok(()), _) => Ok(()),
+        (Err(err), true) => {
+            eprintln!("warning: deploying anyway (--force): {err:#}");
+            Ok(())
+        }
+        (Err(err), false) => Err(err.context("deploy refused (--force deploys anyway)")),
+    }
 }
 
 pub async fn ls(nats: &NatsEndpoint, bucket: &str) -> Result<()> {

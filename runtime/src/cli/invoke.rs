@@ -19,6 +19,8 @@ use bytes::Bytes;
 use clap::Args;
 use serde_json::{Value, json};
 
+use cloudevents::AttributesReader;
+use eventhost::contract::LiveContracts;
 use eventhost::event::decode::{ContentMode, Decoded, decode};
 use eventhost::event::encode::encode;
 use eventhost::event::trace::TraceContext;
@@ -61,6 +63,10 @@ pub struct InvokeArgs {
     /// Compile the component even if a compiled copy is cached.
     #[arg(long)]
     no_cache: bool,
+    /// Hold the event and the emits to the contracts in this folder, as
+    /// the runtime does (`<type>/<version>.json`). Default: none.
+    #[arg(long)]
+    schemas: Option<PathBuf>,
 }
 
 pub async fn execute(args: InvokeArgs) -> Result<()> {
@@ -72,16 +78,16 @@ pub async fn execute(args: InvokeArgs) -> Result<()> {
     let wasm = std::fs::read(&args.wasm)
         .with_context(|| format!("reading component {}", args.wasm.display()))?;
 
+    let contracts = Arc::new(match &args.schemas {
+        Some(dir) => LiveContracts::open(dir.clone(), false, Default::default())
+            .with_context(|| format!("the contracts in {}", dir.display()))?,
+        None => LiveContracts::default(),
+    });
+    keeps_contract(&contracts, &manifest, &input)?;
     let store = memory_store_for(&manifest);
     let same_name = |bucket: &str| bucket.to_string();
-    let capabilities = grants::resolve(
-        &name,
-        &manifest,
-        Default::default(),
-        store.clone(),
-        &same_name,
-    )
-    .await?;
+    let capabilities =
+        grants::resolve(&name, &manifest, contracts, store.clone(), &same_name).await?;
     seed_state(&store, &manifest, &args.state).await?;
     let spec = HandlerSpec {
         name: name.clone(),
@@ -127,6 +133,23 @@ pub async fn execute(args: InvokeArgs) -> Result<()> {
         Err(Stop::Failed(failure)) => bail!("the handler failed ({})", failure.kind.as_str()),
         Err(Stop::Interrupted(why)) => bail!("the host interrupted the handler: {why:?}"),
     }
+}
+
+/// Refuses an event the runtime would dead-letter unrun (`schema_invalid`).
+fn keeps_contract(
+    contracts: &LiveContracts,
+    manifest: &HandlerManifest,
+    input: &Decoded,
+) -> Result<()> {
+    let event = &input.event;
+    let pinned = manifest.contract.consumed(event.ty()).flatten();
+    let dataschema = event.dataschema().map(|url| url.as_str());
+    (contracts.current())
+        .check_input(event.ty(), dataschema, event.data().into(), pinned)
+        .map(|_| ())
+        .context(
+            "the event breaks its contract: the runtime dead-letters it unrun (schema_invalid)",
+        )
 }
 
 /// NAME.toml beside NAME.wasm (a plugins directory), else the project's

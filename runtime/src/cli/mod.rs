@@ -4,6 +4,7 @@
 //! contracts, and `deploy`,
 //! `ls`, `undeploy`, `rollback` and `status` for a fleet.
 
+mod checks;
 mod dlq;
 mod events;
 mod fleet;
@@ -13,6 +14,7 @@ mod new;
 mod projection;
 mod run;
 mod schema;
+mod schema_fleet;
 
 use std::path::PathBuf;
 
@@ -100,8 +102,9 @@ pub enum Command {
     Rollback { name: String },
     /// Print the runtimes on this NATS and what each runs.
     Status,
-    /// Event contracts: check a schema folder, or a new version before it
-    /// is added.
+    /// Event contracts: check a schema folder, a new version before it is
+    /// added or a handler before it is deployed; put, get, list and remove
+    /// a fleet's schemas in the deploy bucket.
     Schema {
         #[command(subcommand)]
         command: schema::SchemaCommand,
@@ -146,7 +149,7 @@ impl Cli {
             Command::Rollback { name } => fleet::rollback(&name, &nats, bucket).await,
             Command::Status => fleet::status(&nats, bucket).await,
             Command::New(args) => new::execute(args),
-            Command::Schema { command } => schema::execute(command),
+            Command::Schema { command } => schema::execute(command, &nats, bucket).await,
             Command::Projection { command } => projection::execute(command, &nats).await,
         }
     }

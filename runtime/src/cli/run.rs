@@ -24,6 +24,10 @@ pub struct RunArgs {
     /// Default: `schemas` beside the plugins directory.
     #[arg(long)]
     schemas: Option<PathBuf>,
+    /// Refuse events of a type with no schema: inputs are dead-lettered
+    /// (`schema_invalid`), emits refused. By default they pass unchecked.
+    #[arg(long, env = "EVENTHOST_REQUIRE_SCHEMAS")]
+    require_schemas: bool,
     /// Runtime config file (NATS URL, streams and buckets to declare).
     #[arg(long)]
     config: Option<PathBuf>,
@@ -63,6 +67,7 @@ pub async fn execute(args: RunArgs, global: &Global, shutdown: CancellationToken
     let schemas_dir = (args.schemas).unwrap_or_else(|| super::schema::beside(&args.plugins));
     let options = RuntimeOptions {
         schemas_dir,
+        require_schemas: args.require_schemas,
         plugins_dir: args.plugins,
         deploy_bucket: args.deployed.then(|| global.deploy_bucket.clone()),
         watch: !args.no_watch,

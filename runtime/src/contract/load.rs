@@ -6,6 +6,7 @@
 //! (`#...`), since a schema fetched at start-up could change, or be
 //! missing, under a running fleet.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
@@ -114,7 +115,13 @@ impl Contracts {
                 }
                 continue;
             }
-            match load_type(&event_type, type_dir) {
+            let loaded = validate_type_name(&event_type)
+                .map_err(|why| LoadError::Layout {
+                    path: type_dir.clone(),
+                    why,
+                })
+                .and_then(|()| load_type(&event_type, type_dir));
+            match loaded {
                 Ok(contract) => {
                     contracts.types.insert(event_type, contract);
                 }
@@ -125,6 +132,46 @@ impl Contracts {
             }
         }
         Ok((contracts, problems))
+    }
+}
+
+impl Contracts {
+    /// Contracts from documents already read (the schema bucket's), one
+    /// type at a time as [`Contracts::load_each`] does: `(type, version,
+    /// bytes, where it came from)`.
+    pub fn from_documents<'a>(
+        documents: impl IntoIterator<Item = (&'a str, u32, &'a [u8], PathBuf)>,
+    ) -> (Self, Vec<LoadError>) {
+        let mut by_type: BTreeMap<&str, Result<Vec<Schema>, LoadError>> = BTreeMap::new();
+        for (event_type, version, bytes, origin) in documents {
+            let slot = by_type.entry(event_type).or_insert_with(|| Ok(Vec::new()));
+            if let Ok(versions) = slot {
+                match parse_schema(event_type, version, bytes, origin) {
+                    Ok(schema) => versions.push(schema),
+                    Err(problem) => *slot = Err(problem),
+                }
+            }
+        }
+        let mut contracts = Contracts::default();
+        let mut problems = Vec::new();
+        for (event_type, versions) in by_type {
+            let contract = versions.and_then(|mut versions| {
+                versions.sort_by_key(|schema| schema.version);
+                contract_of(event_type, versions)
+            });
+            match contract {
+                Ok(contract) => {
+                    contracts.types.insert(event_type.to_string(), contract);
+                }
+                Err(problem) => {
+                    contracts
+                        .broken
+                        .insert(event_type.to_string(), problem.to_string());
+                    problems.push(problem);
+                }
+            }
+        }
+        (contracts, problems)
     }
 }
 
@@ -215,6 +262,27 @@ fn is_notes(path: &Path) -> bool {
     path.extension().is_some_and(|ext| ext == "md")
 }
 
+/// An event type as a folder, a key in the schema bucket and a manifest
+/// entry can all name it: letters, digits, `.`, `-` and `_`, as reverse-DNS
+/// CloudEvent types are written.
+pub fn validate_type_name(event_type: &str) -> Result<(), String> {
+    if event_type.is_empty() {
+        return Err("an event type must not be empty".into());
+    }
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_');
+    if let Some(bad) = event_type.chars().find(|c| !allowed(*c)) {
+        return Err(format!(
+            "event type {event_type:?} has {bad:?}; use letters, digits, `.`, `-` and `_`"
+        ));
+    }
+    if event_type.starts_with('.') || event_type.ends_with('.') || event_type.contains("..") {
+        return Err(format!(
+            "event type {event_type:?} has an empty `.`-separated part"
+        ));
+    }
+    Ok(())
+}
+
 /// `3.json` → 3; no leading zero, no version 0.
 fn version_of(file_name: &str) -> Option<u32> {
     let digits = file_name.strip_suffix(".json")?;
@@ -239,7 +307,22 @@ pub fn read_schema(event_type: &str, version: u32, path: PathBuf) -> Result<Sche
         path: path.clone(),
         source,
     })?;
-    let document: Value = serde_json::from_slice(&bytes).map_err(|source| LoadError::NotJson {
+    parse_schema(event_type, version, &bytes, path)
+}
+
+/// Checks and compiles one version's bytes; `path` names it in messages
+/// (a file, or where it would be stored).
+pub fn parse_schema(
+    event_type: &str,
+    version: u32,
+    bytes: &[u8],
+    path: PathBuf,
+) -> Result<Schema, LoadError> {
+    let size = bytes.len() as u64;
+    if size > MAX_SCHEMA_BYTES {
+        return Err(LoadError::TooLarge { path, size });
+    }
+    let document: Value = serde_json::from_slice(bytes).map_err(|source| LoadError::NotJson {
         path: path.clone(),
         source,
     })?;

@@ -13,7 +13,10 @@
 //! An event names the version it claims in `dataschema` (the version's
 //! [`Schema::id`]); an event that names none is checked against its type's
 //! newest version, which under the default `backward` mode reads every
-//! older version's data. A type with no schema is not checked.
+//! older version's data; a handler that pins a version in its manifest's
+//! `[contract]` ([`declared`]) is held to that one. A type with no schema
+//! is not checked, unless the runtime requires schemas
+//! (`--require-schemas`).
 //!
 //! - **Input**: data that fails its schema is dead-lettered before the
 //!   guest runs (reason `schema_invalid`), with every violation as a JSON
@@ -23,9 +26,11 @@
 //!   emit capability asks [`Contracts::check_emitted`]); an event that
 //!   passes carries the version's id in `dataschema`.
 
+pub mod blast;
 pub mod compat;
 #[cfg(test)]
 mod compat_tests;
+pub mod declared;
 pub mod load;
 #[cfg(test)]
 mod tests;
@@ -35,9 +40,13 @@ use std::fmt;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use serde_json::Value;
 
 pub use compat::Compatibility;
+pub use declared::{ContractSection, TypeRef};
 pub use load::LoadError;
 
 /// Most violations one error lists; the rest are counted.
@@ -83,6 +92,9 @@ pub struct Contracts {
     types: BTreeMap<String, TypeContract>,
     /// Types whose folder could not be loaded, and why.
     broken: BTreeMap<String, String>,
+    /// Whether a type with no contract is refused rather than let through
+    /// (`eventhost run --require-schemas`).
+    require_schema: bool,
 }
 
 /// The contracts a running host enforces, read from its folder at start
@@ -91,16 +103,47 @@ pub struct Contracts {
 pub struct LiveContracts {
     /// `None`: no folder, no contract (a projection rebuild, `invoke`).
     dir: Option<PathBuf>,
+    /// Refuse types with no contract.
+    require_schema: bool,
     current: RwLock<Arc<Contracts>>,
+    /// `eventhost_contract_checks_total`.
+    checks: Family<ContractCheckLabels, Counter>,
+}
+
+/// The series of `eventhost_contract_checks_total`. Bounded: `event_type`
+/// is a type with a contract, or `(unregistered)`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ContractCheckLabels {
+    pub handler: String,
+    pub event_type: String,
+    /// input | emit
+    pub direction: String,
+    /// valid | invalid
+    pub result: String,
+}
+
+/// Which way an event crossed the sandbox when it was checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    Input,
+    Emit,
 }
 
 impl LiveContracts {
     /// Reads the folder `dir`. Fails only if it cannot be read at all; a
     /// type with a problem is logged and broken ([`Contracts::load_each`]).
-    pub fn open(dir: PathBuf) -> Result<Self, LoadError> {
+    /// `require_schema`: refuse events of types with no contract; every
+    /// check is counted in `checks`.
+    pub fn open(
+        dir: PathBuf,
+        require_schema: bool,
+        checks: Family<ContractCheckLabels, Counter>,
+    ) -> Result<Self, LoadError> {
         let live = LiveContracts {
             dir: Some(dir),
+            require_schema,
             current: RwLock::default(),
+            checks,
         };
         live.reload()?;
         Ok(live)
@@ -109,7 +152,8 @@ impl LiveContracts {
     /// Reads the folder again; on failure the contracts in force stay.
     pub fn reload(&self) -> Result<(), LoadError> {
         let Some(dir) = &self.dir else { return Ok(()) };
-        let (contracts, problems) = Contracts::load_each(dir)?;
+        let (mut contracts, problems) = Contracts::load_each(dir)?;
+        contracts.require_schema = self.require_schema;
         for problem in &problems {
             tracing::error!(error = %problem, "an event contract could not be loaded; events of its type wait");
         }
@@ -117,6 +161,35 @@ impl LiveContracts {
         tracing::info!(dir = %dir.display(), ?types, "event contracts loaded");
         *self.current.write().expect("never poisoned") = Arc::new(contracts);
         Ok(())
+    }
+
+    /// Counts one check's verdict: `Ok(true)` valid, `Ok(false)` not
+    /// checked (no contract), `Err` its error. A broken contract checked
+    /// nothing, so it is not counted either.
+    pub fn count<T>(
+        &self,
+        handler: &str,
+        event_type: &str,
+        direction: Direction,
+        verdict: &Result<Option<T>, ContractError>,
+    ) {
+        let (event_type, result) = match verdict {
+            Ok(None) | Err(ContractError::Broken { .. }) => return,
+            Ok(Some(_)) => (event_type, "valid"),
+            Err(ContractError::Unregistered { .. }) => ("(unregistered)", "invalid"),
+            Err(_) => (event_type, "invalid"),
+        };
+        let labels = ContractCheckLabels {
+            handler: handler.to_string(),
+            event_type: event_type.to_string(),
+            direction: match direction {
+                Direction::Input => "input",
+                Direction::Emit => "emit",
+            }
+            .to_string(),
+            result: result.to_string(),
+        };
+        self.checks.get_or_create(&labels).inc();
     }
 
     /// The contracts as they are now; a check holds them to its end.
@@ -158,6 +231,12 @@ pub enum ContractError {
         claimed: String,
         known: String,
     },
+    #[error("{event_type:?} has no schema, and this runtime requires one for every type")]
+    Unregistered { event_type: String },
+    #[error(
+        "the event claims dataschema {claimed:?}, but the handler's `[contract]` pins {pinned:?}"
+    )]
+    NotPinned { claimed: String, pinned: String },
     #[error("the data is not JSON ({0}), but {1} requires a JSON document")]
     NotJson(String, String),
     #[error("the data does not match {schema}: {}", list(.violations, *.more))]
@@ -198,49 +277,105 @@ impl Contracts {
         self.broken.get(event_type).map(String::as_str)
     }
 
-    /// Checks an input event's data against the version it claims (or its
-    /// type's newest). `Ok(None)`: the type has no contract.
+    /// Checks an input event's data against the version the handler pins
+    /// (`pinned`, from its `[contract]`), else the version the event claims,
+    /// else its type's newest. `Ok(None)`: the type has no contract.
     pub fn check_input(
         &self,
         event_type: &str,
         dataschema: Option<&str>,
         data: Payload<'_>,
+        pinned: Option<u32>,
+    ) -> Result<Option<&Schema>, ContractError> {
+        let Some(schema) = self.schema_for(event_type, dataschema, pinned)? else {
+            return Ok(None);
+        };
+        schema.check(data)?;
+        Ok(Some(schema))
+    }
+
+    /// Checks an emitted event's data against the version the handler pins,
+    /// else the one it claims, else its type's newest; `Ok(Some(id))` is the
+    /// `dataschema` it is to carry. A claim that differs from the pin is
+    /// refused: the event would say one contract and keep another.
+    pub fn check_emitted(
+        &self,
+        event_type: &str,
+        dataschema: Option<&str>,
+        data: Option<&[u8]>,
+        pinned: Option<u32>,
+    ) -> Result<Option<&str>, ContractError> {
+        if let (Some(claimed), Some(version)) = (dataschema, pinned)
+            && let Some(schema) = self.schema_for(event_type, None, Some(version))?
+            && schema.id != claimed
+        {
+            return Err(ContractError::NotPinned {
+                claimed: claimed.to_string(),
+                pinned: schema.id.clone(),
+            });
+        }
+        let data = data.map_or(Payload::Absent, Payload::Bytes);
+        let schema = self.check_input(event_type, dataschema, data, pinned)?;
+        Ok(schema.map(|schema| schema.id.as_str()))
+    }
+
+    /// The version an event of `event_type` is held to; `None`: no contract.
+    fn schema_for(
+        &self,
+        event_type: &str,
+        dataschema: Option<&str>,
+        pinned: Option<u32>,
     ) -> Result<Option<&Schema>, ContractError> {
         if let Some(why) = self.broken.get(event_type) {
             let event_type = event_type.to_string();
             let why = why.clone();
             return Err(ContractError::Broken { event_type, why });
         }
+        // A type with no contract is not checked, pinned or not: a
+        // runtime without schemas runs handlers that declare them.
         let Some(contract) = self.types.get(event_type) else {
+            if self.require_schema {
+                let event_type = event_type.to_string();
+                return Err(ContractError::Unregistered { event_type });
+            }
             return Ok(None);
         };
-        let schema = match dataschema {
-            None => contract.newest(),
-            Some(claimed) => (contract.versions.iter())
-                .find(|schema| schema.id == claimed)
-                .ok_or_else(|| ContractError::UnknownSchema {
-                    event_type: event_type.to_string(),
-                    claimed: claimed.to_string(),
-                    known: (contract.versions.iter().map(|s| s.id.as_str()))
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                })?,
+        let known = || {
+            (contract.versions.iter().map(|s| s.id.as_str()))
+                .collect::<Vec<_>>()
+                .join(", ")
         };
-        schema.check(data)?;
+        let claimed = match dataschema {
+            None => None,
+            Some(claimed) => Some(
+                (contract.versions.iter())
+                    .find(|schema| schema.id == claimed)
+                    .ok_or_else(|| ContractError::UnknownSchema {
+                        event_type: event_type.to_string(),
+                        claimed: claimed.to_string(),
+                        known: known(),
+                    })?,
+            ),
+        };
+        let schema = match pinned {
+            Some(version) => (contract.versions.iter())
+                .find(|schema| schema.version == version)
+                .ok_or_else(|| missing_pin(event_type, version))?,
+            None => claimed.unwrap_or_else(|| contract.newest()),
+        };
         Ok(Some(schema))
     }
+}
 
-    /// Checks an emitted event's data against the version it claims, or its
-    /// type's newest; `Ok(Some(id))` is the `dataschema` it is to carry.
-    pub fn check_emitted(
-        &self,
-        event_type: &str,
-        dataschema: Option<&str>,
-        data: Option<&[u8]>,
-    ) -> Result<Option<&str>, ContractError> {
-        let data = data.map_or(Payload::Absent, Payload::Bytes);
-        let schema = self.check_input(event_type, dataschema, data)?;
-        Ok(schema.map(|schema| schema.id.as_str()))
+/// A handler pins a version its type's contract does not hold: the folder
+/// (or bucket) is behind the handler, so its events wait, as for a broken
+/// one.
+fn missing_pin(event_type: &str, version: u32) -> ContractError {
+    ContractError::Broken {
+        event_type: event_type.to_string(),
+        why: format!(
+            "the handler's `[contract]` pins version {version}, which the contracts do not hold"
+        ),
     }
 }
 

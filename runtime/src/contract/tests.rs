@@ -57,48 +57,84 @@ const ORDER: &str = "com.example.order.created";
 /// Whether a load error is the one a case expects.
 type IsExpected = fn(&LoadError) -> bool;
 
-#[test]
-fn data_is_checked_against_the_claimed_version_or_the_newest() {
+/// The order at v1 and a v2 that adds an optional note (with `v2_id` as
+/// its `$id`, if any), loaded; and an order both accept.
+fn orders_v1_v2(v2_id: Option<&str>) -> (Contracts, &'static [u8]) {
     let mut v2 = order_v1();
-    v2["$id"] = json!("https://example.com/schemas/order/2");
+    if let Some(id) = v2_id {
+        v2["$id"] = json!(id);
+    }
     v2["properties"]["note"] = json!({ "type": "string" });
     let dir = folder(&[
         (&format!("{ORDER}/1.json"), order_v1()),
         (&format!("{ORDER}/2.json"), v2),
     ]);
-    let contracts = Contracts::load(dir.path()).unwrap();
     let good = br#"{"order_id":"o-1","items":[{"sku":"a","quantity":1,"price":2}],"total":2}"#;
+    (Contracts::load(dir.path()).unwrap(), good)
+}
+
+#[test]
+fn a_handler_pin_rules_over_the_claim_and_the_newest() {
+    let (contracts, good) = orders_v1_v2(None);
+    let v2_id = "urn:eventhost:schema:com.example.order.created:2";
+    let read = contracts.check_input(ORDER, Some(v2_id), Payload::Bytes(good), Some(1));
+    assert_eq!(read.unwrap().unwrap().version, 1, "the reader's version");
+    let missing = (contracts.check_input(ORDER, None, Payload::Bytes(good), Some(3))).unwrap_err();
+    assert!(matches!(missing, ContractError::Broken { .. }), "{missing}");
+    let emitted = contracts.check_emitted(ORDER, None, Some(good), Some(1));
+    assert_eq!(
+        emitted.unwrap(),
+        Some("urn:eventhost:schema:com.example.order.created:1")
+    );
+    let other = contracts.check_emitted(ORDER, Some(v2_id), Some(good), Some(1));
+    assert!(
+        matches!(other, Err(ContractError::NotPinned { .. })),
+        "{other:?}"
+    );
+    let no_contract = contracts.check_input("com.example.none", None, Payload::Absent, Some(1));
+    assert!(
+        matches!(no_contract, Ok(None)),
+        "a type with no contract is not checked"
+    );
+}
+
+#[test]
+fn data_is_checked_against_the_claimed_version_or_the_newest() {
+    let (contracts, good) = orders_v1_v2(Some("https://example.com/schemas/order/2"));
     let newest = contracts
-        .check_input(ORDER, None, Payload::Bytes(good))
+        .check_input(ORDER, None, Payload::Bytes(good), None)
         .unwrap();
     assert_eq!(newest.unwrap().id, "https://example.com/schemas/order/2");
     let claimed = (contracts.check_input(
         ORDER,
         Some("urn:eventhost:schema:com.example.order.created:1"),
         Payload::Bytes(good),
+        None,
     ))
     .unwrap();
     assert_eq!(claimed.unwrap().version, 1);
     assert!(
         contracts
-            .check_input("com.example.other", None, Payload::Bytes(b"not json"))
+            .check_input("com.example.other", None, Payload::Bytes(b"not json"), None)
             .unwrap()
             .is_none()
     );
 
     let unknown = contracts
-        .check_input(ORDER, Some("urn:nope"), Payload::Bytes(good))
+        .check_input(ORDER, Some("urn:nope"), Payload::Bytes(good), None)
         .unwrap_err();
     assert!(
         matches!(unknown, ContractError::UnknownSchema { .. }),
         "{unknown}"
     );
     let not_json = contracts
-        .check_input(ORDER, None, Payload::Bytes(b"{"))
+        .check_input(ORDER, None, Payload::Bytes(b"{"), None)
         .unwrap_err();
     assert!(matches!(not_json, ContractError::NotJson(..)), "{not_json}");
     assert!(
-        contracts.check_input(ORDER, None, Payload::Absent).is_err(),
+        contracts
+            .check_input(ORDER, None, Payload::Absent, None)
+            .is_err(),
         "absent data is null"
     );
 }
@@ -113,7 +149,7 @@ fn every_violation_is_a_pointer_and_a_message() {
         more,
         schema,
     } = contracts
-        .check_input(ORDER, None, Payload::Bytes(bad))
+        .check_input(ORDER, None, Payload::Bytes(bad), None)
         .unwrap_err()
     else {
         panic!("not a violation")
@@ -143,7 +179,7 @@ fn long_lists_of_violations_are_cut() {
     let contracts = Contracts::load(dir.path()).unwrap();
     let data = serde_json::to_vec(&(0..25).collect::<Vec<_>>()).unwrap();
     let err = contracts
-        .check_input("t", None, Payload::Bytes(&data))
+        .check_input("t", None, Payload::Bytes(&data), None)
         .unwrap_err();
     let ContractError::Invalid {
         violations, more, ..
@@ -292,7 +328,7 @@ fn a_runtime_keeps_the_types_it_could_load_and_names_the_broken_ones() {
             .contains("not a valid JSON Schema")
     );
     let held = contracts
-        .check_input("bad", None, Payload::Absent)
+        .check_input("bad", None, Payload::Absent, None)
         .unwrap_err();
     assert!(matches!(held, ContractError::Broken { .. }), "{held}");
     assert!(

@@ -25,7 +25,7 @@ use async_nats::jetstream;
 use cloudevents::AttributesReader;
 
 use super::settle::{Delivery, Settlement};
-use crate::contract::{ContractError, LiveContracts};
+use crate::contract::{ContractError, Direction, LiveContracts};
 use crate::event::decode::Decoded;
 use crate::event::trace::TraceContext;
 use crate::failure::{Conflict, DeadLetterReason, Failure, FailureKind, chain};
@@ -109,7 +109,10 @@ impl Attempts {
         let event = &input.event;
         let dataschema = event.dataschema().map(|url| url.as_str());
         let contracts = self.contracts.current();
-        match contracts.check_input(event.ty(), dataschema, event.data().into()) {
+        let pinned = self.manifest.contract.consumed(event.ty()).flatten();
+        let verdict = contracts.check_input(event.ty(), dataschema, event.data().into(), pinned);
+        (self.contracts).count(self.name(), event.ty(), Direction::Input, &verdict);
+        match verdict {
             Ok(_) => Ok(()),
             Err(ContractError::Broken { why, .. }) => {
                 tracing::warn!(

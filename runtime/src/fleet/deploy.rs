@@ -55,6 +55,7 @@ pub struct DeployBucket {
     name: String,
     objects: object_store::ObjectStore,
     store: NatsStore,
+    js: jetstream::Context,
 }
 
 impl DeployBucket {
@@ -100,11 +101,35 @@ impl DeployBucket {
             name: name.to_string(),
             objects,
             store: NatsStore::new(js.clone()),
+            js: js.clone(),
         })
     }
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The event contracts deployed beside the handlers.
+    pub fn schemas(&self) -> super::schemas::SchemaBucket {
+        super::schemas::SchemaBucket::new(NatsStore::new(self.js.clone()), &self.name)
+    }
+
+    /// The manifest each deployed handler runs now (a handler whose files
+    /// cannot be fetched is an error: a check must not skip a reader).
+    pub async fn current_manifests(&self) -> Result<Vec<(String, HandlerManifest)>> {
+        let mut manifests = Vec::new();
+        for (name, deployment) in self.list().await? {
+            // The manifest alone: the component is not needed to know what
+            // a handler reads and emits (the object store checks its digest).
+            let manifest = self
+                .get(&object_name(&name, &deployment.version, "toml"))
+                .await?;
+            let text = String::from_utf8_lossy(&manifest);
+            let manifest = HandlerManifest::parse(&text, &name)
+                .with_context(|| format!("the deployed manifest of {name}"))?;
+            manifests.push((name, manifest));
+        }
+        Ok(manifests)
     }
 
     /// The subject every pointer write is published on, for followers.

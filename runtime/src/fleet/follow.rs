@@ -9,6 +9,12 @@
 //! content hash matched the deployed version, and the runtime reconciles
 //! only after a sync has finished, so it never sees half a pair.
 //!
+//! The deployed schemas ([`super::schemas`]) are mirrored the same way,
+//! into a `schemas/` folder beside the handlers' `plugins/`, and loaded by
+//! the same code as any contracts folder. They are synced first and as a
+//! whole: if they cannot be read, nothing changes this round (a handler
+//! that pins a new schema never runs against the old set).
+//!
 //! The directory is a temporary one per process: it is a cache of the
 //! bucket (two runtimes on one machine must not share it), and the compiled
 //! cache still spares recompiling what another start already compiled. Its
@@ -17,11 +23,12 @@
 //! MB).
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
 use super::deploy::DeployBucket;
+use super::schemas;
 
 const PREFIX: &str = "eventhost-deployed-";
 
@@ -50,6 +57,8 @@ pub struct Mirror {
     dir: tempfile::TempDir,
     /// The version each mirrored handler's files hold.
     mirrored: BTreeMap<String, String>,
+    /// The schema files mirrored, relative to [`Mirror::schemas_dir`].
+    schema_files: BTreeMap<PathBuf, bytes::Bytes>,
 }
 
 impl Mirror {
@@ -59,16 +68,26 @@ impl Mirror {
             .prefix(&format!("{PREFIX}{}-", std::process::id()))
             .tempdir()
             .context("creating the directory deployed handlers are mirrored into")?;
+        for sub in ["plugins", "schemas"] {
+            let path = dir.path().join(sub);
+            std::fs::create_dir(&path).with_context(|| format!("creating {}", path.display()))?;
+        }
         Ok(Mirror {
             bucket,
             dir,
             mirrored: BTreeMap::new(),
+            schema_files: BTreeMap::new(),
         })
     }
 
     /// The directory to run handlers from.
-    pub fn dir(&self) -> &Path {
-        self.dir.path()
+    pub fn dir(&self) -> PathBuf {
+        self.dir.path().join("plugins")
+    }
+
+    /// The contracts folder the deployed schemas are mirrored into.
+    pub fn schemas_dir(&self) -> PathBuf {
+        self.dir.path().join("schemas")
     }
 
     pub fn bucket(&self) -> &DeployBucket {
@@ -80,6 +99,54 @@ impl Mirror {
     /// skipped: the files of the version before it stay, so it keeps
     /// serving. Returns whether any file changed.
     pub async fn sync(&mut self) -> bool {
+        let schemas_changed = match self.sync_schemas().await {
+            Ok(changed) => changed,
+            Err(err) => {
+                tracing::error!(
+                    bucket = self.bucket.name(),
+                    error = format!("{err:#}"),
+                    "cannot read the deployed schemas; handlers and contracts stay as they are"
+                );
+                return false;
+            }
+        };
+        self.sync_handlers().await || schemas_changed
+    }
+
+    /// Makes the schemas folder hold the bucket's schemas; whether any
+    /// file changed.
+    async fn sync_schemas(&mut self) -> Result<bool> {
+        let stored = self.bucket.schemas().list().await?;
+        let wanted = schemas::as_files(&stored);
+        if wanted == self.schema_files {
+            return Ok(false);
+        }
+        let root = self.schemas_dir();
+        for (path, bytes) in &wanted {
+            if self.schema_files.get(path) != Some(bytes) {
+                let path = root.join(path);
+                let parent = path.parent().expect("a type folder");
+                std::fs::create_dir_all(parent)
+                    .and_then(|()| std::fs::write(&path, bytes))
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+        }
+        for path in self
+            .schema_files
+            .keys()
+            .filter(|p| !wanted.contains_key(*p))
+        {
+            let path = root.join(path);
+            let _ = std::fs::remove_file(&path);
+            // The type's folder goes with its last version.
+            let _ = std::fs::remove_dir(path.parent().expect("a type folder"));
+        }
+        tracing::info!(schemas = wanted.len(), "deployed schemas mirrored");
+        self.schema_files = wanted;
+        Ok(true)
+    }
+
+    async fn sync_handlers(&mut self) -> bool {
         let deployed = match self.bucket.list().await {
             Ok(deployed) => deployed,
             Err(err) => {

@@ -5,6 +5,8 @@
 //! - [`deploy`]: handler versions deployed through NATS (`eventhost deploy`),
 //!   which [`follow`] mirrors into each runtime, where they load and reload
 //!   exactly as from a plugins directory;
+//! - [`schemas`]: the event contracts deployed beside them (`eventhost
+//!   schema put`), mirrored the same way;
 //! - [`announce`]: each runtime's account of what it runs, which
 //!   `eventhost status` prints as a table;
 //! - [`lease`]: which runtime consumes an ordered handler's consumer, so
@@ -15,6 +17,7 @@ pub mod announce;
 pub mod deploy;
 pub mod follow;
 pub mod lease;
+pub mod schemas;
 
 /// Where `eventhost reload` asks every runtime of the fleet to reload now
 /// (core NATS: a runtime that is down has nothing to reload).

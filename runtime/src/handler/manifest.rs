@@ -18,7 +18,7 @@ use anyhow::{Context, Result, bail, ensure};
 use bytesize::ByteSize;
 use serde::Deserialize;
 
-use crate::contract::LiveContracts;
+use crate::contract::{ContractSection, LiveContracts};
 use crate::event::subject;
 use crate::policy::RetryPolicy;
 use crate::sandbox::Bounds;
@@ -64,6 +64,9 @@ pub struct HandlerManifest {
     /// Event-store subjects the handler may read and append to.
     pub eventstore: Option<EventStoreSection>,
     pub http: Option<HttpSection>,
+    /// The event types (and versions) the handler reads and emits.
+    #[serde(default)]
+    pub contract: ContractSection,
 }
 
 /// Event ordering guarantees.
@@ -207,6 +210,7 @@ impl HandlerManifest {
         if let Some(http) = &self.http {
             http.validate()?;
         }
+        self.contract.validate().map_err(anyhow::Error::msg)?;
         Ok(())
     }
 
@@ -232,10 +236,12 @@ impl HandlerManifest {
     /// `contracts`.
     pub fn emit_grant(&self, handler_name: &str, contracts: Arc<LiveContracts>) -> EmitGrant {
         EmitGrant {
+            handler: handler_name.to_string(),
             publish: self.publish.clone(),
             source: self.default_source(handler_name),
             mode: self.emit_mode,
             contracts: Some(contracts),
+            declared: self.contract.clone(),
         }
     }
 

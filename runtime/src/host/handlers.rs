@@ -19,6 +19,7 @@ use async_nats::jetstream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::contract::{ContractSection, blast};
 use crate::dispatch::{Dispatcher, Services};
 use crate::handler::grants;
 use crate::handler::plugins::{self, Discovered, PluginSource};
@@ -214,6 +215,8 @@ impl HandlerSet {
         check_publish_targets(js, &manifest.publish)
             .await
             .with_context(context)?;
+        self.check_blast_radius(&name, &manifest.contract)
+            .with_context(context)?;
         let store = self.services.store.clone();
         let physical = |bucket: &str| generation.physical(bucket);
         let capabilities = grants::resolve(
@@ -243,6 +246,34 @@ impl HandlerSet {
         Dispatcher::new(component, manifest, bindings, &self.services)
             .await
             .with_context(context)
+    }
+
+    /// Refuses a version that would break a running handler: what it emits
+    /// must be readable by their pinned versions, and what they emit by it
+    /// ([`blast`]). At start, handlers load in name order, each checked
+    /// against the ones already running.
+    fn check_blast_radius(&self, name: &str, section: &ContractSection) -> Result<()> {
+        let running: Vec<(String, ContractSection)> = {
+            let board = self.board.lock().expect("never poisoned");
+            (board.iter())
+                .filter_map(|(other, slot)| {
+                    Some((
+                        other.clone(),
+                        slot.current.as_ref()?.manifest().contract.clone(),
+                    ))
+                })
+                .collect()
+        };
+        let contracts = self.services.contracts.current();
+        let findings = blast::blast_radius(&contracts, name, section, &running);
+        if findings.is_empty() {
+            return Ok(());
+        }
+        let list: Vec<String> = findings.iter().map(ToString::to_string).collect();
+        anyhow::bail!(
+            "refused: this version would break the event flow ({}); deploy the readers first, or change the pins in `[contract]`",
+            list.join("; ")
+        )
     }
 
     /// Waits for every handler, replaced versions included, to drain. Call

@@ -44,6 +44,9 @@ pub struct RuntimeOptions {
     /// The event contracts (`<type>/<version>.json`); a missing folder
     /// holds none.
     pub schemas_dir: PathBuf,
+    /// Refuse events of types with no schema (dead-lettered as
+    /// `schema_invalid`; emits refused) instead of letting them through.
+    pub require_schemas: bool,
     /// Run the handlers deployed to this deploy bucket instead of the
     /// plugins directory.
     pub deploy_bucket: Option<String>,
@@ -73,12 +76,13 @@ pub async fn run(options: RuntimeOptions, shutdown: CancellationToken) -> Result
     let sandbox = Arc::new(Sandbox::new(cache)?);
     let store: Arc<dyn Store> = Arc::new(NatsStore::new(js.clone()));
     let leases = Leases::new(store.clone(), &id, &host);
-    let contracts =
-        LiveContracts::open(options.schemas_dir.clone()).context("reading the event contracts")?;
+    let (mut mirror, dir, source) = handler_source(&options, &js, replication).await?;
+    let metrics = Arc::new(Metrics::new());
+    let contracts = open_contracts(&options, mirror.as_ref(), &metrics)?;
     let services = Services {
         js: js.clone(),
         store: store.clone(),
-        metrics: Arc::new(Metrics::new()),
+        metrics,
         replicas: replication.copies,
         unclaimed_runs: replication.oldest.commits_atomic_batches(),
         leases: Some(leases.clone()),
@@ -98,7 +102,6 @@ pub async fn run(options: RuntimeOptions, shutdown: CancellationToken) -> Result
         Some(addr) => Some(admin::serve(addr, state, admin_stop.clone()).await?),
         None => None,
     };
-    let (mut mirror, dir, source) = handler_source(&options, &js, replication).await?;
     handlers.reconcile(&dir).await;
     if handlers.names().is_empty() {
         tracing::warn!(from = %source, "no handlers loaded");
@@ -140,6 +143,21 @@ pub async fn run(options: RuntimeOptions, shutdown: CancellationToken) -> Result
     Ok(())
 }
 
+/// The contracts the host enforces: the deploy bucket's, mirrored, or the
+/// schemas folder's.
+fn open_contracts(
+    options: &RuntimeOptions,
+    mirror: Option<&Mirror>,
+    metrics: &Metrics,
+) -> Result<LiveContracts> {
+    let dir = match mirror {
+        Some(mirror) => mirror.schemas_dir(),
+        None => options.schemas_dir.clone(),
+    };
+    let checks = metrics.contract_checks.clone();
+    LiveContracts::open(dir, options.require_schemas, checks).context("reading the event contracts")
+}
+
 /// Where the handlers come from: the deploy bucket (mirrored into a
 /// directory) or the plugins directory. Returns the mirror, the directory
 /// to load from, and how to name the source in logs.
@@ -156,7 +174,7 @@ async fn handler_source(
     let bucket = DeployBucket::declare(js, bucket, replication).await?;
     let mut mirror = Mirror::new(bucket)?;
     mirror.sync().await;
-    let dir = mirror.dir().to_path_buf();
+    let dir = mirror.dir();
     let source = format!("deploy bucket {}", mirror.bucket().name());
     Ok((Some(mirror), dir, source))
 }

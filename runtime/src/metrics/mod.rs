@@ -20,6 +20,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 
+use crate::contract::ContractCheckLabels;
 use crate::failure::FailureKind;
 use crate::sandbox::capability::StoreLabels;
 use crate::sandbox::{Capabilities, CapabilityMetrics, CapabilitySeries};
@@ -137,6 +138,8 @@ metrics! {
         "Time to commit a successful invocation's state changes and events";
     conflicts: Family<StoreLabels, Counter> = counter("state_conflicts"),
         "Optimistic-concurrency races lost (the invocation ran again with fresh state)";
+    contract_checks: Family<ContractCheckLabels, Counter> = counter("contract_checks"),
+        "Event data checked against its schema, by handler, event type, direction (input, emit) and result (valid, invalid); types with no schema are not checked";
 }
 
 /// `eventhost_build_info{version}`: always 1, for dashboards to join on.

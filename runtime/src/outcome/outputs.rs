@@ -211,10 +211,12 @@ mod tests {
 
     fn grant(mode: EmitMode) -> EmitGrant {
         EmitGrant {
+            handler: "h".into(),
             publish: vec!["out".into()],
             source: "/eventhost/h".into(),
             mode,
             contracts: None,
+            declared: Default::default(),
         }
     }
 

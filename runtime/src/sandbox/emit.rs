@@ -21,7 +21,7 @@ use super::capability::{Capability, InvocationContext, View};
 use super::eventhost::handler::emitter;
 use super::types::{self, EmitError};
 use super::{Effects, v0_1};
-use crate::contract::{ContractError, LiveContracts};
+use crate::contract::{ContractError, ContractSection, Direction, LiveContracts};
 use crate::event::decode::{InvalidAttributeName, validate_attribute_name};
 use crate::event::subject;
 use crate::failure::{Failure, FailureKind};
@@ -61,6 +61,8 @@ pub enum EmitMode {
 /// What a handler may emit, and how its events are completed.
 #[derive(Debug, Clone)]
 pub struct EmitGrant {
+    /// The handler's name, for metrics.
+    pub handler: String,
     /// Subject patterns `emit` may target.
     pub publish: Vec<String>,
     /// The `source` of emitted events that set none.
@@ -68,14 +70,21 @@ pub struct EmitGrant {
     pub mode: EmitMode,
     /// The event contracts emitted data must keep (none: unchecked).
     pub contracts: Option<Arc<LiveContracts>>,
+    /// The types (and versions) the manifest says the handler emits.
+    pub declared: ContractSection,
 }
 
 /// What a handler without a grant may emit: nothing.
 static NOTHING: EmitGrant = EmitGrant {
+    handler: String::new(),
     publish: Vec::new(),
     source: String::new(),
     mode: EmitMode::Same,
     contracts: None,
+    declared: ContractSection {
+        consumes: Vec::new(),
+        emits: None,
+    },
 };
 
 impl EmitGrant {
@@ -156,12 +165,19 @@ impl EmitState {
     }
 
     fn check_contract(&self, event: &mut types::OutgoingEvent) -> Result<(), Refusal> {
-        let Some(contracts) = self.grant.as_ref().and_then(|g| g.contracts.as_ref()) else {
+        let Some(grant) = &self.grant else {
             return Ok(());
         };
-        let contracts = contracts.current();
+        let pinned = (grant.declared.emitted(&event.type_)).map_err(EmitError::InvalidEvent)?;
+        let Some(live) = &grant.contracts else {
+            return Ok(());
+        };
+        let contracts = live.current();
         let data = event.data.as_deref();
-        let kept = contracts.check_emitted(&event.type_, event.dataschema.as_deref(), data);
+        let claimed = event.dataschema.as_deref();
+        let kept = contracts.check_emitted(&event.type_, claimed, data, pinned);
+        let handler = &grant.handler;
+        live.count(handler, &event.type_, Direction::Emit, &kept);
         match kept {
             Ok(Some(id)) => event.dataschema = Some(id.to_string()),
             Ok(None) => {}
@@ -326,10 +342,12 @@ mod tests {
 
     fn state() -> EmitState {
         EmitState::new(Arc::new(EmitGrant {
+            handler: "h".into(),
             publish: vec!["out.*".into()],
             source: "/s".into(),
             mode: EmitMode::Same,
             contracts: None,
+            declared: ContractSection::default(),
         }))
     }
 
@@ -374,13 +392,17 @@ mod tests {
             std::fs::create_dir_all(dir.path().join(path).parent().unwrap()).unwrap();
             std::fs::write(dir.path().join(path), schema).unwrap();
         }
-        let contracts = Arc::new(LiveContracts::open(dir.path().to_path_buf()).unwrap());
+        let contracts = Arc::new(
+            LiveContracts::open(dir.path().to_path_buf(), false, Default::default()).unwrap(),
+        );
         let state = || {
             EmitState::new(Arc::new(EmitGrant {
+                handler: "h".into(),
                 publish: vec!["out.*".into()],
                 source: "/s".into(),
                 mode: EmitMode::Same,
                 contracts: Some(contracts.clone()),
+                declared: ContractSection::default(),
             }))
         };
         let typed = |ty: &str, data: &str| types::OutgoingEvent {
@@ -406,6 +428,39 @@ mod tests {
             Err(EmitError::InvalidEvent(_))
         ));
         assert_eq!(emit.refused.unwrap().kind, FailureKind::Output);
+    }
+
+    #[test]
+    fn declared_emits_are_the_only_types_emitted() {
+        let declared: ContractSection = toml::from_str("emits = [\"t\"]").unwrap();
+        let mut emit = EmitState::new(Arc::new(EmitGrant {
+            declared,
+            ..EmitGrant::or_nothing(None).clone()
+        }));
+        let mut grant_out = event("out.a");
+        grant_out.type_ = "t".into();
+        assert!(
+            matches!(
+                emit.emit(grant_out),
+                Err(EmitError::DestinationNotAllowed(_))
+            ),
+            "publish grants still rule"
+        );
+        let mut emit = EmitState::new(Arc::new(EmitGrant {
+            publish: vec!["out.*".into()],
+            declared: toml::from_str("emits = [\"t\"]").unwrap(),
+            ..EmitGrant::or_nothing(None).clone()
+        }));
+        let mut declared_type = event("out.a");
+        declared_type.type_ = "t".into();
+        emit.emit(declared_type).unwrap();
+        let mut undeclared = event("out.a");
+        undeclared.type_ = "u".into();
+        let refused = emit.emit(undeclared);
+        assert!(
+            matches!(refused, Err(EmitError::InvalidEvent(why)) if why.contains("contract.emits"))
+        );
+        assert_eq!(emit.refused.unwrap().kind, FailureKind::EmitRefused);
     }
 
     #[test]

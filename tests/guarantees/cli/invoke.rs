@@ -104,6 +104,39 @@ fn a_failing_handler_exits_non_zero_with_its_kind_and_message() {
 }
 
 #[test]
+fn with_schemas_the_event_and_the_emits_keep_their_contracts() {
+    let schemas = repo_root().join("examples/schemas");
+    let schemas = ["--schemas", schemas.to_str().unwrap()];
+    let manifest = example_manifest("payment");
+    let run = invoke(
+        "payment",
+        &manifest,
+        &order("o-1", 2, 12.25, 24.5),
+        &schemas,
+    );
+    assert!(run.output.status.success(), "{:?}", run.output);
+    let event = &run.report["emitted"][0]["event"];
+    assert_eq!(
+        event["dataschema"], "urn:eventhost:schema:com.example.payment.completed:1",
+        "stamped as the runtime stamps it"
+    );
+    // Zero items: the schema refuses it before the handler runs.
+    let mut empty = order("o-2", 1, 1.0, 1.0);
+    empty["data"]["items"] = json!([]);
+    let run = invoke("payment", &manifest, &empty, &schemas);
+    assert!(!run.output.status.success());
+    let stderr = String::from_utf8_lossy(&run.output.stderr);
+    assert!(
+        stderr.contains("schema_invalid") && stderr.contains("/items:"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("invoke: loading"),
+        "refused before compiling: {stderr}"
+    );
+}
+
+#[test]
 fn config_can_be_overridden() {
     let run = invoke(
         "payment",

@@ -2,7 +2,11 @@
 //! type's schema never reaches the handler, an emit that breaks its type's
 //! schema is refused with nothing published, and a breaking schema change
 //! is refused before it is added. Real nats-server, the real payment
-//! component, the checkout's schemas from `examples/schemas/`.
+//! component, the checkout's schemas from `examples/schemas/`. The
+//! deploy-time checks (blast radius) and a fleet's schema bucket are in
+//! [`flow`].
+
+mod flow;
 
 use std::path::Path;
 use std::time::Duration;
