@@ -8,7 +8,7 @@
 // reservation back (`inventory.released`). The two run on different
 // consumers, so a failed payment can be seen before its order: the release
 // then leaves a cancelled reservation, and the late order reserves nothing.
-import { Permanent, configNumber, emit, handler } from "eventhost";
+import { configNumber, emit, handler } from "eventhost";
 import { Bucket } from "eventhost/kv";
 
 type Item = { product_id: string; quantity: number };
@@ -58,7 +58,6 @@ function release(bucket: Bucket, orderId: string) {
 export const handle = handler((event) => {
   const bucket = Bucket.open("inventory");
   const order = event.json<Order>();
-  if (typeof order.order_id !== "string") throw new Permanent("invalid event data: no order_id");
   // Only the fields a reservation keeps (like the Rust handler's serde types).
   const items = (order.items ?? []).map(({ product_id, quantity }) => ({ product_id, quantity }));
   if (event.type === "com.example.payment.failed") release(bucket, order.order_id);

@@ -1,11 +1,10 @@
 // Notification (as examples/notification): payments.completed ->
 // notifications.sent. With `mail_url` configured, the confirmation is sent
 // through that mail API first (POST /emails, the key from `api_key`).
-import { Permanent, checkStatus, config, emit, handler, request } from "eventhost";
+import { checkStatus, config, emit, handler, request } from "eventhost";
 
 export const handle = handler(async (event) => {
   const { order_id: orderId } = event.json<{ order_id: string }>();
-  if (typeof orderId !== "string") throw new Permanent("invalid event data: no order_id");
   const mail = config("mail_url");
   if (mail !== undefined) {
     const email = {

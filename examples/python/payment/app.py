@@ -27,12 +27,11 @@ def charge(order_id: str, total: float) -> tuple[str, dict]:
 
 @handler
 def handle(event: Event) -> None:
-    try:
-        order = event.json()
-        id, total = str(order["order_id"]), float(order["total"])
-        items_sum = sum(int(i["quantity"]) * float(i["price"]) for i in order["items"])
-    except (KeyError, TypeError, ValueError) as e:
-        raise Permanent(f"invalid event data: {e!r}") from None
+    # The host checked the order against its schema (examples/schemas): the
+    # fields are there with their types. The total is a business rule.
+    order = event.json()
+    id, total = order["order_id"], float(order["total"])
+    items_sum = sum(i["quantity"] * i["price"] for i in order["items"])
     if abs(items_sum - total) > 0.005:
         raise Permanent(f"order {id}: total {num(total)} but items sum to {num(items_sum)}")
     kind, data = charge(id, total)
