@@ -6,13 +6,28 @@ cd "$ROOT"
 step() { printf '\n\033[1m==> %s\033[0m\n' "$*" >&2; }
 
 # Installs what the project needs and the machine may lack: the wasm32-wasip2
-# Rust target and the pinned nats-server. Idempotent and quiet when all is there.
+# Rust target, the pinned nats-server and the AsyncAPI validator. Idempotent
+# and quiet when all is there.
 ensure_prerequisites() {
   if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2; then
     step "adding the wasm32-wasip2 Rust target"
     rustup target add wasm32-wasip2
   fi
   ensure_nats_server
+  ensure_asyncapi_validator
+}
+
+# The official AsyncAPI parser, which the catalog's test checks
+# `eventhost catalog --asyncapi` with (tools/asyncapi/validate.mjs): pinned
+# by tools/asyncapi/package-lock.json, installed project-local like the
+# JavaScript guest tools (see ensure_guest_tooling for the lock copy).
+ensure_asyncapi_validator() {
+  local installed=tools/asyncapi/node_modules/.eventhost-installed-lock.json
+  if ! cmp -s tools/asyncapi/package-lock.json "$installed" 2>/dev/null; then
+    step "installing the AsyncAPI validator (npm ci in tools/asyncapi)"
+    (cd tools/asyncapi && npm ci --no-audit --no-fund --loglevel=error)
+    cp tools/asyncapi/package-lock.json "$installed"
+  fi
 }
 
 # The nats-server eventhost ships with: the official static binary from

@@ -23,8 +23,10 @@
 //! announcements, per-key leases); [`jetstream`] connects and declares
 //! streams; [`store`] is the part of JetStream that state is built on.
 //! [`dead_letter_queue`] is the operator's side of the dead-letter queue
-//! (`eventhost dlq`), [`projection`] the rebuild of a read model.
+//! (`eventhost dlq`), [`projection`] the rebuild of a read model, [`catalog`]
+//! the event flow the manifests declare (`eventhost catalog`).
 
+pub mod catalog;
 pub mod contract;
 pub mod dead_letter_queue;
 pub mod dispatch;

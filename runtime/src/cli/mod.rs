@@ -1,9 +1,10 @@
 //! The `eventhost` command line: `run` the host, the `publish` / `tail`
 //! helpers that drive a walkthrough by hand, `dlq` for dead letters, `kv`
 //! for handler state, `invoke` to run a handler locally, `schema` for event
-//! contracts, and `deploy`,
+//! contracts, `catalog` for the event flow, and `deploy`,
 //! `ls`, `undeploy`, `rollback` and `status` for a fleet.
 
+mod catalog;
 mod checks;
 mod dlq;
 mod events;
@@ -114,6 +115,9 @@ pub enum Command {
         #[command(subcommand)]
         command: projection::ProjectionCommand,
     },
+    /// The event flow of the handlers (subjects, event types, who produces
+    /// and consumes each): a table, an AsyncAPI document, or a diagram.
+    Catalog(catalog::CatalogArgs),
 }
 
 impl Global {
@@ -151,6 +155,7 @@ impl Cli {
             Command::New(args) => new::execute(args),
             Command::Schema { command } => schema::execute(command, &nats, bucket).await,
             Command::Projection { command } => projection::execute(command, &nats).await,
+            Command::Catalog(args) => catalog::execute(args, &nats, bucket).await,
         }
     }
 }

@@ -198,7 +198,12 @@ mod tests {
         let (_dir, contracts) = contracts();
         let reader_v1 = ("reader".to_string(), section("consumes = [\"t@1\"]"));
         let writes_v2 = section("emits = [\"t@2\"]");
-        let found = blast_radius(&contracts, "writer", &writes_v2, &[reader_v1.clone()]);
+        let found = blast_radius(
+            &contracts,
+            "writer",
+            &writes_v2,
+            std::slice::from_ref(&reader_v1),
+        );
         assert_eq!(found.len(), 1, "{found:?}");
         assert_eq!(found[0].affected("writer"), Some("reader"));
         assert!(
@@ -213,7 +218,15 @@ mod tests {
         assert_eq!(found[0].affected("reader"), Some("writer"));
 
         let writes_v1 = section("emits = [\"t@1\"]");
-        assert!(blast_radius(&contracts, "writer", &writes_v1, &[reader_v1.clone()]).is_empty());
+        assert!(
+            blast_radius(
+                &contracts,
+                "writer",
+                &writes_v1,
+                std::slice::from_ref(&reader_v1)
+            )
+            .is_empty()
+        );
         let follows_newest = section("emits = [\"t\"]");
         let found = blast_radius(&contracts, "writer", &follows_newest, &[reader_v1]);
         assert_eq!(found.len(), 1, "`t` alone stands for the newest, v2");

@@ -59,6 +59,12 @@ impl ContractSection {
         find(&self.consumes, event_type)
     }
 
+    /// The version `event_type` is declared in `emits` at (`Some(None)`:
+    /// its newest), `None` when `emits` does not name it.
+    pub fn declared_emit(&self, event_type: &str) -> Option<Option<u32>> {
+        find(self.emits.as_deref()?, event_type)
+    }
+
     /// The version `event_type` is emitted as, or why it may not be.
     pub fn emitted(&self, event_type: &str) -> Result<Option<u32>, String> {
         let Some(emits) = &self.emits else {

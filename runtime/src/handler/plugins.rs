@@ -52,26 +52,29 @@ pub fn discover(dir: &Path) -> Result<Vec<Discovered>> {
         .collect())
 }
 
-/// The manifest of every handler in `dir` (a `<name>.wasm` with its
-/// `<name>.toml`), without reading the components: what the flow's tools
-/// (`schema check --handler`, `catalog`) need. A manifest that does not
-/// load is given with its error, to be reported on its own.
+/// The manifest of every handler in `dir` (each `<name>.toml`), without
+/// reading the components: what the flow's tools (`schema check
+/// --handler`, `catalog`) need, so a folder of manifests is enough. A
+/// manifest that does not load is given with its error, to be reported on
+/// its own.
 pub fn manifests(dir: &Path) -> Result<Vec<(String, Result<HandlerManifest>)>> {
     let entries = std::fs::read_dir(dir)
         .with_context(|| format!("reading plugins directory {}", dir.display()))?;
-    let mut found: Vec<(String, Result<HandlerManifest>)> = entries
-        .filter_map(|entry| entry.ok().map(|e| e.path()))
-        .filter(|path| path.extension().is_some_and(|ext| ext == "wasm"))
+    let mut paths: Vec<PathBuf> = (entries.filter_map(|entry| entry.ok().map(|e| e.path())))
+        .filter(|path| path.extension().is_some_and(|ext| ext == "toml"))
+        .collect();
+    paths.sort();
+    Ok((paths.into_iter())
         .map(|path| {
             let name = (path.file_stem())
                 .map(|s| s.to_string_lossy().into_owned())
                 .unwrap_or_default();
-            let manifest = HandlerManifest::load(&path.with_extension("toml"), &name);
+            let manifest = validate_name(&name)
+                .with_context(|| path.display().to_string())
+                .and_then(|()| HandlerManifest::load(&path, &name));
             (name, manifest)
         })
-        .collect();
-    found.sort_by(|a, b| a.0.cmp(&b.0));
-    Ok(found)
+        .collect())
 }
 
 /// What the directory looks like: every entry's name, size and modification

@@ -1,6 +1,7 @@
 //! The command line as users drive it: `publish` and `tail`, `invoke`
-//! without NATS, and `new` in each language.
+//! without NATS, `new` in each language, and `catalog`.
 
+mod catalog;
 mod invoke;
 mod scaffold;
 mod tail;

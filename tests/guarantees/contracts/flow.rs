@@ -217,6 +217,15 @@ async fn schemas_put_to_the_deploy_bucket_are_checked_then_enforced_by_deployed_
         serde_json::from_str::<Value>(&stored).unwrap(),
         example_schema(ORDER)
     );
+    let catalog = eventhost_ok(&nats, &["catalog", "--deployed"]);
+    let orders = catalog
+        .lines()
+        .find(|l| l.starts_with(ORDER))
+        .unwrap_or_default();
+    assert!(
+        orders.contains("v1") && orders.contains("payment@1"),
+        "{catalog}"
+    );
     let listed = eventhost_ok(&nats, &["schema", "ls", "--deployed"]);
     assert!(
         listed.contains("com.example.order.created (backward)") && !listed.contains("v2"),
