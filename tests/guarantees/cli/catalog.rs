@@ -124,3 +124,21 @@ fn a_broken_manifest_is_reported_and_the_others_still_catalogued() {
     );
     assert!(stdout.contains("dlq.>"), "{stdout}");
 }
+
+#[test]
+fn the_readmes_checkout_diagram_is_what_the_catalog_draws() {
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = checkout_plugins(dir.path());
+    let run = catalog(&plugins, &["--mermaid", "-"]);
+    assert!(run.status.success(), "{}", text(&run.stderr));
+    let drawn = text(&run.stdout);
+    let readme = std::fs::read_to_string(repo_root().join("README.md")).unwrap();
+    let block = (readme.split("```mermaid\n").nth(1))
+        .and_then(|rest| rest.split("```").next())
+        .expect("a mermaid block in the README");
+    assert_eq!(
+        block.trim(),
+        drawn.trim(),
+        "the README's diagram is stale: regenerate it with `eventhost catalog --mermaid -`"
+    );
+}
