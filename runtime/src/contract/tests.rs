@@ -3,7 +3,9 @@ use std::path::Path;
 use serde_json::{Value, json};
 
 use super::compat::Compatibility;
-use super::{ContractError, Contracts, LoadError, Payload};
+use super::{
+    ContractCheckLabels, ContractError, Contracts, Direction, LiveContracts, LoadError, Payload,
+};
 
 /// The checkout's order, version 1.
 pub(super) fn order_v1() -> Value {
@@ -335,4 +337,40 @@ fn a_runtime_keeps_the_types_it_could_load_and_names_the_broken_ones() {
         Contracts::load(dir.path()).is_err(),
         "`schema check` refuses the folder"
     );
+}
+
+#[test]
+fn a_runtime_that_requires_schemas_refuses_types_without_one_and_counts_them_bounded() {
+    let dir = folder(&[(&format!("{ORDER}/1.json"), order_v1())]);
+    let checks = prometheus_client::metrics::family::Family::default();
+    let live = LiveContracts::open(dir.path().to_path_buf(), true, checks.clone()).unwrap();
+    let contracts = live.current();
+    let verdict = contracts.check_input("com.example.anything", None, Payload::Absent, None);
+    assert!(
+        matches!(verdict, Err(ContractError::Unregistered { .. })),
+        "{verdict:?}"
+    );
+    live.count("h", "com.example.anything", Direction::Input, &verdict);
+    let good = br#"{"order_id":"o-1","items":[{"sku":"a","quantity":1,"price":2}],"total":2}"#;
+    let kept = contracts.check_input(ORDER, None, Payload::Bytes(good), None);
+    live.count("h", ORDER, Direction::Input, &kept);
+    let label = |event_type: &str, result: &str| ContractCheckLabels {
+        handler: "h".into(),
+        event_type: event_type.into(),
+        direction: "input".into(),
+        result: result.into(),
+    };
+    assert_eq!(
+        checks
+            .get_or_create(&label("(unregistered)", "invalid"))
+            .get(),
+        1
+    );
+    assert_eq!(checks.get_or_create(&label(ORDER, "valid")).get(), 1);
+
+    let allowing = LiveContracts::open(dir.path().to_path_buf(), false, Default::default());
+    let unchecked = (allowing.unwrap().current())
+        .check_input("com.example.anything", None, Payload::Absent, None)
+        .map(|schema| schema.is_none());
+    assert_eq!(unchecked, Ok(true), "allowed by default");
 }
