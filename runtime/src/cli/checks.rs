@@ -3,6 +3,7 @@
 //! candidate version against its type, a handler's blast radius, and who
 //! reads a type.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Result, bail};
@@ -61,8 +62,8 @@ pub fn candidate_verdict(
     }
 }
 
-/// Prints what `name` with `manifest` would break among `handlers`; fails
-/// if anything.
+/// Fails if `name` with `manifest` would break anything among `handlers`,
+/// printing each finding on stderr (a deploy's stdout stays its own).
 pub fn report_blast_radius(
     contracts: &Contracts,
     name: &str,
@@ -74,7 +75,6 @@ pub fn report_blast_radius(
         .collect();
     let findings = blast::blast_radius(contracts, name, &manifest.contract, &others);
     if findings.is_empty() {
-        println!("{name}: every handler it shares an event type with can read it, and it them");
         return Ok(());
     }
     let mut affected: Vec<&str> = findings.iter().filter_map(|f| f.affected(name)).collect();
@@ -94,6 +94,52 @@ pub fn report_blast_radius(
         } else {
             affected.join(", ")
         }
+    )
+}
+
+/// Every way `handlers`, as declared, do not fit together under
+/// `contracts`: each finding as printed, with the handlers it affects.
+pub fn flow_findings(
+    contracts: &Contracts,
+    handlers: &[(String, HandlerManifest)],
+) -> BTreeMap<String, BTreeSet<String>> {
+    let sections: Vec<_> = (handlers.iter())
+        .map(|(name, m)| (name.clone(), m.contract.clone()))
+        .collect();
+    let mut findings: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for (name, section) in &sections {
+        for finding in blast::blast_radius(contracts, name, section, &sections) {
+            let affected = findings.entry(finding.to_string()).or_default();
+            affected.insert(name.clone());
+            affected.extend(finding.affected(name).map(str::to_string));
+        }
+    }
+    findings
+}
+
+/// Fails, printing each, if `after` holds findings `before` did not: a
+/// change must not make the flow worse (one already forced is not its
+/// fault).
+pub fn refuse_new_findings(
+    before: &BTreeMap<String, BTreeSet<String>>,
+    after: BTreeMap<String, BTreeSet<String>>,
+) -> Result<()> {
+    let new: Vec<_> = (after.into_iter())
+        .filter(|(f, _)| !before.contains_key(f))
+        .collect();
+    if new.is_empty() {
+        return Ok(());
+    }
+    let mut affected = BTreeSet::new();
+    for (finding, handlers) in &new {
+        eprintln!("  {finding}");
+        affected.extend(handlers.iter().cloned());
+    }
+    let affected: Vec<String> = affected.into_iter().collect();
+    bail!(
+        "the deployed handlers would no longer fit together ({} findings above; affected handlers: {})",
+        new.len(),
+        affected.join(", ")
     )
 }
 

@@ -148,7 +148,8 @@ fn keeps_contract(
         .check_input(event.ty(), dataschema, event.data().into(), pinned)
         .map(|_| ())
         .context(
-            "the event breaks its contract: the runtime dead-letters it unrun (schema_invalid)",
+            "the event does not pass its contract check, so the runtime would not run it \
+             (invalid data is dead-lettered as schema_invalid; a broken contract holds its events)",
         )
 }
 

@@ -47,6 +47,10 @@ pub enum SchemaCommand {
         /// Replicas of the deploy bucket, if this creates it.
         #[arg(long, default_value_t = 1)]
         replicas: usize,
+        /// Store it even if a deployed handler following the type's newest
+        /// version would then emit what a reader cannot read.
+        #[arg(long)]
+        force: bool,
     },
     /// Print a version of an event type from the deploy bucket (default:
     /// its newest).
@@ -56,7 +60,12 @@ pub enum SchemaCommand {
         version: Option<u32>,
     },
     /// Take back the newest version of an event type from the deploy bucket.
-    Rm { event_type: String },
+    Rm {
+        event_type: String,
+        /// Remove it even if a deployed handler pins it.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -104,12 +113,15 @@ pub async fn execute(command: SchemaCommand, nats: &NatsEndpoint, bucket: &str) 
             event_type,
             file,
             replicas,
-        } => schema_fleet::put(nats, bucket, &event_type, &file, replicas).await,
+            force,
+        } => schema_fleet::put(nats, bucket, (&event_type, &file), replicas, force).await,
         SchemaCommand::Get {
             event_type,
             version,
         } => schema_fleet::get(nats, bucket, &event_type, version).await,
-        SchemaCommand::Rm { event_type } => schema_fleet::rm(nats, bucket, &event_type).await,
+        SchemaCommand::Rm { event_type, force } => {
+            schema_fleet::rm(nats, bucket, &event_type, force).await
+        }
     }
 }
 
@@ -127,7 +139,9 @@ fn check(args: CheckArgs) -> Result<()> {
                 .map(|(_, manifest)| manifest.clone())
                 .with_context(|| format!("no handler {handler} in {}", args.plugins.display()))?,
         };
-        return report_blast_radius(&contracts, handler, &manifest, &handlers);
+        report_blast_radius(&contracts, handler, &manifest, &handlers)?;
+        println!("{handler}: every handler it shares an event type with can read it, and it them");
+        return Ok(());
     }
     let (Some(candidate), Some(event_type)) = (args.candidate, args.event_type) else {
         let versions: usize = contracts.types().map(|(_, c)| c.versions.len()).sum();

@@ -345,23 +345,20 @@ impl Contracts {
                 .collect::<Vec<_>>()
                 .join(", ")
         };
-        let claimed = match dataschema {
-            None => None,
-            Some(claimed) => Some(
-                (contract.versions.iter())
-                    .find(|schema| schema.id == claimed)
-                    .ok_or_else(|| ContractError::UnknownSchema {
-                        event_type: event_type.to_string(),
-                        claimed: claimed.to_string(),
-                        known: known(),
-                    })?,
-            ),
-        };
-        let schema = match pinned {
-            Some(version) => (contract.versions.iter())
+        // A pin is the reader's version: what the event claims does not
+        // matter, even a version this runtime does not know yet.
+        let schema = match (pinned, dataschema) {
+            (Some(version), _) => (contract.versions.iter())
                 .find(|schema| schema.version == version)
                 .ok_or_else(|| missing_pin(event_type, version))?,
-            None => claimed.unwrap_or_else(|| contract.newest()),
+            (None, None) => contract.newest(),
+            (None, Some(claimed)) => (contract.versions.iter())
+                .find(|schema| schema.id == claimed)
+                .ok_or_else(|| ContractError::UnknownSchema {
+                    event_type: event_type.to_string(),
+                    claimed: claimed.to_string(),
+                    known: known(),
+                })?,
         };
         Ok(Some(schema))
     }

@@ -81,6 +81,12 @@ fn a_handler_pin_rules_over_the_claim_and_the_newest() {
     let v2_id = "urn:eventhost:schema:com.example.order.created:2";
     let read = contracts.check_input(ORDER, Some(v2_id), Payload::Bytes(good), Some(1));
     assert_eq!(read.unwrap().unwrap().version, 1, "the reader's version");
+    let unknown = contracts.check_input(ORDER, Some("urn:x:9"), Payload::Bytes(good), Some(1));
+    assert_eq!(
+        unknown.unwrap().unwrap().version,
+        1,
+        "a claim not known yet"
+    );
     let missing = (contracts.check_input(ORDER, None, Payload::Bytes(good), Some(3))).unwrap_err();
     assert!(matches!(missing, ContractError::Broken { .. }), "{missing}");
     let emitted = contracts.check_emitted(ORDER, None, Some(good), Some(1));

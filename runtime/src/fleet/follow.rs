@@ -51,6 +51,16 @@ fn remove_abandoned(temp: &Path) {
     }
 }
 
+/// What a sync did to the mirror.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Synced {
+    Changed,
+    Unchanged,
+    /// The schemas could not be mirrored whole: the folder may be half
+    /// written, so nothing is to be reloaded from it, even when asked.
+    Failed,
+}
+
 /// A deploy bucket mirrored into a local directory.
 pub struct Mirror {
     bucket: DeployBucket,
@@ -97,8 +107,9 @@ impl Mirror {
     /// Makes the directory hold what the bucket deploys now. A version
     /// that cannot be fetched or does not match its hash is reported and
     /// skipped: the files of the version before it stay, so it keeps
-    /// serving. Returns whether any file changed.
-    pub async fn sync(&mut self) -> bool {
+    /// serving. Returns whether any file changed, or that the schemas
+    /// could not be mirrored (and the handlers were left alone).
+    pub async fn sync(&mut self) -> Synced {
         let schemas_changed = match self.sync_schemas().await {
             Ok(changed) => changed,
             Err(err) => {
@@ -107,10 +118,13 @@ impl Mirror {
                     error = format!("{err:#}"),
                     "cannot read the deployed schemas; handlers and contracts stay as they are"
                 );
-                return false;
+                return Synced::Failed;
             }
         };
-        self.sync_handlers().await || schemas_changed
+        match self.sync_handlers().await || schemas_changed {
+            true => Synced::Changed,
+            false => Synced::Unchanged,
+        }
     }
 
     /// Makes the schemas folder hold the bucket's schemas; whether any

@@ -104,12 +104,17 @@ impl SchemaBucket {
     /// The registry as the runtime would enforce it; types with a problem
     /// are broken, as in a folder.
     pub async fn contracts(&self) -> Result<(Contracts, Vec<LoadError>)> {
-        let stored = self.list().await?;
+        Ok(self.contracts_of(&self.list().await?))
+    }
+
+    /// `stored` (as listed, or as it would be after a change) as the
+    /// runtime would enforce it.
+    pub fn contracts_of(&self, stored: &[StoredSchema]) -> (Contracts, Vec<LoadError>) {
         let documents = (stored.iter()).map(|s| {
             let origin = self.origin(&s.event_type, s.version);
             (s.event_type.as_str(), s.version, &s.document[..], origin)
         });
-        Ok(Contracts::from_documents(documents))
+        Contracts::from_documents(documents)
     }
 
     /// Checks `document` as the next version of `event_type` and stores
@@ -119,6 +124,48 @@ impl SchemaBucket {
             path: self.origin(event_type, 0),
             why,
         })?;
+        let mut versions = self.versions_of(event_type).await?;
+        let version = versions.last().map_or(1, |newest| newest.version + 1);
+        let origin = self.origin(event_type, version);
+        versions.push(load::parse_schema(event_type, version, document, origin)?);
+        load::contract_of(event_type, versions)?;
+        let key = key(event_type, version);
+        let raced = || PutError::Raced {
+            event_type: event_type.to_string(),
+            version,
+        };
+        // A version taken back leaves a delete marker on its key: the next
+        // put of that number expects it.
+        let entry =
+            (kv::entry(&self.store, &self.bucket, &key).await).map_err(|e| self.unwritable(e))?;
+        if entry.value.is_some() {
+            return Err(raced());
+        }
+        let write = kv::write(&self.bucket, &key, Some(Bytes::copy_from_slice(document)));
+        let stored = match self.store.publish(write.expect_last(entry.revision)).await {
+            Ok(ack) => ack,
+            Err(StoreError::WrongLastSequence) => return Err(raced()),
+            Err(source) => return Err(self.unwritable(source)),
+        };
+        // An `rm` at the same time may have taken back the version this one
+        // was checked against: a version that no longer follows the ones
+        // stored is taken back rather than left to break the type.
+        let now = self.versions_of(event_type).await?;
+        if load::contract_of(event_type, now).is_err() {
+            let undo = kv::write(&self.bucket, &key, None).expect_last(stored.sequence);
+            if let Err(err) = self.store.publish(undo).await {
+                tracing::error!(%key, error = %err, "could not take back a version stored during a concurrent rm");
+            }
+            return Err(raced());
+        }
+        Ok(version)
+    }
+
+    /// The stored versions of `event_type`, compiled, oldest first.
+    async fn versions_of(
+        &self,
+        event_type: &str,
+    ) -> Result<Vec<crate::contract::Schema>, PutError> {
         let stored = (self.list().await).map_err(|e| PutError::Unavailable {
             bucket: self.bucket.clone(),
             source: StoreError::refused("listing the schemas", format!("{e:#}")),
@@ -133,25 +180,13 @@ impl SchemaBucket {
                 origin,
             )?);
         }
-        let version = versions.last().map_or(1, |newest| newest.version + 1);
-        let origin = self.origin(event_type, version);
-        versions.push(load::parse_schema(event_type, version, document, origin)?);
-        load::contract_of(event_type, versions)?;
-        let write = kv::write(
-            &self.bucket,
-            &key(event_type, version),
-            Some(Bytes::copy_from_slice(document)),
-        );
-        match self.store.publish(write.expect_last(0)).await {
-            Ok(_) => Ok(version),
-            Err(StoreError::WrongLastSequence) => Err(PutError::Raced {
-                event_type: event_type.to_string(),
-                version,
-            }),
-            Err(source) => Err(PutError::Unavailable {
-                bucket: self.bucket.clone(),
-                source,
-            }),
+        Ok(versions)
+    }
+
+    fn unwritable(&self, source: StoreError) -> PutError {
+        PutError::Unavailable {
+            bucket: self.bucket.clone(),
+            source,
         }
     }
 
@@ -170,12 +205,35 @@ impl SchemaBucket {
             .map_err(|e| self.unreadable(e))?;
         let write = kv::write(&self.bucket, &key, None).expect_last(entry.revision);
         match self.store.publish(write).await {
-            Ok(_) => Ok(newest.version),
+            Ok(ack) => {
+                self.restore_if_broken(event_type, &key, newest, ack.sequence)
+                    .await?;
+                Ok(newest.version)
+            }
             Err(StoreError::WrongLastSequence) => {
                 bail!("{key} was changed by someone else meanwhile; try again")
             }
             Err(err) => Err(err).with_context(|| format!("removing {key}")),
         }
+    }
+
+    /// A `put` at the same time as an `rm` may have stored a version that
+    /// was checked against the one just taken back: then the removed
+    /// version goes back, rather than leave two unchecked neighbours.
+    async fn restore_if_broken(
+        &self,
+        event_type: &str,
+        key: &str,
+        removed: &StoredSchema,
+        deleted_at: u64,
+    ) -> Result<()> {
+        if load::contract_of(event_type, self.versions_of(event_type).await?).is_ok() {
+            return Ok(());
+        }
+        let restore = kv::write(&self.bucket, key, Some(removed.document.clone()));
+        (self.store.publish(restore.expect_last(deleted_at)).await)
+            .with_context(|| format!("putting {key} back after a concurrent put"))?;
+        bail!("a newer version of {event_type} was put meanwhile; {key} is kept, try again")
     }
 
     /// Where a version lives, for messages: `<bucket>:schema.<type>.<n>`.
@@ -192,10 +250,13 @@ fn key(event_type: &str, version: u32) -> String {
     format!("{PREFIX}{event_type}.{version}")
 }
 
-/// `schema.<type>.<version>` → (type, version).
+/// `schema.<type>.<version>` → (type, version). A key whose type is not a
+/// valid type name (one with `/`, written by hand) is not a schema: the
+/// type becomes a folder name when mirrored.
 fn parse_key(key: &str) -> Option<(&str, u32)> {
     let (event_type, version) = key.strip_prefix(PREFIX)?.rsplit_once('.')?;
     let version = version.parse().ok().filter(|v| *v > 0)?;
+    load::validate_type_name(event_type).ok()?;
     Some((event_type, version))
 }
 
@@ -219,7 +280,15 @@ mod tests {
         let k = key("com.example.order.created", 12);
         assert_eq!(k, "schema.com.example.order.created.12");
         assert_eq!(parse_key(&k), Some(("com.example.order.created", 12)));
-        for not_a_version in ["handler.payment", "schema.a.b", "schema.a.0", "schema.1x"] {
+        let not_schemas = [
+            "handler.payment",
+            "schema.a.b",
+            "schema.a.0",
+            "schema.1x",
+            "schema./etc/cron.d/x.1",
+            "schema.a/../../b.1",
+        ];
+        for not_a_version in not_schemas {
             assert_eq!(parse_key(not_a_version), None, "{not_a_version}");
         }
     }

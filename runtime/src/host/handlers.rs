@@ -42,6 +42,13 @@ pub struct Slot {
     pub refused: Option<String>,
 }
 
+/// What one reconcile pass did.
+#[derive(Debug, Default)]
+struct Pass {
+    started: bool,
+    refused: bool,
+}
+
 /// Every handler this process runs.
 pub struct HandlerSet {
     sandbox: Arc<Sandbox>,
@@ -90,8 +97,23 @@ impl HandlerSet {
         }
     }
 
-    /// Starts, replaces and stops handlers to match `dir`.
+    /// Starts, replaces and stops handlers to match `dir`. A version
+    /// refused for its blast radius may be fine once a handler later in
+    /// the same pass has started (a reader moved to the new version), so
+    /// a pass that started one and refused one is followed by another; each
+    /// extra pass starts a new version, so they end.
     pub async fn reconcile(&mut self, dir: &Path) {
+        while let Pass {
+            started: true,
+            refused: true,
+        } = self.reconcile_pass(dir).await
+        {
+            tracing::info!("looking at the refused handlers again, now that others have started");
+        }
+    }
+
+    async fn reconcile_pass(&mut self, dir: &Path) -> Pass {
+        let mut pass = Pass::default();
         let found = match plugins::discover(dir) {
             Ok(found) => found,
             Err(err) => {
@@ -99,7 +121,7 @@ impl HandlerSet {
                     error = format!("{err:#}"),
                     "cannot read the plugins directory"
                 );
-                return;
+                return pass;
             }
         };
         let present: BTreeSet<String> = found.iter().map(|d| d.name.clone()).collect();
@@ -117,10 +139,12 @@ impl HandlerSet {
             let err = match loaded {
                 Ok(dispatcher) => {
                     self.start(dispatcher);
+                    pass.started = true;
                     continue;
                 }
                 Err(err) => format!("{err:#}"),
             };
+            pass.refused = true;
             match &current {
                 Some(version) => tracing::error!(handler = %name, %version, error = %err,
                     "new version refused; the running version keeps serving"),
@@ -146,6 +170,7 @@ impl HandlerSet {
             }
             false
         });
+        pass
     }
 
     /// Runs `dispatcher`, retiring the version it replaces.

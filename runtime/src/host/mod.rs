@@ -27,7 +27,7 @@ use crate::dispatch::Services;
 use crate::fleet;
 use crate::fleet::announce::{self, Announcement, HandlerState};
 use crate::fleet::deploy::{self, DeployBucket};
-use crate::fleet::follow::Mirror;
+use crate::fleet::follow::{Mirror, Synced};
 use crate::fleet::lease::Leases;
 use crate::jetstream::config_file::RuntimeConfig;
 use crate::jetstream::declare::Replication;
@@ -197,11 +197,17 @@ async fn follow(
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
             trigger = triggers.next() => {
-                let changed = match mirror {
+                let synced = match mirror {
                     Some(mirror) => mirror.sync().await,
-                    None => true,
+                    None => Synced::Changed,
                 };
-                if changed || !trigger.is_deploy_bucket() {
+                let due = match synced {
+                    Synced::Changed => true,
+                    Synced::Unchanged => !trigger.is_deploy_bucket(),
+                    // A half-mirrored schemas folder is never loaded.
+                    Synced::Failed => false,
+                };
+                if due {
                     tracing::info!(%trigger, "reloading handlers");
                     handlers.reload_contracts();
                     handlers.reconcile(dir).await;

@@ -212,6 +212,31 @@ async fn schemas_put_to_the_deploy_bucket_are_checked_then_enforced_by_deployed_
         text.contains("handlers reading com.example.order.created: payment (v1)"),
         "{text}"
     );
+    // A version a deployed writer would start emitting, unreadable by a
+    // pinned reader, is refused too: shop follows the order's newest.
+    let shop = files.path().join("shop.toml");
+    let newest = shop_manifest(1).replace(&format!("{ORDER}@1"), ORDER);
+    std::fs::write(&shop, newest).unwrap();
+    let relay = components_dir().join("relay.wasm");
+    let deploy_shop = [
+        "deploy",
+        "shop",
+        "--wasm",
+        path_str(&relay),
+        "--manifest",
+        path_str(&shop),
+    ];
+    eventhost_ok(&nats, &deploy_shop);
+    let no_total = write_json(files.path(), "no-total.json", &order_without_total());
+    let (ok, text) = run_cli(&nats, &["schema", "put", ORDER, path_str(&no_total)]);
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains("payment reads com.example.order.created v1 but shop emits v2"),
+        "{text}"
+    );
+    assert!(text.contains("affected handlers: payment, shop"), "{text}");
+    eventhost_ok(&nats, &["undeploy", "shop"]);
+
     let stored = eventhost_ok(&nats, &["schema", "get", ORDER]);
     assert_eq!(
         serde_json::from_str::<Value>(&stored).unwrap(),
@@ -280,4 +305,59 @@ async fn schemas_put_to_the_deploy_bucket_are_checked_then_enforced_by_deployed_
     assert!(out.contains("v2 removed"), "{out}");
     let (ok, text) = run_cli(&nats, &["schema", "get", ORDER, "--version", "2"]);
     assert!(!ok && text.contains("has no version 2"), "{text}");
+    // Its number is free again.
+    let out = eventhost_ok(&nats, &["schema", "put", ORDER, path_str(&optional)]);
+    assert!(out.contains("v2 stored"), "{out}");
+}
+
+/// A relay manifest for the `[contract]` lines given.
+fn relay_manifest(subscribe: &str, publish: &str, contract: &str) -> String {
+    format!(
+        "subscribe = [\"{subscribe}\"]\npublish = [\"{publish}\"]\n[contract]\n{contract}\n[config]\nto = \"{publish}\"\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_writer_refused_for_a_reader_moving_in_the_same_reload_starts_once_the_reader_has() {
+    let nats = NatsServer::start();
+    let plugins = Plugins::new();
+    plugins.schema(ORDER, 1, &example_schema(ORDER));
+    plugins.schema(ORDER, 2, &order_without_total());
+    // alpha writes orders, zeta reads them; both at v1.
+    let alpha = |v: u32| {
+        relay_manifest(
+            "chaos.alpha",
+            "chaos.orders",
+            &format!("emits = [\"{ORDER}@{v}\"]"),
+        )
+    };
+    let zeta = |v: u32| {
+        relay_manifest(
+            "chaos.orders",
+            "chaos.done",
+            &format!("consumes = [\"{ORDER}@{v}\"]"),
+        )
+    };
+    plugins.install("alpha", "relay", &alpha(1));
+    plugins.install("zeta", "relay", &zeta(1));
+    // One reload, asked by hand: the directory watch would add a second.
+    let runtime = Runtime::start_with(&nats.url(), &plugins, 2, &["--no-watch"]);
+
+    // Both move to v2 in one reload: alpha comes first and meets zeta at v1.
+    plugins.write("alpha.toml", alpha(2).as_bytes());
+    plugins.write("zeta.toml", zeta(2).as_bytes());
+    eventhost_ok(&nats, &["reload"]);
+    wait_until("both at v2", WAIT, || {
+        let reloaded = runtime.logs_with_message("handler reloaded");
+        ["alpha", "zeta"]
+            .iter()
+            .all(|h| reloaded.iter().any(|l| l["handler"] == *h))
+    });
+    let refused =
+        runtime.logs_with_message("new version refused; the running version keeps serving");
+    assert!(
+        refused.iter().any(|l| l["handler"] == "alpha"),
+        "alpha was first refused, then started: {}",
+        runtime.raw_log()
+    );
 }
