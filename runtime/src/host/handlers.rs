@@ -46,8 +46,16 @@ pub struct Slot {
 #[derive(Debug, Default)]
 struct Pass {
     started: bool,
-    refused: bool,
+    /// The handlers refused for their blast radius ([`WouldBreakFlow`]).
+    blocked: BTreeSet<String>,
 }
+
+/// A version refused because it would break a running handler.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "refused: this version would break the event flow ({0}); deploy the readers first, or change the pins in `[contract]`"
+)]
+struct WouldBreakFlow(String);
 
 /// Every handler this process runs.
 pub struct HandlerSet {
@@ -100,19 +108,23 @@ impl HandlerSet {
     /// Starts, replaces and stops handlers to match `dir`. A version
     /// refused for its blast radius may be fine once a handler later in
     /// the same pass has started (a reader moved to the new version), so
-    /// a pass that started one and refused one is followed by another; each
-    /// extra pass starts a new version, so they end.
+    /// a pass that started one and refused one so is followed by another,
+    /// of those alone; each extra pass starts a new version, so they end.
     pub async fn reconcile(&mut self, dir: &Path) {
-        while let Pass {
-            started: true,
-            refused: true,
-        } = self.reconcile_pass(dir).await
-        {
-            tracing::info!("looking at the refused handlers again, now that others have started");
+        let mut only = None;
+        loop {
+            let pass = self.reconcile_pass(dir, only.as_ref()).await;
+            if !pass.started || pass.blocked.is_empty() {
+                return;
+            }
+            tracing::info!(handlers = ?pass.blocked,
+                "looking again at the handlers refused for their blast radius, now that others have started");
+            only = Some(pass.blocked);
         }
     }
 
-    async fn reconcile_pass(&mut self, dir: &Path) -> Pass {
+    /// One look at `dir`; with `only`, at those handlers alone.
+    async fn reconcile_pass(&mut self, dir: &Path, only: Option<&BTreeSet<String>>) -> Pass {
         let mut pass = Pass::default();
         let found = match plugins::discover(dir) {
             Ok(found) => found,
@@ -126,6 +138,9 @@ impl HandlerSet {
         };
         let present: BTreeSet<String> = found.iter().map(|d| d.name.clone()).collect();
         for Discovered { name, source } in found {
+            if only.is_some_and(|only| !only.contains(&name)) {
+                continue;
+            }
             let current = self.current_version(&name);
             let source = match source {
                 Ok(source) => self.with_generation(source).await,
@@ -142,9 +157,13 @@ impl HandlerSet {
                     pass.started = true;
                     continue;
                 }
-                Err(err) => format!("{err:#}"),
+                Err(err) => {
+                    if err.downcast_ref::<WouldBreakFlow>().is_some() {
+                        pass.blocked.insert(name.clone());
+                    }
+                    format!("{err:#}")
+                }
             };
-            pass.refused = true;
             match &current {
                 Some(version) => tracing::error!(handler = %name, %version, error = %err,
                     "new version refused; the running version keeps serving"),
@@ -295,10 +314,7 @@ impl HandlerSet {
             return Ok(());
         }
         let list: Vec<String> = findings.iter().map(ToString::to_string).collect();
-        anyhow::bail!(
-            "refused: this version would break the event flow ({}); deploy the readers first, or change the pins in `[contract]`",
-            list.join("; ")
-        )
+        Err(WouldBreakFlow(list.join("; ")).into())
     }
 
     /// Waits for every handler, replaced versions included, to drain. Call
