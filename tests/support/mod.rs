@@ -546,6 +546,15 @@ pub fn eventhost_ok(nats: &NatsServer, args: &[&str]) -> String {
     String::from_utf8(output.stdout).unwrap()
 }
 
+/// Runs `command` to its end: whether it succeeded, and its stdout then
+/// its stderr (for commands whose refusals a test reads).
+pub fn run_to_end(command: &mut Command) -> (bool, String) {
+    let output = command.output().unwrap();
+    let text = String::from_utf8_lossy(&output.stdout).into_owned()
+        + &String::from_utf8_lossy(&output.stderr);
+    (output.status.success(), text)
+}
+
 /// The lines of a JSON log (a runtime's, or one saved from it) up to its
 /// last complete line. Any other line (a panic message, a crash) fails the
 /// test rather than being skipped.

@@ -101,6 +101,15 @@ fn dlq_title(catalog: &Catalog) -> [String; 2] {
     ]
 }
 
+/// The handlers, then the subjects, each with the name it is drawn with.
+fn named_nodes(catalog: &Catalog) -> impl Iterator<Item = (Node, &str)> {
+    let handlers =
+        (catalog.handlers.iter()).map(|h| (Node::Handler(h.name.clone()), h.name.as_str()));
+    let subjects =
+        (catalog.subjects.iter()).map(|s| (Node::Subject(s.subject.clone()), s.subject.as_str()));
+    handlers.chain(subjects)
+}
+
 fn uses_outside(edges: &[Edge]) -> bool {
     edges.iter().any(|e| e.from == Node::Outside)
 }
@@ -118,22 +127,16 @@ pub fn to_dot(catalog: &Catalog) -> String {
             dot_id(&Node::Outside)
         );
     }
-    for handler in &catalog.handlers {
-        let node = Node::Handler(handler.name.clone());
+    for (node, name) in named_nodes(catalog) {
+        let shape = match node {
+            Node::Handler(_) => "shape=box, style=\"rounded,filled\", fillcolor=\"#dbe9f6\"",
+            _ => "shape=ellipse",
+        };
         let _ = writeln!(
             out,
-            "  {} [shape=box, style=\"rounded,filled\", fillcolor=\"#dbe9f6\", label={}];",
+            "  {} [{shape}, label={}];",
             dot_id(&node),
-            dot_string(&[handler.name.as_str()])
-        );
-    }
-    for subject in &catalog.subjects {
-        let node = Node::Subject(subject.subject.clone());
-        let _ = writeln!(
-            out,
-            "  {} [shape=ellipse, label={}];",
-            dot_id(&node),
-            dot_string(&[subject.subject.as_str()])
+            dot_string(&[name])
         );
     }
     let _ = writeln!(
@@ -191,17 +194,13 @@ pub fn to_mermaid(catalog: &Catalog) -> String {
     if uses_outside(&edges) {
         let _ = writeln!(out, "  outside{{{{\"outside eventhost\"}}}}");
     }
-    for handler in &catalog.handlers {
-        let node = id(&Node::Handler(handler.name.clone()));
-        let _ = writeln!(out, "  {node}[{}]", mermaid_text(&[handler.name.as_str()]));
-    }
-    for subject in &catalog.subjects {
-        let node = id(&Node::Subject(subject.subject.clone()));
-        let _ = writeln!(
-            out,
-            "  {node}([{}])",
-            mermaid_text(&[subject.subject.as_str()])
-        );
+    for (node, name) in named_nodes(catalog) {
+        let text = mermaid_text(&[name]);
+        let shape = match node {
+            Node::Handler(_) => format!("[{text}]"),
+            _ => format!("([{text}])"),
+        };
+        let _ = writeln!(out, "  {}{shape}", id(&node));
     }
     let _ = writeln!(out, "  dlq[({})]", mermaid_text(&dlq_title(catalog)));
     for edge in &edges {

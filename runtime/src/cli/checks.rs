@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Result, bail};
 
-use eventhost::contract::{Contracts, LoadError, blast, load};
+use eventhost::contract::{ContractSection, Contracts, LoadError, blast, load};
 use eventhost::handler::manifest::HandlerManifest;
 use eventhost::handler::plugins;
 
@@ -62,6 +62,9 @@ pub fn candidate_verdict(
     }
 }
 
+/// A finding as printed, with the handlers it affects.
+pub type Findings = BTreeMap<String, BTreeSet<String>>;
+
 /// Fails if `name` with `manifest` would break anything among `handlers`,
 /// printing each finding on stderr (a deploy's stdout stays its own).
 pub fn report_blast_radius(
@@ -70,48 +73,25 @@ pub fn report_blast_radius(
     manifest: &HandlerManifest,
     handlers: &[(String, HandlerManifest)],
 ) -> Result<()> {
-    let others: Vec<_> = (handlers.iter())
-        .map(|(other, m)| (other.clone(), m.contract.clone()))
-        .collect();
-    let findings = blast::blast_radius(contracts, name, &manifest.contract, &others);
-    if findings.is_empty() {
-        return Ok(());
-    }
-    let mut affected: Vec<&str> = findings.iter().filter_map(|f| f.affected(name)).collect();
-    affected.sort();
-    affected.dedup();
-    for finding in &findings {
-        eprintln!("  {finding}");
-    }
-    bail!(
-        "{name} would break the event flow: {} (affected handlers: {})",
-        match findings.len() {
-            1 => "1 finding above".to_string(),
-            n => format!("{n} findings above"),
-        },
-        if affected.is_empty() {
-            "none".into()
-        } else {
-            affected.join(", ")
-        }
-    )
+    let mut findings = Findings::new();
+    add_findings(
+        &mut findings,
+        contracts,
+        name,
+        &manifest.contract,
+        &sections(handlers),
+    );
+    refuse(findings, &format!("{name} would break the event flow"))
 }
 
 /// Every way `handlers`, as declared, do not fit together under
-/// `contracts`: each finding as printed, with the handlers it affects.
-pub fn flow_findings(
-    contracts: &Contracts,
-    handlers: &[(String, HandlerManifest)],
-) -> BTreeMap<String, BTreeSet<String>> {
-    let sections: Vec<_> = (handlers.iter())
-        .map(|(name, m)| (name.clone(), m.contract.clone()))
-        .collect();
-    let mut findings: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+/// `contracts`; each finding also affects the handler it was found for.
+pub fn flow_findings(contracts: &Contracts, handlers: &[(String, HandlerManifest)]) -> Findings {
+    let sections = sections(handlers);
+    let mut findings = Findings::new();
     for (name, section) in &sections {
-        for finding in blast::blast_radius(contracts, name, section, &sections) {
-            let affected = findings.entry(finding.to_string()).or_default();
-            affected.insert(name.clone());
-            affected.extend(finding.affected(name).map(str::to_string));
+        for finding in add_findings(&mut findings, contracts, name, section, &sections) {
+            findings.entry(finding).or_default().insert(name.clone());
         }
     }
     findings
@@ -120,27 +100,53 @@ pub fn flow_findings(
 /// Fails, printing each, if `after` holds findings `before` did not: a
 /// change must not make the flow worse (one already forced is not its
 /// fault).
-pub fn refuse_new_findings(
-    before: &BTreeMap<String, BTreeSet<String>>,
-    after: BTreeMap<String, BTreeSet<String>>,
-) -> Result<()> {
-    let new: Vec<_> = (after.into_iter())
-        .filter(|(f, _)| !before.contains_key(f))
-        .collect();
-    if new.is_empty() {
+pub fn refuse_new_findings(before: &Findings, mut after: Findings) -> Result<()> {
+    after.retain(|finding, _| !before.contains_key(finding));
+    refuse(after, "the deployed handlers would no longer fit together")
+}
+
+fn sections(handlers: &[(String, HandlerManifest)]) -> Vec<(String, ContractSection)> {
+    (handlers.iter())
+        .map(|(name, m)| (name.clone(), m.contract.clone()))
+        .collect()
+}
+
+/// Adds `name`'s findings among `others` to `into`; returns them.
+fn add_findings(
+    into: &mut Findings,
+    contracts: &Contracts,
+    name: &str,
+    section: &ContractSection,
+    others: &[(String, ContractSection)],
+) -> Vec<String> {
+    let mut added = Vec::new();
+    for finding in blast::blast_radius(contracts, name, section, others) {
+        let affected = into.entry(finding.to_string()).or_default();
+        affected.extend(finding.affected(name).map(str::to_string));
+        added.push(finding.to_string());
+    }
+    added
+}
+
+/// Fails with `headline` if there are findings, printing each on stderr.
+fn refuse(findings: Findings, headline: &str) -> Result<()> {
+    if findings.is_empty() {
         return Ok(());
     }
     let mut affected = BTreeSet::new();
-    for (finding, handlers) in &new {
+    for (finding, handlers) in &findings {
         eprintln!("  {finding}");
-        affected.extend(handlers.iter().cloned());
+        affected.extend(handlers.iter().map(String::as_str));
     }
-    let affected: Vec<String> = affected.into_iter().collect();
-    bail!(
-        "the deployed handlers would no longer fit together ({} findings above; affected handlers: {})",
-        new.len(),
-        affected.join(", ")
-    )
+    let count = match findings.len() {
+        1 => "1 finding above".to_string(),
+        n => format!("{n} findings above"),
+    };
+    let affected = match affected.is_empty() {
+        true => "none".to_string(),
+        false => affected.into_iter().collect::<Vec<_>>().join(", "),
+    };
+    bail!("{headline}: {count} (affected handlers: {affected})")
 }
 
 /// The handlers of a plugins directory; one whose manifest does not load

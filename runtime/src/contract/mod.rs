@@ -117,9 +117,9 @@ pub struct ContractCheckLabels {
     pub handler: String,
     pub event_type: String,
     /// input | emit
-    pub direction: String,
+    pub direction: &'static str,
     /// valid | invalid
-    pub result: String,
+    pub result: &'static str,
 }
 
 /// Which way an event crossed the sandbox when it was checked.
@@ -127,6 +127,15 @@ pub struct ContractCheckLabels {
 pub enum Direction {
     Input,
     Emit,
+}
+
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Input => "input",
+            Direction::Emit => "emit",
+        }
+    }
 }
 
 impl LiveContracts {
@@ -182,12 +191,8 @@ impl LiveContracts {
         let labels = ContractCheckLabels {
             handler: handler.to_string(),
             event_type: event_type.to_string(),
-            direction: match direction {
-                Direction::Input => "input",
-                Direction::Emit => "emit",
-            }
-            .to_string(),
-            result: result.to_string(),
+            direction: direction.as_str(),
+            result,
         };
         self.checks.get_or_create(&labels).inc();
     }

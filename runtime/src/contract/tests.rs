@@ -360,11 +360,11 @@ fn a_runtime_that_requires_schemas_refuses_types_without_one_and_counts_them_bou
     let good = br#"{"order_id":"o-1","items":[{"sku":"a","quantity":1,"price":2}],"total":2}"#;
     let kept = contracts.check_input(ORDER, None, Payload::Bytes(good), None);
     live.count("h", ORDER, Direction::Input, &kept);
-    let label = |event_type: &str, result: &str| ContractCheckLabels {
+    let label = |event_type: &str, result: &'static str| ContractCheckLabels {
         handler: "h".into(),
         event_type: event_type.into(),
-        direction: "input".into(),
-        result: result.into(),
+        direction: "input",
+        result,
     };
     assert_eq!(
         checks

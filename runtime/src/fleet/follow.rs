@@ -113,11 +113,7 @@ impl Mirror {
         let schemas_changed = match self.sync_schemas().await {
             Ok(changed) => changed,
             Err(err) => {
-                tracing::error!(
-                    bucket = self.bucket.name(),
-                    error = format!("{err:#}"),
-                    "cannot read the deployed schemas; handlers and contracts stay as they are"
-                );
+                self.unreadable(&err, "handlers and contracts stay as they are");
                 return Synced::Failed;
             }
         };
@@ -127,10 +123,20 @@ impl Mirror {
         }
     }
 
+    fn unreadable(&self, err: &anyhow::Error, meanwhile: &str) {
+        tracing::error!(
+            bucket = self.bucket.name(),
+            error = format!("{err:#}"),
+            meanwhile,
+            "cannot read the deploy bucket"
+        );
+    }
+
     /// Makes the schemas folder hold the bucket's schemas; whether any
     /// file changed.
     async fn sync_schemas(&mut self) -> Result<bool> {
-        let stored = self.bucket.schemas().list().await?;
+        let stored =
+            (self.bucket.schemas().list().await).context("listing the deployed schemas")?;
         let wanted = schemas::as_files(&stored);
         if wanted == self.schema_files {
             return Ok(false);
@@ -164,11 +170,7 @@ impl Mirror {
         let deployed = match self.bucket.list().await {
             Ok(deployed) => deployed,
             Err(err) => {
-                tracing::error!(
-                    bucket = self.bucket.name(),
-                    error = format!("{err:#}"),
-                    "cannot read the deploy bucket; the handlers keep running as they are"
-                );
+                self.unreadable(&err, "the handlers keep running as they are");
                 return false;
             }
         };

@@ -12,10 +12,7 @@ use serde_json::{Value, json};
 
 /// `eventhost ARGS` against `nats`: (success, stdout + stderr).
 fn run_cli(nats: &NatsServer, args: &[&str]) -> (bool, String) {
-    let output = eventhost(nats).args(args).output().unwrap();
-    let text = String::from_utf8_lossy(&output.stdout).to_string()
-        + &String::from_utf8_lossy(&output.stderr);
-    (output.status.success(), text)
+    run_to_end(eventhost(nats).args(args))
 }
 
 fn write_json(dir: &Path, name: &str, document: &Value) -> PathBuf {

@@ -133,16 +133,13 @@ async fn an_emit_that_breaks_its_schema_is_refused_and_nothing_is_published() {
 fn check_candidate(schemas: &Path, event_type: &str, candidate: &Value) -> (bool, String) {
     let file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(file.path(), serde_json::to_vec(candidate).unwrap()).unwrap();
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_eventhost"))
-        .args(["schema", "check", "--type", event_type, "--schemas"])
-        .arg(schemas)
-        .arg("--candidate")
-        .arg(file.path())
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&output.stdout).to_string()
-        + &String::from_utf8_lossy(&output.stderr);
-    (output.status.success(), text)
+    run_to_end(
+        std::process::Command::new(env!("CARGO_BIN_EXE_eventhost"))
+            .args(["schema", "check", "--type", event_type, "--schemas"])
+            .arg(schemas)
+            .arg("--candidate")
+            .arg(file.path()),
+    )
 }
 
 #[test]
