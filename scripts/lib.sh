@@ -58,15 +58,30 @@ ensure_nats_server() {
   export PATH="$(dirname "$EVENTHOST_NATS_SERVER"):$PATH"
 }
 
+# Debian packages, through sudo unless this runs as root.
+apt_install() {
+  local sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$@"
+}
+
 # Debian's nats-server 2.9.10, the oldest server eventhost supports (single
 # server only): the compatibility run of scripts/test uses it.
 ensure_old_nats_server() {
   if [ ! -x /usr/sbin/nats-server ]; then
     step "installing Debian's nats-server (2.9.10), for the compatibility run"
-    local sudo=""
-    [ "$(id -u)" -eq 0 ] || sudo="sudo"
-    $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq nats-server
+    apt_install nats-server
+  fi
+}
+
+# Debian's Chromium and its ChromeDriver, for the console's browser tests
+# (tests/guarantees/console/browser.rs). Debian's stable release fixes
+# their major version; its security updates are taken as they come.
+ensure_browser() {
+  if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
+    step "installing Debian's chromium and chromium-driver, for the console's browser tests"
+    apt_install chromium chromium-driver
   fi
 }
 

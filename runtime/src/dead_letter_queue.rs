@@ -10,7 +10,7 @@
 //! replaying twice (a crash between publish and delete) stores the event
 //! once.
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result};
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, message::StreamMessage, stream};
 use chrono::{DateTime, Utc};
@@ -25,6 +25,24 @@ use crate::store::{NatsStore, kv};
 pub struct DeadLetterQueue {
     js: jetstream::Context,
     stream: stream::Stream,
+}
+
+/// Why one dead letter could not be had.
+#[derive(Debug, thiserror::Error)]
+pub enum LetterError {
+    #[error("no dead letter at sequence {sequence}")]
+    NotFound { sequence: u64 },
+    #[error("dead letter {sequence} belongs to {belongs_to}, not to {wanted}")]
+    OtherHandler {
+        sequence: u64,
+        belongs_to: String,
+        wanted: String,
+    },
+    #[error("reading dead letter {sequence}")]
+    Unreadable {
+        sequence: u64,
+        source: stream::DirectGetError,
+    },
 }
 
 /// One stored dead letter.
@@ -92,6 +110,16 @@ impl DeadLetterQueue {
 
     /// Every dead letter of `handler`, oldest first.
     pub async fn list(&self, handler: &str) -> Result<Vec<StoredDeadLetter>> {
+        Ok(self.list_up_to(handler, usize::MAX).await?.0)
+    }
+
+    /// The oldest `max` dead letters of `handler`, and whether there are
+    /// more.
+    pub async fn list_up_to(
+        &self,
+        handler: &str,
+        max: usize,
+    ) -> Result<(Vec<StoredDeadLetter>, bool)> {
         let subject = dead_letter::subject(handler);
         let mut letters = Vec::new();
         let mut after = 0;
@@ -101,12 +129,13 @@ impl DeadLetterQueue {
                 .direct_get_next_for_subject(subject.as_str(), Some(after + 1))
                 .await
             {
+                Ok(_) if letters.len() == max => return Ok((letters, true)),
                 Ok(message) => {
                     after = message.sequence;
                     letters.push(message.into());
                 }
                 Err(err) if err.kind() == stream::DirectGetErrorKind::NotFound => {
-                    return Ok(letters);
+                    return Ok((letters, false));
                 }
                 Err(err) => return Err(err).context("reading the dead-letter queue"),
             }
@@ -114,18 +143,26 @@ impl DeadLetterQueue {
     }
 
     /// The dead letter at `sequence`, which must belong to `handler`.
-    pub async fn get(&self, handler: &str, sequence: u64) -> Result<StoredDeadLetter> {
-        let message = self
-            .stream
-            .direct_get(sequence)
-            .await
-            .map_err(|err| anyhow!("no dead letter at sequence {sequence}: {err}"))?;
+    pub async fn get(&self, handler: &str, sequence: u64) -> Result<StoredDeadLetter, LetterError> {
+        let message = match self.stream.direct_get(sequence).await {
+            Ok(message) => message,
+            Err(err) if err.kind() == stream::DirectGetErrorKind::NotFound => {
+                return Err(LetterError::NotFound { sequence });
+            }
+            Err(err) => {
+                return Err(LetterError::Unreadable {
+                    sequence,
+                    source: err,
+                });
+            }
+        };
         let subject = dead_letter::subject(handler);
         if message.subject.as_str() != subject {
-            bail!(
-                "dead letter {sequence} belongs to {}, not to {subject}",
-                message.subject
-            );
+            return Err(LetterError::OtherHandler {
+                sequence,
+                belongs_to: message.subject.to_string(),
+                wanted: subject,
+            });
         }
         Ok(message.into())
     }
@@ -179,6 +216,16 @@ impl DeadLetterQueue {
                 Err(err).with_context(|| format!("clearing the idempotency record {record_ref}"))
             }
         }
+    }
+
+    /// Deletes one dead letter (read with [`DeadLetterQueue::get`], so it
+    /// is known to be the handler's).
+    pub async fn delete(&self, letter: &StoredDeadLetter) -> Result<()> {
+        self.stream
+            .delete_message(letter.sequence)
+            .await
+            .with_context(|| format!("deleting dead letter {}", letter.sequence))?;
+        Ok(())
     }
 
     /// Deletes every dead letter of `handler`; returns how many.

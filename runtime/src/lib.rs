@@ -24,9 +24,11 @@
 //! streams; [`store`] is the part of JetStream that state is built on.
 //! [`dead_letter_queue`] is the operator's side of the dead-letter queue
 //! (`eventhost dlq`), [`projection`] the rebuild of a read model, [`catalog`]
-//! the event flow the manifests declare (`eventhost catalog`).
+//! the event flow the manifests declare (`eventhost catalog`), [`console`]
+//! the operator's web pages (`/ui`, `eventhost console`).
 
 pub mod catalog;
+pub mod console;
 pub mod contract;
 pub mod dead_letter_queue;
 pub mod dispatch;

@@ -14,6 +14,7 @@
 mod support;
 
 mod cli;
+mod console;
 mod contracts;
 mod delivery;
 mod fleet;

@@ -8,6 +8,7 @@
 
 pub mod chaos;
 pub mod cluster;
+pub mod web;
 
 use std::collections::BTreeMap;
 use std::net::{TcpListener, TcpStream};
@@ -418,21 +419,12 @@ impl Runtime {
 
     /// `GET` on the admin server: (status code, body).
     pub fn admin_get(&self, path: &str) -> (u16, String) {
-        use std::io::{Read, Write};
-        let mut stream = TcpStream::connect(("127.0.0.1", self.admin_port)).unwrap();
-        write!(
-            stream,
-            "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-        )
-        .unwrap();
-        let mut response = String::new();
-        stream.read_to_string(&mut response).unwrap();
-        let status = response[9..12].parse().unwrap();
-        let body = response
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b)
-            .unwrap_or_default();
-        (status, body.to_string())
+        let reply = web::http_get(self.admin_port, path);
+        (reply.status, reply.body)
+    }
+
+    pub fn admin_port(&self) -> u16 {
+        self.admin_port
     }
 
     /// The value of one sample in `/metrics`, e.g.

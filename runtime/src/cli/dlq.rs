@@ -6,7 +6,7 @@ use clap::Subcommand;
 
 use eventhost::dead_letter_queue::{DeadLetterQueue, StoredDeadLetter};
 use eventhost::jetstream::endpoint::NatsEndpoint;
-use eventhost::outcome::dead_letter::header;
+use eventhost::outcome::dead_letter::{self, header};
 
 #[derive(Debug, Subcommand)]
 pub enum DlqCommand {
@@ -98,18 +98,7 @@ fn describe(letter: &StoredDeadLetter) -> String {
         "dead letter {} (stored {})\n",
         letter.sequence, letter.stored
     );
-    for name in [
-        header::HANDLER,
-        header::VERSION,
-        header::ERROR_KIND,
-        header::ERROR,
-        header::ATTEMPTS,
-        header::FIRST_FAILURE,
-        header::LAST_FAILURE,
-        header::ORIGINAL_SUBJECT,
-        header::ORIGINAL_STREAM,
-        header::ORIGINAL_SEQUENCE,
-    ] {
+    for name in dead_letter::story_headers() {
         out += &format!("  {name}: {}\n", letter.fact(name).unwrap_or("-"));
     }
     out += "original headers:\n";

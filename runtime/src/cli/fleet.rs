@@ -1,7 +1,6 @@
 //! `eventhost deploy`, `ls`, `undeploy`, `rollback` and `status`: handlers
 //! deployed through NATS, and the fleet of runtimes running them.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
@@ -134,14 +133,7 @@ pub async fn status(nats: &NatsEndpoint, bucket: &str) -> Result<()> {
     let fleet = announce::fleet(&store)
         .await
         .context("reading the runtimes' announcements (has any runtime started?)")?;
-    let deployed: Option<BTreeMap<String, String>> = match DeployBucket::open(&js, bucket).await {
-        Ok(bucket) => Some(
-            (bucket.list().await?.into_iter())
-                .map(|(name, d)| (name, d.version))
-                .collect(),
-        ),
-        Err(_) => None,
-    };
+    let deployed = DeployBucket::versions(&js, bucket).await?;
     print!("{}", announce::render(&fleet, deployed.as_ref()));
     Ok(())
 }

@@ -1,11 +1,13 @@
 //! The `eventhost` command line: `run` the host, the `publish` / `tail`
 //! helpers that drive a walkthrough by hand, `dlq` for dead letters, `kv`
 //! for handler state, `invoke` to run a handler locally, `schema` for event
-//! contracts, `catalog` for the event flow, and `deploy`,
-//! `ls`, `undeploy`, `rollback` and `status` for a fleet.
+//! contracts, `catalog` for the event flow, `console` for the operator
+//! console, and `deploy`, `ls`, `undeploy`, `rollback` and `status` for a
+//! fleet.
 
 mod catalog;
 mod checks;
+mod console;
 mod dlq;
 mod events;
 mod fleet;
@@ -103,6 +105,9 @@ pub enum Command {
     Rollback { name: String },
     /// Print the runtimes on this NATS and what each runs.
     Status,
+    /// Serve the operator console (the fleet, live) from a NATS connection
+    /// alone; every runtime's admin server also serves it at `/ui`.
+    Console(console::ConsoleArgs),
     /// Event contracts: check a schema folder, a new version before it is
     /// added or a handler before it is deployed; put, get, list and remove
     /// a fleet's schemas in the deploy bucket.
@@ -152,6 +157,7 @@ impl Cli {
             Command::Undeploy { name } => fleet::undeploy(&name, &nats, bucket).await,
             Command::Rollback { name } => fleet::rollback(&name, &nats, bucket).await,
             Command::Status => fleet::status(&nats, bucket).await,
+            Command::Console(args) => console::execute(args, &nats, bucket, shutdown).await,
             Command::New(args) => new::execute(args),
             Command::Schema { command } => schema::execute(command, &nats, bucket).await,
             Command::Projection { command } => projection::execute(command, &nats).await,

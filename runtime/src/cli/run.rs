@@ -43,9 +43,11 @@ pub struct RunArgs {
     #[arg(long)]
     no_watch: bool,
     /// Address of the admin HTTP server (/metrics, /healthz, /readyz,
-    /// /handlers), or `off`.
+    /// /handlers, and the console at /ui), or `off`.
     #[arg(long, default_value = "127.0.0.1:9898", env = "EVENTHOST_ADMIN_ADDR")]
     admin_addr: String,
+    #[command(flatten)]
+    console: super::console::ConsoleAccess,
     /// Export event spans to this OTLP/HTTP collector (e.g.
     /// http://127.0.0.1:4318). Off when absent.
     #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
@@ -64,6 +66,7 @@ pub async fn execute(args: RunArgs, global: &Global, shutdown: CancellationToken
         Some(path) => RuntimeConfig::load(&path)?,
         None => RuntimeConfig::default(),
     };
+    let console_tokens = args.console.tokens()?;
     let schemas_dir = (args.schemas).unwrap_or_else(|| super::schema::beside(&args.plugins));
     let options = RuntimeOptions {
         schemas_dir,
@@ -72,6 +75,7 @@ pub async fn execute(args: RunArgs, global: &Global, shutdown: CancellationToken
         deploy_bucket: args.deployed.then(|| global.deploy_bucket.clone()),
         watch: !args.no_watch,
         admin_addr,
+        console_tokens,
         cache_dir: match args.no_cache {
             true => None,
             false => args.cache_dir.or_else(CompiledCache::default_dir),

@@ -435,7 +435,7 @@ impl Attempts {
         failure: Failure,
         attempt: u32,
     ) -> Settlement {
-        self.metrics.failure(failure.kind).inc();
+        self.metrics.record_failure(failure.kind);
         self.set_last_error(failure.to_string());
         match policy::after_failure(&self.manifest.retry, &failure, attempt) {
             Verdict::Retry(delay) => {
@@ -469,7 +469,7 @@ impl Attempts {
 
     pub(super) fn record_invocation(&self, invocation: &Invocation) {
         let m = &self.metrics;
-        m.duration.observe(invocation.elapsed.as_secs_f64());
+        m.record_duration(invocation.elapsed.as_secs_f64());
         m.instantiation
             .observe(invocation.instantiation.as_secs_f64());
         // A maximum across concurrent invocations: one atomic step.

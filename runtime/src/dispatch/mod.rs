@@ -48,7 +48,7 @@ use crate::event::trace::TraceContext;
 use crate::fleet::lease::Leases;
 use crate::handler::manifest::{HandlerManifest, Ordering};
 use crate::ledger::processed::{self, ProcessedEvents};
-use crate::metrics::Metrics;
+use crate::metrics::{HandlerStats, Metrics};
 use crate::policy::ordering::KeyedQueue;
 use crate::sandbox::HandlerComponent;
 use crate::source::{self, ConsumerBinding, PULL_EXPIRES, Pull};
@@ -194,6 +194,11 @@ impl Dispatcher {
     /// Events taken and not yet settled.
     pub fn in_flight(&self) -> i64 {
         self.attempts.metrics.in_flight.get()
+    }
+
+    /// What this version has done since it loaded.
+    pub fn stats(&self) -> HandlerStats {
+        self.attempts.metrics.stats()
     }
 
     /// The most recent failure's description, if any.

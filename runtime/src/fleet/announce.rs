@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use crate::jetstream::config_file::{BucketDeclaration, Storage};
+use crate::metrics::HandlerStats;
 use crate::store::{Store, kv};
 
 /// The key-value bucket of announcements.
@@ -53,6 +54,20 @@ pub struct HandlerState {
     pub in_flight: i64,
     /// Why its last load or reload was refused.
     pub refused: Option<String>,
+    /// What the serving version has done since it loaded (absent from the
+    /// announcements of runtimes older than the console).
+    #[serde(default)]
+    pub stats: HandlerStats,
+    /// The durable consumers it pulls from, for reading their lag.
+    #[serde(default)]
+    pub consumers: Vec<ConsumerRef>,
+}
+
+/// A durable consumer, by stream and name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ConsumerRef {
+    pub stream: String,
+    pub consumer: String,
 }
 
 /// Creates the announcement bucket if missing.
@@ -147,9 +162,6 @@ pub fn render(fleet: &[Announcement], deployed: Option<&BTreeMap<String, String>
         "{:<20} {:<22} {:<14} {:>9}",
         "HANDLER", "RUNTIME", "VERSION", "IN FLIGHT"
     );
-    let mut versions: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
-    // What runtimes that follow a deploy bucket run: compared with it.
-    let mut following: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
     for a in fleet {
         for h in &a.handlers {
             let version = h.version.as_deref().unwrap_or("-");
@@ -162,6 +174,30 @@ pub fn render(fleet: &[Announcement], deployed: Option<&BTreeMap<String, String>
                 "{:<20} {:<22} {:<14} {:>9}{state}",
                 h.name, a.runtime, version, h.in_flight
             );
+        }
+    }
+    let warnings = warnings(fleet, deployed);
+    if !warnings.is_empty() {
+        out.push('\n');
+        for warning in warnings {
+            let _ = writeln!(out, "warning: {warning}");
+        }
+    }
+    out
+}
+
+/// What an operator should look at: handlers whose runtimes disagree on
+/// their version, and deployed versions not every runtime runs.
+pub fn warnings(
+    fleet: &[Announcement],
+    deployed: Option<&BTreeMap<String, String>>,
+) -> Vec<String> {
+    let mut versions: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+    // What runtimes that follow a deploy bucket run: compared with it.
+    let mut following: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+    for a in fleet {
+        for h in &a.handlers {
+            let version = h.version.as_deref().unwrap_or("-");
             versions.entry(&h.name).or_default().insert(version);
             if a.source.starts_with("deploy bucket") {
                 following.entry(&h.name).or_default().insert(version);
@@ -187,13 +223,7 @@ pub fn render(fleet: &[Announcement], deployed: Option<&BTreeMap<String, String>
             None => warnings.push(format!("{name}: deployed ({want}) but no runtime runs it")),
         }
     }
-    if !warnings.is_empty() {
-        out.push('\n');
-        for warning in warnings {
-            let _ = writeln!(out, "warning: {warning}");
-        }
-    }
-    out
+    warnings
 }
 
 fn first_line(text: &str) -> &str {
@@ -219,6 +249,8 @@ mod tests {
                     version: Some(version.to_string()),
                     in_flight: 0,
                     refused: None,
+                    stats: HandlerStats::default(),
+                    consumers: vec![],
                 })
                 .collect(),
             leases: vec![],

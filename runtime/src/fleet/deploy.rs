@@ -109,6 +109,23 @@ impl DeployBucket {
         &self.name
     }
 
+    /// What bucket `name` deploys now, handler → version; `None` when there
+    /// is no such bucket (the fleet runs from `plugins/` folders).
+    pub async fn versions(
+        js: &jetstream::Context,
+        name: &str,
+    ) -> Result<Option<BTreeMap<String, String>>> {
+        let Ok(bucket) = DeployBucket::open(js, name).await else {
+            return Ok(None);
+        };
+        let deployed = bucket.list().await?;
+        Ok(Some(
+            (deployed.into_iter())
+                .map(|(name, d)| (name, d.version))
+                .collect(),
+        ))
+    }
+
     /// The event contracts deployed beside the handlers.
     pub fn schemas(&self) -> super::schemas::SchemaBucket {
         super::schemas::SchemaBucket::new(NatsStore::new(self.js.clone()), &self.name)

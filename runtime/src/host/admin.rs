@@ -1,4 +1,5 @@
-//! The admin HTTP server: `/metrics`, `/healthz`, `/readyz`, `/handlers`.
+//! The admin HTTP server: `/metrics`, `/healthz`, `/readyz`, `/handlers`,
+//! and the operator console under `/ui` ([`crate::console`]).
 //!
 //! Bound to 127.0.0.1 by default: metrics and handler errors are for
 //! operators, not for the network at large. Serving it never touches the
@@ -10,20 +11,21 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use async_nats::jetstream::{self, consumer::pull};
+use async_nats::jetstream;
 use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::get;
-use futures::StreamExt;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use super::handlers::Board;
+use crate::console::{self, Console};
 use crate::dispatch::Dispatcher;
 use crate::metrics::{ConsumerLabels, Metrics, NameLabels};
 use crate::outcome::dead_letter;
+use crate::source;
 
 /// What the admin endpoints read.
 #[derive(Clone)]
@@ -32,6 +34,7 @@ pub struct AdminState {
     pub board: Board,
     pub client: async_nats::Client,
     pub js: jetstream::Context,
+    pub console: Arc<Console>,
 }
 
 /// Binds `addr` and serves until `shutdown`. Binding errors are returned at
@@ -44,13 +47,16 @@ pub async fn serve(
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("binding the admin server to {addr} (--admin-addr)"))?;
+    let console = console::router(state.console.clone());
     let app = Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/handlers", get(handlers))
-        .with_state(state);
-    tracing::info!(%addr, "admin server listening (/metrics /healthz /readyz /handlers)");
+        .with_state(state)
+        .merge(console);
+    tracing::info!(%addr, console = %format!("http://{addr}/ui"),
+        "admin server listening (/metrics /healthz /readyz /handlers /ui)");
     Ok(tokio::spawn(async move {
         let served = axum::serve(listener, app)
             .with_graceful_shutdown(async move { shutdown.cancelled().await })
@@ -90,46 +96,28 @@ async fn refresh_jetstream_gauges(state: &AdminState) {
     let dispatchers = current(&state.board);
     for dispatcher in &dispatchers {
         for binding in dispatcher.bindings() {
-            let info = async {
-                let stream = state.js.get_stream(&binding.stream).await.ok()?;
-                let mut consumer = stream
-                    .get_consumer::<pull::Config>(&binding.durable)
-                    .await
-                    .ok()?;
-                consumer.info().await.ok().cloned()
-            };
-            if let Some(info) = info.await {
+            if let Some(lag) = source::lag(&state.js, &binding.stream, &binding.durable).await {
                 let labels = ConsumerLabels {
                     handler: dispatcher.name().to_string(),
                     consumer: binding.durable.clone(),
                 };
                 m.consumer_pending
                     .get_or_create(&labels)
-                    .set(info.num_pending as i64);
+                    .set(lag.pending as i64);
                 m.consumer_ack_pending
                     .get_or_create(&labels)
-                    .set(info.num_ack_pending as i64);
+                    .set(lag.ack_pending as i64);
             }
         }
     }
-    let Ok(dlq) = state.js.get_stream(dead_letter::STREAM).await else {
+    let Ok(depths) = dead_letter::depths(&state.js).await else {
         return;
     };
-    let Ok(mut subjects) = dlq
-        .info_with_subjects(format!("{}.>", dead_letter::SUBJECT_PREFIX))
-        .await
-    else {
-        return;
-    };
-    let mut depth = std::collections::HashMap::new();
-    while let Some(Ok((subject, count))) = subjects.next().await {
-        depth.insert(subject, count);
-    }
     for dispatcher in &dispatchers {
-        let count = depth.get(&dead_letter::subject(dispatcher.name()));
+        let count = depths.get(dispatcher.name()).copied().unwrap_or(0);
         m.dead_letters
             .get_or_create(&NameLabels::new(dispatcher.name()))
-            .set(count.copied().unwrap_or(0) as i64);
+            .set(count as i64);
     }
 }
 

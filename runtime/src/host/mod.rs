@@ -22,10 +22,11 @@ use anyhow::{Context, Result};
 use async_nats::jetstream;
 use tokio_util::sync::CancellationToken;
 
+use crate::console::{Console, Tokens};
 use crate::contract::LiveContracts;
 use crate::dispatch::Services;
 use crate::fleet;
-use crate::fleet::announce::{self, Announcement, HandlerState};
+use crate::fleet::announce::{self, Announcement, ConsumerRef, HandlerState};
 use crate::fleet::deploy::{self, DeployBucket};
 use crate::fleet::follow::{Mirror, Synced};
 use crate::fleet::lease::Leases;
@@ -56,6 +57,8 @@ pub struct RuntimeOptions {
     pub watch: bool,
     /// Where the admin HTTP server listens; `None` serves none.
     pub admin_addr: Option<SocketAddr>,
+    /// Who may act through the console the admin server serves.
+    pub console_tokens: Tokens,
     pub nats: NatsEndpoint,
     pub config: RuntimeConfig,
 }
@@ -92,16 +95,7 @@ pub async fn run(options: RuntimeOptions, shutdown: CancellationToken) -> Result
     // Up before the handlers load, so probes see "not ready" rather than
     // nothing while components compile.
     let admin_stop = CancellationToken::new();
-    let state = admin::AdminState {
-        metrics: services.metrics.clone(),
-        board: handlers.board(),
-        client: client.clone(),
-        js: js.clone(),
-    };
-    let admin = match options.admin_addr {
-        Some(addr) => Some(admin::serve(addr, state, admin_stop.clone()).await?),
-        None => None,
-    };
+    let admin = serve_admin(&options, &services, handlers.board(), &client, &admin_stop).await?;
     handlers.reconcile(&dir).await;
     if handlers.names().is_empty() {
         tracing::warn!(from = %source, "no handlers loaded");
@@ -141,6 +135,35 @@ pub async fn run(options: RuntimeOptions, shutdown: CancellationToken) -> Result
         .context("flushing final acks to NATS")?;
     tracing::info!("shut down cleanly");
     Ok(())
+}
+
+/// Starts the admin server, with the console it serves, unless it is off.
+async fn serve_admin(
+    options: &RuntimeOptions,
+    services: &Services,
+    board: Board,
+    client: &async_nats::Client,
+    stop: &CancellationToken,
+) -> Result<Option<tokio::task::JoinHandle<()>>> {
+    let Some(addr) = options.admin_addr else {
+        return Ok(None);
+    };
+    let deploy_bucket =
+        (options.deploy_bucket.clone()).unwrap_or_else(|| deploy::DEFAULT_BUCKET.to_string());
+    let console = Console::new(
+        services.js.clone(),
+        services.store.clone(),
+        deploy_bucket,
+        options.console_tokens.clone(),
+    );
+    let state = admin::AdminState {
+        metrics: services.metrics.clone(),
+        board,
+        client: client.clone(),
+        js: services.js.clone(),
+        console: Arc::new(console),
+    };
+    Ok(Some(admin::serve(addr, state, stop.clone()).await?))
 }
 
 /// The contracts the host enforces: the deploy bucket's, mirrored, or the
@@ -291,11 +314,21 @@ impl Identity {
         let handlers = {
             let board = board.lock().expect("never poisoned");
             (board.iter())
-                .map(|(name, slot)| HandlerState {
-                    name: name.clone(),
-                    version: slot.current.as_ref().map(|d| d.version().to_string()),
-                    in_flight: slot.current.as_ref().map_or(0, |d| d.in_flight()),
-                    refused: slot.refused.clone(),
+                .map(|(name, slot)| {
+                    let current = slot.current.as_ref();
+                    HandlerState {
+                        name: name.clone(),
+                        version: current.map(|d| d.version().to_string()),
+                        in_flight: current.map_or(0, |d| d.in_flight()),
+                        refused: slot.refused.clone(),
+                        stats: current.map(|d| d.stats()).unwrap_or_default(),
+                        consumers: (current.map(|d| d.bindings()).unwrap_or_default().iter())
+                            .map(|b| ConsumerRef {
+                                stream: b.stream.clone(),
+                                consumer: b.durable.clone(),
+                            })
+                            .collect(),
+                    }
                 })
                 .collect()
         };

@@ -13,11 +13,17 @@
 //! declared in its module ([`crate::sandbox::Capability`]); this module
 //! registers them with the rest and holds each handler's series of them.
 
+mod stats;
+
+pub use stats::{HandlerStats, LatencyCounts, difference, latency_bounds, quantile};
+
+use std::sync::Arc;
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
 use crate::contract::ContractCheckLabels;
@@ -66,8 +72,7 @@ struct BuildLabels {
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 fn latency_histogram() -> Histogram {
-    // 50 µs to ~13 s.
-    Histogram::new(exponential_buckets(0.00005, 2.0, 19))
+    Histogram::new(latency_bounds())
 }
 
 /// Declares [`Metrics`] from a table: each row is a field, how its family
@@ -205,7 +210,7 @@ impl Outcome {
 pub struct HandlerMetrics {
     pub received: Counter,
     pub emitted: Counter,
-    pub duration: Histogram,
+    duration: Histogram,
     pub instantiation: Histogram,
     pub peak_memory: Gauge,
     /// Shared by every version of the handler.
@@ -219,6 +224,10 @@ pub struct HandlerMetrics {
     failures: Family<FailureLabels, Counter>,
     /// Per-store series: looked up when a race was lost.
     conflicts: Family<StoreLabels, Counter>,
+    /// Failed invocations of every kind (not exported: the kinds are).
+    failed: Counter,
+    /// `duration` again, readable ([`stats`]).
+    latency: Arc<LatencyCounts>,
     labels: HandlerLabels,
 }
 
@@ -227,10 +236,33 @@ impl HandlerMetrics {
         &self.outcomes[outcome as usize]
     }
 
-    pub fn failure(&self, kind: FailureKind) -> Counter {
-        self.failures
+    /// Counts a failed invocation of `kind`.
+    pub fn record_failure(&self, kind: FailureKind) {
+        self.failed.inc();
+        (self.failures)
             .get_or_create(&self.labels.failure(kind.as_str()))
-            .clone()
+            .inc();
+    }
+
+    /// Counts an invocation's wall time.
+    pub fn record_duration(&self, seconds: f64) {
+        self.duration.observe(seconds);
+        self.latency.observe(seconds);
+    }
+
+    /// What this version has done since it loaded.
+    pub fn stats(&self) -> HandlerStats {
+        let outcome = |outcome| self.outcome(outcome).get();
+        HandlerStats {
+            received: self.received.get(),
+            succeeded: outcome(Outcome::Succeeded),
+            retried: outcome(Outcome::Retried),
+            dead_lettered: outcome(Outcome::DeadLettered),
+            duplicate: outcome(Outcome::Duplicate),
+            invalid: outcome(Outcome::Invalid),
+            failed: self.failed.get(),
+            latency: self.latency.totals(),
+        }
     }
 
     /// A race lost on `store` (its label, see [`Capabilities::store_label`]).
@@ -270,6 +302,8 @@ impl Metrics {
             capabilities,
             failures: self.guest_failures.clone(),
             conflicts: self.conflicts.clone(),
+            failed: Counter::default(),
+            latency: Arc::default(),
             labels,
         }
     }
@@ -317,7 +351,7 @@ mod tests {
         let m = Metrics::new();
         let h = m.for_handler("payment", "abc", &Capabilities::default());
         h.outcome(Outcome::Duplicate).inc();
-        h.failure(FailureKind::Trap).inc();
+        h.record_failure(FailureKind::Trap);
         assert_encodes(
             &m,
             &[

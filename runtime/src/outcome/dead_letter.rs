@@ -73,11 +73,40 @@ const FACTS: [(&str, &str); 10] = [
     (header::ORIGINAL_SEQUENCE, "sequence"),
 ];
 
+/// Every `Eventhost-*` header a dead letter may carry, in the order an
+/// operator reads its story.
+pub fn story_headers() -> impl Iterator<Item = &'static str> {
+    FACTS
+        .iter()
+        .map(|(header, _)| *header)
+        .chain([header::RECORD])
+}
+
 /// Longest error message kept: headers are not the place for megabytes.
 const MAX_ERROR_LEN: usize = 2048;
 
 pub fn subject(handler: &str) -> String {
     format!("{SUBJECT_PREFIX}.{handler}")
+}
+
+/// How many dead letters wait, per handler name.
+pub async fn depths(js: &jetstream::Context) -> Result<std::collections::HashMap<String, u64>> {
+    use futures::StreamExt as _;
+    let stream = js
+        .get_stream(STREAM)
+        .await
+        .context("opening the dead-letter stream")?;
+    let prefix = format!("{SUBJECT_PREFIX}.");
+    let mut subjects = (stream.info_with_subjects(format!("{prefix}>")).await)
+        .context("listing the dead-letter stream's subjects")?;
+    let mut depths = std::collections::HashMap::new();
+    while let Some(entry) = subjects.next().await {
+        let (subject, count) = entry.context("listing the dead-letter stream's subjects")?;
+        if let Some(handler) = subject.strip_prefix(&prefix) {
+            depths.insert(handler.to_string(), count as u64);
+        }
+    }
+    Ok(depths)
 }
 
 /// The dead-letter stream's shape.

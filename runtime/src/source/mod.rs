@@ -43,6 +43,27 @@ const MAX_ACK_PENDING: i64 = 10_000;
 /// How long JetStream waits for a settlement before redelivering. Long
 /// enough that a slow invocation, plus waiting its turn behind `concurrency`
 /// others, is not redelivered meanwhile.
+/// A durable consumer's lag as JetStream counts it; `None` when the
+/// consumer (or its stream) cannot be read.
+pub async fn lag(js: &jetstream::Context, stream: &str, durable: &str) -> Option<Lag> {
+    let stream = js.get_stream(stream).await.ok()?;
+    let mut consumer = (stream.get_consumer::<pull_consumer::Config>(durable).await).ok()?;
+    let info = consumer.info().await.ok()?;
+    Some(Lag {
+        pending: info.num_pending,
+        ack_pending: info.num_ack_pending as u64,
+    })
+}
+
+/// How far a consumer is behind its stream.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Lag {
+    /// Messages not yet delivered.
+    pub pending: u64,
+    /// Messages delivered and not yet settled.
+    pub ack_pending: u64,
+}
+
 pub fn ack_wait(limits: &Limits) -> Duration {
     (limits.timeout * 2).max(Duration::from_secs(30))
 }
