@@ -110,16 +110,18 @@ impl DeadLetterQueue {
 
     /// Every dead letter of `handler`, oldest first.
     pub async fn list(&self, handler: &str) -> Result<Vec<StoredDeadLetter>> {
-        Ok(self.list_up_to(handler, usize::MAX).await?.0)
+        Ok(self.list_up_to(handler, usize::MAX, usize::MAX).await?.0)
     }
 
-    /// The oldest `max` dead letters of `handler`, and whether there are
-    /// more.
+    /// The oldest dead letters of `handler`, at most `max` of them and
+    /// about `max_bytes` of payload, and whether there are more.
     pub async fn list_up_to(
         &self,
         handler: &str,
         max: usize,
+        max_bytes: usize,
     ) -> Result<(Vec<StoredDeadLetter>, bool)> {
+        let mut bytes = 0usize;
         let subject = dead_letter::subject(handler);
         let mut letters = Vec::new();
         let mut after = 0;
@@ -129,9 +131,12 @@ impl DeadLetterQueue {
                 .direct_get_next_for_subject(subject.as_str(), Some(after + 1))
                 .await
             {
-                Ok(_) if letters.len() == max => return Ok((letters, true)),
+                Ok(_) if letters.len() == max || bytes >= max_bytes => {
+                    return Ok((letters, true));
+                }
                 Ok(message) => {
                     after = message.sequence;
+                    bytes = bytes.saturating_add(message.payload.len());
                     letters.push(message.into());
                 }
                 Err(err) if err.kind() == stream::DirectGetErrorKind::NotFound => {

@@ -389,9 +389,18 @@ impl Runtime {
         if !args.contains(&"--cache-dir") {
             args.extend(["--cache-dir", shared_cache.to_str().unwrap()]);
         }
-        let admin_port = free_port();
+        // The admin server on a free loopback port, unless the test names
+        // its own address.
+        let given = args.iter().position(|a| *a == "--admin-addr");
+        let given = given.and_then(|i| args.get(i + 1)).map(|a| a.to_string());
+        let admin_port = match &given {
+            Some(addr) => addr.rsplit(':').next().unwrap().parse().unwrap(),
+            None => free_port(),
+        };
         let admin_addr = format!("127.0.0.1:{admin_port}");
-        args.extend(["--admin-addr", &admin_addr]);
+        if given.is_none() {
+            args.extend(["--admin-addr", &admin_addr]);
+        }
         let config_text = config;
         let config = tempfile::NamedTempFile::new().unwrap();
         std::fs::write(config.path(), config_text).unwrap();

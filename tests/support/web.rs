@@ -39,6 +39,12 @@ pub fn http_get(port: u16, path: &str) -> Reply {
     request(port, "GET", path, &[], "")
 }
 
+/// `GET path` on `127.0.0.1:port` with `headers` (a `Host` among them
+/// replaces the default one).
+pub fn http_get_with(port: u16, path: &str, headers: &[(&str, &str)]) -> Reply {
+    request(port, "GET", path, headers, "")
+}
+
 /// `POST path` on `127.0.0.1:port` with `headers` and `body`.
 pub fn http_post(port: u16, path: &str, headers: &[(&str, &str)], body: &str) -> Reply {
     request(port, "POST", path, headers, body)
@@ -46,8 +52,13 @@ pub fn http_post(port: u16, path: &str, headers: &[(&str, &str)], body: &str) ->
 
 fn request(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Reply {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    let mut head =
-        format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n");
+    let mut head = format!("{method} {path} HTTP/1.1\r\nConnection: close\r\n");
+    if !headers
+        .iter()
+        .any(|(name, _)| name.eq_ignore_ascii_case("host"))
+    {
+        head += &format!("Host: 127.0.0.1:{port}\r\n");
+    }
     for (name, value) in headers {
         head += &format!("{name}: {value}\r\n");
     }

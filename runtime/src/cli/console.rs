@@ -24,6 +24,16 @@ pub struct ConsoleArgs {
     pub access: ConsoleAccess,
 }
 
+/// Whether `eventhost run`'s admin server serves the console.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ConsoleMode {
+    /// Only on a loopback admin address: an admin server opened to the
+    /// network for metrics does not open the console with it.
+    Auto,
+    On,
+    Off,
+}
+
 /// Who may act (replay, purge) through the console, for `console` and
 /// `run` alike. Without a token the console only reads.
 #[derive(Debug, Args)]
@@ -61,10 +71,10 @@ pub async fn execute(
         true => "replay and purge need an operator token",
         false => "read-only: no operator token given",
     };
-    let console = Arc::new(Console::new(js, store, bucket.to_string(), tokens));
     let listener = (tokio::net::TcpListener::bind(args.addr).await)
         .with_context(|| format!("binding the console to {} (--addr)", args.addr))?;
     let addr = listener.local_addr()?;
+    let console = Arc::new(Console::new(js, store, bucket.to_string(), tokens, addr));
     println!(
         "console at http://{addr}/ui (reading {}; {actions}; Ctrl-C stops it)",
         nats.display_url()

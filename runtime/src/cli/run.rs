@@ -7,6 +7,7 @@ use clap::Args;
 use tokio_util::sync::CancellationToken;
 
 use super::Global;
+use super::console::ConsoleMode;
 use eventhost::host::{self, RuntimeOptions};
 use eventhost::jetstream::config_file::RuntimeConfig;
 use eventhost::sandbox::CompiledCache;
@@ -46,8 +47,12 @@ pub struct RunArgs {
     /// /handlers, and the console at /ui), or `off`.
     #[arg(long, default_value = "127.0.0.1:9898", env = "EVENTHOST_ADMIN_ADDR")]
     admin_addr: String,
+    /// Serve the operator console at /ui on the admin server: `auto` only
+    /// when the admin address is loopback.
+    #[arg(long, value_enum, default_value_t = ConsoleMode::Auto, env = "EVENTHOST_CONSOLE")]
+    console: ConsoleMode,
     #[command(flatten)]
-    console: super::console::ConsoleAccess,
+    console_access: super::console::ConsoleAccess,
     /// Export event spans to this OTLP/HTTP collector (e.g.
     /// http://127.0.0.1:4318). Off when absent.
     #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
@@ -66,7 +71,12 @@ pub async fn execute(args: RunArgs, global: &Global, shutdown: CancellationToken
         Some(path) => RuntimeConfig::load(&path)?,
         None => RuntimeConfig::default(),
     };
-    let console_tokens = args.console.tokens()?;
+    let console_tokens = args.console_access.tokens()?;
+    let serve_console = match args.console {
+        ConsoleMode::Auto => admin_addr.is_some_and(|a: std::net::SocketAddr| a.ip().is_loopback()),
+        ConsoleMode::On => true,
+        ConsoleMode::Off => false,
+    };
     let schemas_dir = (args.schemas).unwrap_or_else(|| super::schema::beside(&args.plugins));
     let options = RuntimeOptions {
         schemas_dir,
@@ -76,6 +86,7 @@ pub async fn execute(args: RunArgs, global: &Global, shutdown: CancellationToken
         watch: !args.no_watch,
         admin_addr,
         console_tokens,
+        serve_console,
         cache_dir: match args.no_cache {
             true => None,
             false => args.cache_dir.or_else(CompiledCache::default_dir),

@@ -4,7 +4,9 @@
 //! says whose fault it is: 4xx the caller's (a bad filter, an unknown
 //! letter, a missing token), 502 the servers behind the console.
 
+use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::rejection::{PathRejection, QueryRejection};
@@ -42,7 +44,7 @@ fn callers_fault(err: &anyhow::Error) -> Option<StatusCode> {
     }
     if let Some(err) = err.downcast_ref::<StateError>() {
         return Some(match err {
-            StateError::Bad { .. } => StatusCode::BAD_REQUEST,
+            StateError::Bad { .. } | StateError::Name(_) => StatusCode::BAD_REQUEST,
             _ => StatusCode::NOT_FOUND,
         });
     }
@@ -103,6 +105,26 @@ fn bad_request(message: String) -> ApiError {
     }
 }
 
+/// How long a read may take before the page is told NATS did not answer.
+const READ_DEADLINE: Duration = Duration::from_secs(30);
+/// An action over many letters takes longer; letters done before the
+/// deadline stay done (and logged).
+const ACTION_DEADLINE: Duration = Duration::from_secs(120);
+
+/// `work`, or a 504 once `deadline` has passed.
+async fn within<T>(
+    deadline: Duration,
+    work: impl Future<Output = anyhow::Result<T>>,
+) -> Result<T, ApiError> {
+    match tokio::time::timeout(deadline, work).await {
+        Ok(result) => Ok(result?),
+        Err(_) => Err(ApiError {
+            status: StatusCode::GATEWAY_TIMEOUT,
+            message: format!("NATS did not answer within {} s", deadline.as_secs()),
+        }),
+    }
+}
+
 /// JSON that no cache keeps: every answer is about now.
 fn fresh(value: impl Serialize) -> Response {
     let mut response = Json(value).into_response();
@@ -111,8 +133,9 @@ fn fresh(value: impl Serialize) -> Response {
     response
 }
 
-pub async fn fleet(State(console): State<Arc<Console>>) -> Response {
-    fresh(fleet::read(&console).await)
+pub async fn fleet(State(console): State<Arc<Console>>) -> Result<Response, ApiError> {
+    let view = within(READ_DEADLINE, async { Ok(fleet::read(&console).await) }).await?;
+    Ok(fresh(view))
 }
 
 pub async fn queues(State(console): State<Arc<Console>>) -> Result<Response, ApiError> {
@@ -121,7 +144,7 @@ pub async fn queues(State(console): State<Arc<Console>>) -> Result<Response, Api
         handler: String,
         waiting: u64,
     }
-    let queues = dlq::queues(&console.js).await?;
+    let queues = within(READ_DEADLINE, dlq::queues(&console.js)).await?;
     let queues: Vec<Queue> = (queues.into_iter())
         .map(|(handler, waiting)| Queue { handler, waiting })
         .collect();
@@ -133,7 +156,9 @@ pub async fn letters(
     filter: Result<Query<Filter>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(filter) = filter?;
-    Ok(fresh(dlq::list(&console.js, &filter).await?))
+    Ok(fresh(
+        within(READ_DEADLINE, dlq::list(&console.js, &filter)).await?,
+    ))
 }
 
 pub async fn letter(
@@ -141,7 +166,8 @@ pub async fn letter(
     path: Result<Path<(String, u64)>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let Path((handler, sequence)) = path?;
-    Ok(fresh(dlq::story(&console.js, &handler, sequence).await?))
+    let story = dlq::story(&console.js, &handler, sequence);
+    Ok(fresh(within(READ_DEADLINE, story).await?))
 }
 
 #[derive(Deserialize)]
@@ -155,7 +181,8 @@ pub async fn record(
     query: Result<Query<RecordQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(query) = query?;
-    Ok(fresh(dlq::outcome_of(&console.js, &query.record).await?))
+    let fate = dlq::outcome_of(&console.js, &query.record);
+    Ok(fresh(within(READ_DEADLINE, fate).await?))
 }
 
 /// Who the token in the request belongs to: the page checks a token here
@@ -195,9 +222,8 @@ async fn act(
     let operator = console.tokens.authorise_json(headers)?;
     let selection: Selection = serde_json::from_slice(body)
         .map_err(|e| bad_request(format!("the selection is not valid JSON: {e}")))?;
-    Ok(fresh(
-        dlq::act(&console.js, &operator, action, &selection).await?,
-    ))
+    let work = dlq::act(&console.js, &operator, action, &selection);
+    Ok(fresh(within(ACTION_DEADLINE, work).await?))
 }
 
 #[derive(Deserialize)]
@@ -208,7 +234,9 @@ pub struct KeysQuery {
 }
 
 pub async fn buckets(State(console): State<Arc<Console>>) -> Result<Response, ApiError> {
-    Ok(fresh(state::buckets(&console.js).await?))
+    Ok(fresh(
+        within(READ_DEADLINE, state::buckets(&console.js)).await?,
+    ))
 }
 
 pub async fn keys(
@@ -216,7 +244,8 @@ pub async fn keys(
     query: Result<Query<KeysQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(query) = query?;
-    let keys = state::keys(console.store.as_ref(), &query.bucket, &query.prefix).await?;
+    let keys = state::keys(console.store.as_ref(), &query.bucket, &query.prefix);
+    let keys = within(READ_DEADLINE, keys).await?;
     Ok(fresh(keys))
 }
 
@@ -231,7 +260,8 @@ pub async fn value(
     query: Result<Query<ValueQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(query) = query?;
-    let value = state::value(console.store.as_ref(), &query.bucket, &query.key).await?;
+    let value = state::value(console.store.as_ref(), &query.bucket, &query.key);
+    let value = within(READ_DEADLINE, value).await?;
     Ok(fresh(value))
 }
 
@@ -245,5 +275,7 @@ pub async fn events(
     query: Result<Query<EventsQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(query) = query?;
-    Ok(fresh(state::events(&console.js, &query.subject).await?))
+    let events = state::events(&console.js, console.store.as_ref(), &query.subject);
+    let events = within(READ_DEADLINE, events).await?;
+    Ok(fresh(events))
 }

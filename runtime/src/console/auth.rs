@@ -50,6 +50,8 @@ pub enum TokenError {
     BadName { origin: String, name: String },
     #[error("{origin}: {name}'s token is shorter than {MIN_TOKEN_LEN} characters")]
     TooShort { origin: String, name: String },
+    #[error("{origin}: {name}'s token must be visible ASCII characters only (no spaces)")]
+    NotVisibleAscii { origin: String, name: String },
     #[error("{origin}: the operator {name} is named twice")]
     Repeated { origin: String, name: String },
 }
@@ -122,6 +124,10 @@ impl Tokens {
         if token.chars().count() < MIN_TOKEN_LEN {
             return Err(TokenError::TooShort { origin, name });
         }
+        // A browser sends headers as visible ASCII only.
+        if !token.chars().all(|c| c.is_ascii_graphic()) {
+            return Err(TokenError::NotVisibleAscii { origin, name });
+        }
         if self.digests.iter().any(|(known, _)| *known == name) {
             return Err(TokenError::Repeated { origin, name });
         }
@@ -144,7 +150,9 @@ impl Tokens {
         }
         let token = (headers.get(header::AUTHORIZATION))
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token)
             .ok_or(Refusal::NoToken)?;
         let offered = digest(token.trim());
         (self.digests.iter())
@@ -171,22 +179,25 @@ fn digest(token: &str) -> [u8; 32] {
 }
 
 /// What the browser says about where a request came from, when it says:
-/// `Sec-Fetch-Site` other than same-origin (or none, typed by hand), or
-/// an `Origin` whose host is not the one the request was sent to.
+/// `Sec-Fetch-Site` other than same-origin (or none, typed by hand); from
+/// a browser too old to send it, an `Origin` whose host is not the one
+/// the request was sent to. `Sec-Fetch-Site` is the browser's own verdict,
+/// so a reverse proxy that rewrites `Host` does not make a same-origin
+/// action look cross-site.
 fn from_another_site(headers: &HeaderMap) -> bool {
     let value = |name| {
         headers
             .get(name)
             .and_then(|v: &header::HeaderValue| v.to_str().ok())
     };
-    if value("sec-fetch-site").is_some_and(|site| site != "same-origin" && site != "none") {
-        return true;
+    if let Some(site) = value("sec-fetch-site") {
+        return site != "same-origin" && site != "none";
     }
     match (value("origin"), value("host")) {
         (Some("null"), _) => true,
         (Some(origin), Some(host)) => {
             let origin_host = origin.split_once("://").map_or(origin, |(_, rest)| rest);
-            origin_host != host
+            !origin_host.eq_ignore_ascii_case(host)
         }
         (Some(_), None) => true,
         (None, _) => false,
@@ -236,6 +247,12 @@ mod tests {
             tokens().authorise(&h)
         };
         assert!(from("http://127.0.0.1:9898", "same-origin").is_ok());
+        // Behind a proxy that rewrites Host, the browser's verdict counts.
+        assert!(from("https://console.example", "same-origin").is_ok());
+        assert_eq!(
+            from("http://127.0.0.1:9898", "cross-site"),
+            Err(Refusal::CrossSite)
+        );
         assert_eq!(from("http://evil.example", ""), Err(Refusal::CrossSite));
         assert_eq!(from("", "cross-site"), Err(Refusal::CrossSite));
         assert_eq!(from("null", ""), Err(Refusal::CrossSite));

@@ -9,10 +9,12 @@
 //! or claimed while it runs, `done` once handled, `dead_lettered` if it
 //! failed again.
 //!
-//! Reading is bounded: at most [`MAX_READ`] letters of a handler are read
-//! for one listing (the page says when there are more), at most
-//! [`MAX_SHOWN`] are sent, and one action takes at most [`MAX_SELECTED`].
+//! Reading is bounded: at most [`MAX_READ`] letters (and
+//! [`MAX_READ_BYTES`]) of a handler are read for one listing (the page
+//! says when there are more), at most [`MAX_SHOWN`] are sent, and one
+//! action takes at most [`MAX_SELECTED`].
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -25,10 +27,12 @@ use crate::dead_letter_queue::{DeadLetterQueue, StoredDeadLetter};
 use crate::handler::plugins::validate_name;
 use crate::ledger::record::{Record, read_record};
 use crate::outcome::dead_letter::{self, header};
-use crate::store::NatsStore;
+use crate::store::{NatsStore, kv};
 
 /// Letters of one handler read for one listing.
 pub const MAX_READ: usize = 5000;
+/// Bytes of letters read for one listing or action: letters can be large.
+pub const MAX_READ_BYTES: usize = 64 * 1024 * 1024;
 /// Letters sent to the page at once.
 pub const MAX_SHOWN: usize = 500;
 /// Letters one action may take.
@@ -177,6 +181,8 @@ pub struct Listing {
     /// Letters that match the filter (the first [`MAX_SHOWN`] are sent).
     pub matching: usize,
     pub letters: Vec<LetterRow>,
+    /// The last sequence read: an action on "every match" goes no further.
+    pub last_sequence: Option<u64>,
 }
 
 /// The handlers with letters waiting, and how many each.
@@ -200,12 +206,17 @@ pub async fn list(js: &jetstream::Context, filter: &Filter) -> Result<Listing> {
         more,
         matching: matching.len(),
         letters: matching.into_iter().take(MAX_SHOWN).collect(),
+        last_sequence: rows.last().map(|r| r.sequence),
     })
 }
 
 async fn read_rows(js: &jetstream::Context, handler: &str) -> Result<(Vec<LetterRow>, bool)> {
+    // No runtime has declared the queue yet: nothing waits in it.
+    if !crate::jetstream::stream_exists(js, dead_letter::STREAM).await? {
+        return Ok((Vec::new(), false));
+    }
     let queue = DeadLetterQueue::open(js).await?;
-    let (letters, more) = queue.list_up_to(handler, MAX_READ).await?;
+    let (letters, more) = queue.list_up_to(handler, MAX_READ, MAX_READ_BYTES).await?;
     let now = Utc::now();
     Ok((
         letters.iter().map(|l| LetterRow::of(l, now)).collect(),
@@ -246,8 +257,12 @@ pub async fn story(js: &jetstream::Context, handler: &str, sequence: u64) -> Res
         .collect();
     let payload = serde_json::from_slice(&letter.payload)
         .unwrap_or_else(|_| String::from_utf8_lossy(&letter.payload).into_owned().into());
+    // Best effort: a letter's story stands without its record's state.
     let record_state = match &row.record {
-        Some(record) => Some(outcome_of(js, record).await?.state),
+        Some(record) => Some(match outcome_of(js, record).await {
+            Ok(fate) => fate.state,
+            Err(err) => format!("unknown ({err:#})"),
+        }),
         None => None,
     };
     Ok(LetterStory {
@@ -270,6 +285,10 @@ pub struct Selection {
     pub sequences: Option<Vec<u64>>,
     #[serde(default)]
     pub filter: Option<Filter>,
+    /// With a filter: take no letter stored after this sequence (the last
+    /// one the operator's listing read).
+    #[serde(default)]
+    pub up_to: Option<u64>,
 }
 
 /// What an action did, letter by letter.
@@ -312,32 +331,46 @@ impl Action {
 }
 
 /// Replays or purges the selected letters, one by one: a letter that
-/// fails is reported and the others still go.
+/// fails (or is gone meanwhile) is reported and the others still go.
+/// The action is logged before it starts and letter by letter, so an
+/// action cut short (a closed tab) still says who did what.
 pub async fn act(
     js: &jetstream::Context,
     operator: &Operator,
     action: Action,
     selection: &Selection,
 ) -> Result<ActionReport> {
-    let (handler, letters) = selected(js, selection).await?;
+    let (handler, chosen) = selected(js, selection).await?;
     let queue = DeadLetterQueue::open(js).await?;
+    tracing::info!(operator = %operator.0, action = action.as_str(), %handler,
+        letters = chosen.len(), "console action on dead letters starting");
     let mut report = ActionReport::default();
-    for letter in &letters {
+    for letter in chosen {
+        let letter = match letter {
+            Ok(letter) => letter,
+            Err(not_done) => {
+                report.failed.push(not_done);
+                continue;
+            }
+        };
         let event_id = letter.event_id_and_type().map(|(id, _)| id);
         let record = letter.fact(header::RECORD).map(str::to_string);
         let result = match action {
-            Action::Replay => queue.replay(letter).await.map(Some),
-            Action::Purge => queue.delete(letter).await.map(|()| None),
+            Action::Replay => queue.replay(&letter).await.map(Some),
+            Action::Purge => queue.delete(&letter).await.map(|()| None),
         };
+        let sequence = letter.sequence;
+        tracing::info!(operator = %operator.0, action = action.as_str(), %handler, sequence,
+            ok = result.is_ok(), "console action on a dead letter");
         match result {
             Ok(subject) => report.done.push(Done {
-                sequence: letter.sequence,
+                sequence,
                 event_id,
                 subject,
                 record: record.filter(|_| action == Action::Replay),
             }),
             Err(err) => report.failed.push(NotDone {
-                sequence: letter.sequence,
+                sequence,
                 error: format!("{err:#}"),
             }),
         }
@@ -349,31 +382,44 @@ pub async fn act(
     Ok(report)
 }
 
-/// The letters a selection names, read whole.
+/// The letters a selection names, read whole; one that cannot be had is
+/// its report line already.
 async fn selected(
     js: &jetstream::Context,
     selection: &Selection,
-) -> Result<(String, Vec<StoredDeadLetter>)> {
+) -> Result<(String, Vec<Result<StoredDeadLetter, NotDone>>)> {
     let queue = DeadLetterQueue::open(js).await?;
     match (&selection.sequences, &selection.filter) {
         (Some(sequences), None) => {
             let handler = selection.handler.clone().unwrap_or_default();
             validate_name(&handler).map_err(|e| FilterError::Handler(format!("{e:#}")))?;
+            let sequences: BTreeSet<u64> = sequences.iter().copied().collect();
             if sequences.len() > MAX_SELECTED {
                 return Err(FilterError::TooMany(sequences.len()).into());
             }
             let mut letters = Vec::new();
-            for &sequence in sequences {
-                letters.push(queue.get(&handler, sequence).await?);
+            for sequence in sequences {
+                let letter = (queue.get(&handler, sequence).await).map_err(|err| NotDone {
+                    sequence,
+                    error: err.to_string(),
+                });
+                letters.push(letter);
             }
             Ok((handler, letters))
         }
         (None, Some(filter)) => {
             let matcher = filter.matcher()?;
-            let (letters, _) = queue.list_up_to(&filter.handler, MAX_READ).await?;
+            let (letters, _) = queue
+                .list_up_to(&filter.handler, MAX_READ, MAX_READ_BYTES)
+                .await?;
             let now = Utc::now();
+            // Letters stored after the operator's listing are not theirs to
+            // take: `up_to` is the last sequence that listing read.
+            let seen =
+                |l: &StoredDeadLetter| selection.up_to.is_none_or(|up_to| l.sequence <= up_to);
             let chosen: Vec<_> = (letters.into_iter())
-                .filter(|l| matcher.matches(&LetterRow::of(l, now)))
+                .filter(|l| seen(l) && matcher.matches(&LetterRow::of(l, now)))
+                .map(Ok)
                 .collect();
             if chosen.len() > MAX_SELECTED {
                 return Err(FilterError::TooMany(chosen.len()).into());
@@ -395,8 +441,7 @@ pub struct Fate {
 
 pub async fn outcome_of(js: &jetstream::Context, record_ref: &str) -> Result<Fate> {
     let valid = record_ref.split_once('/').is_some_and(|(bucket, key)| {
-        let ok = |s: &str| !s.is_empty() && s.len() <= 256 && !s.contains(char::is_whitespace);
-        ok(bucket) && ok(key) && !bucket.contains('.')
+        kv::validate_bucket(bucket).is_ok() && kv::validate_key(key).is_ok()
     });
     if !valid {
         return Err(FilterError::Record(record_ref.to_string()).into());

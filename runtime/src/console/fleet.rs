@@ -62,11 +62,13 @@ pub struct HandlerRow {
     /// Why its last load or reload was refused.
     pub refused: Option<String>,
     pub in_flight: i64,
-    pub received: u64,
-    pub succeeded: u64,
-    pub failed: u64,
-    pub retried: u64,
-    pub dead_lettered: u64,
+    /// Totals since the version loaded; `None` when its runtime does not
+    /// announce them (older than the console).
+    pub received: Option<u64>,
+    pub succeeded: Option<u64>,
+    pub failed: Option<u64>,
+    pub retried: Option<u64>,
+    pub dead_lettered: Option<u64>,
     /// Deliveries per second over the last interval.
     pub per_second: Option<f64>,
     /// `≤ 1.6 ms`: the quantile's latency bucket over the last interval.
@@ -82,9 +84,17 @@ pub struct HandlerRow {
 pub async fn read(console: &Console) -> FleetView {
     let mut unreadable = Vec::new();
     let fleet = match announce::fleet(console.store.as_ref()).await {
-        Ok(fleet) => fleet,
+        Ok(fleet) => {
+            console.rates.forget_all_but(&fleet);
+            fleet
+        }
         Err(err) => {
-            unreadable.push(format!("the runtimes' announcements: {err:#}"));
+            // No runtime ever announced itself: an empty fleet, not trouble.
+            let bucket = crate::store::kv::stream(announce::BUCKET);
+            let exists = crate::jetstream::stream_exists(&console.js, &bucket).await;
+            if !matches!(exists, Ok(false)) {
+                unreadable.push(format!("the runtimes' announcements: {err:#}"));
+            }
             Vec::new()
         }
     };
@@ -116,7 +126,6 @@ pub async fn read(console: &Console) -> FleetView {
         }
     }
     handlers.sort_by(|x, y| (&x.handler, &x.runtime).cmp(&(&y.handler, &y.runtime)));
-    console.rates.forget_all_but(&fleet);
     FleetView {
         runtimes: fleet.iter().map(runtime_view).collect(),
         handlers,
@@ -176,7 +185,7 @@ fn row(
             })
         })
         .filter(|_| !h.consumers.is_empty());
-    let s = &h.stats;
+    let s = h.stats.as_ref();
     HandlerRow {
         handler: h.name.clone(),
         runtime: a.runtime.clone(),
@@ -188,11 +197,11 @@ fn row(
         },
         refused: h.refused.clone(),
         in_flight: h.in_flight,
-        received: s.received,
-        succeeded: s.succeeded,
-        failed: s.failed,
-        retried: s.retried,
-        dead_lettered: s.dead_lettered,
+        received: s.map(|s| s.received),
+        succeeded: s.map(|s| s.succeeded),
+        failed: s.map(|s| s.failed),
+        retried: s.map(|s| s.retried),
+        dead_lettered: s.map(|s| s.dead_lettered),
         per_second: window.map(|w| w.per_second),
         p50: window.and_then(|w| w.p50).map(latency_label),
         p99: window.and_then(|w| w.p99).map(latency_label),
@@ -253,11 +262,12 @@ impl Rates {
         if let Some(before) = before.filter(|b| b.at >= at) {
             return before.window;
         }
-        let window = before.and_then(|before| between(before, handler, at));
+        let stats = handler.stats.clone()?;
+        let window = before.and_then(|before| between(before, &stats, handler, at));
         let sample = Sample {
             at,
             version: handler.version.clone(),
-            stats: handler.stats.clone(),
+            stats,
             window,
         };
         last.insert(key, sample);
@@ -278,13 +288,18 @@ impl Rates {
     }
 }
 
-fn between(before: &Sample, now: &HandlerState, at: DateTime<Utc>) -> Option<Window> {
+fn between(
+    before: &Sample,
+    stats: &HandlerStats,
+    now: &HandlerState,
+    at: DateTime<Utc>,
+) -> Option<Window> {
     if before.version != now.version {
         return None;
     }
     let seconds = (at - before.at).num_milliseconds() as f64 / 1000.0;
-    let received = now.stats.received.checked_sub(before.stats.received)?;
-    let latency = difference(&now.stats.latency, &before.stats.latency)?;
+    let received = stats.received.checked_sub(before.stats.received)?;
+    let latency = difference(&stats.latency, &before.stats.latency)?;
     Some(Window {
         per_second: received as f64 / seconds,
         p50: quantile(&latency, 0.5),
@@ -303,11 +318,11 @@ mod tests {
             version: Some(version.into()),
             in_flight: 0,
             refused: None,
-            stats: HandlerStats {
+            stats: Some(HandlerStats {
                 received,
                 latency: latency.totals(),
                 ..Default::default()
-            },
+            }),
             consumers: vec![],
         }
     }

@@ -13,9 +13,13 @@
 //!   script only lays it out.
 //! - **Reading is free, acting is not**: anyone who reaches the console
 //!   may look; a replay or a purge needs an operator token ([`auth`]) and
-//!   is logged with the operator's name. The browser is held strict: no
-//!   inline script, no framing, no sniffing ([`security_headers`]); bound
-//!   to loopback unless told otherwise.
+//!   is logged with the operator's name. So reaching it is guarded: a
+//!   runtime serves it only on a loopback admin address unless told to
+//!   (`--console on`), and a console on loopback answers only requests
+//!   addressed to a loopback name ([`loopback_host`]), so a web page that
+//!   points its own name at 127.0.0.1 (DNS rebinding) cannot read it. The
+//!   browser is held strict: no inline script, no framing, no sniffing
+//!   ([`security_headers`]).
 //!
 //! Pages: `/ui` the fleet ([`fleet`]), `/ui/dlq` dead-letter triage
 //! ([`dlq`]), `/ui/state` buckets and event-store subjects ([`state`]);
@@ -27,12 +31,15 @@ pub mod dlq;
 mod fleet;
 pub mod state;
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use async_nats::jetstream;
 use axum::Router;
-use axum::http::{HeaderValue, header};
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use tokio_util::sync::CancellationToken;
@@ -49,21 +56,27 @@ pub struct Console {
     deploy_bucket: String,
     /// Who may act.
     tokens: Tokens,
+    /// Served on a loopback address: answer loopback names only.
+    loopback_only: bool,
     rates: fleet::Rates,
 }
 
 impl Console {
+    /// A console over `js`, comparing the fleet with `deploy_bucket`,
+    /// acting for `tokens`, served on `addr`.
     pub fn new(
         js: jetstream::Context,
         store: Arc<dyn Store>,
         deploy_bucket: String,
         tokens: Tokens,
+        addr: SocketAddr,
     ) -> Self {
         Console {
             js,
             store,
             deploy_bucket,
             tokens,
+            loopback_only: addr.ip().is_loopback(),
             rates: fleet::Rates::default(),
         }
     }
@@ -113,7 +126,32 @@ pub fn router(console: Arc<Console>) -> Router {
         .route("/ui/api/state/keys", get(api::keys))
         .route("/ui/api/state/value", get(api::value))
         .route("/ui/api/state/events", get(api::events))
+        .route_layer(middleware::from_fn_with_state(console.clone(), same_host))
         .with_state(console)
+}
+
+/// Refuses a request to a loopback console that names another host.
+async fn same_host(State(console): State<Arc<Console>>, request: Request, next: Next) -> Response {
+    if console.loopback_only && !loopback_host(request.headers()) {
+        let why = "this console answers requests to localhost, 127.0.0.1 or [::1] only";
+        let mut response = (StatusCode::MISDIRECTED_REQUEST, why).into_response();
+        security_headers(&mut response);
+        return response;
+    }
+    next.run(request).await
+}
+
+/// Whether the request's `Host` is a loopback name.
+pub fn loopback_host(headers: &HeaderMap) -> bool {
+    let Some(host) = headers.get(header::HOST).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let name = match host.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or_default(),
+        None => host.split(':').next().unwrap_or_default(),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Serves the console alone (`eventhost console`) on `listener` until
@@ -157,4 +195,36 @@ fn security_headers(response: &mut Response) {
         header::REFERRER_POLICY,
         HeaderValue::from_static("no-referrer"),
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_loopback_names_reach_a_loopback_console() {
+        let host = |value: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::HOST, value.parse().unwrap());
+            loopback_host(&headers)
+        };
+        for ok in [
+            "127.0.0.1:9898",
+            "localhost:9899",
+            "LOCALHOST",
+            "[::1]:9898",
+            "127.0.0.2",
+        ] {
+            assert!(host(ok), "{ok}");
+        }
+        for refused in [
+            "evil.example:9898",
+            "10.0.0.5:9898",
+            "[fe80::1]:80",
+            "localhost.evil.example",
+        ] {
+            assert!(!host(refused), "{refused}");
+        }
+        assert!(!loopback_host(&HeaderMap::new()));
+    }
 }

@@ -9,6 +9,7 @@
 //! values cut at [`MAX_VALUE`] bytes.
 
 use anyhow::{Context, Result};
+use async_nats::jetstream::context::GetStreamByNameErrorKind;
 use async_nats::jetstream::{self, message::StreamMessage, stream};
 use chrono::{DateTime, Utc};
 use futures::StreamExt as _;
@@ -41,6 +42,8 @@ pub enum StateError {
     },
     #[error("no stream stores subject {0:?}")]
     NoStream(String),
+    #[error("{0}")]
+    Name(String),
 }
 
 #[derive(Debug, Serialize)]
@@ -86,7 +89,7 @@ pub struct Keys {
 }
 
 pub async fn keys(store: &dyn Store, bucket: &str, prefix: &str) -> Result<Keys> {
-    checked("bucket", bucket)?;
+    kv::validate_bucket(bucket).map_err(|e| StateError::Name(e.to_string()))?;
     let mut all = match store.keys(bucket).await {
         Ok(keys) => keys,
         Err(_) if !exists(store, bucket).await => {
@@ -124,9 +127,15 @@ pub struct Value {
 }
 
 pub async fn value(store: &dyn Store, bucket: &str, key: &str) -> Result<Value> {
-    checked("bucket", bucket)?;
-    checked("key", key)?;
-    let entry = (kv::entry(store, bucket, key).await).context("reading the key")?;
+    kv::validate_bucket(bucket).map_err(|e| StateError::Name(e.to_string()))?;
+    kv::validate_key(key).map_err(|e| StateError::Name(e.to_string()))?;
+    let entry = match kv::entry(store, bucket, key).await {
+        Ok(entry) => entry,
+        Err(_) if !exists(store, bucket).await => {
+            return Err(StateError::NoBucket(bucket.to_string()).into());
+        }
+        Err(err) => return Err(err).context("reading the key"),
+    };
     let Some(bytes) = entry.value else {
         return Err(StateError::NoKey {
             bucket: bucket.to_string(),
@@ -170,11 +179,18 @@ pub struct StoredEvent {
     /// The event's data (JSON when it is), or the message's text when the
     /// message is not a CloudEvent.
     pub data: serde_json::Value,
+    /// Appended by a commit still under way (or whose record could not be
+    /// read): it may yet be undone.
+    pub pending: bool,
 }
 
 /// The events stored on one subject (an event-store entity's history),
 /// oldest first.
-pub async fn events(js: &jetstream::Context, subject: &str) -> Result<SubjectEvents> {
+pub async fn events(
+    js: &jetstream::Context,
+    store: &dyn Store,
+    subject: &str,
+) -> Result<SubjectEvents> {
     checked("subject", subject)?;
     if subject.contains(['*', '>']) {
         return Err(StateError::Bad {
@@ -184,8 +200,13 @@ pub async fn events(js: &jetstream::Context, subject: &str) -> Result<SubjectEve
         }
         .into());
     }
-    let name = (js.stream_by_subject(subject).await)
-        .map_err(|_| StateError::NoStream(subject.to_string()))?;
+    let name = match js.stream_by_subject(subject).await {
+        Ok(name) => name,
+        Err(err) if err.kind() == GetStreamByNameErrorKind::NotFound => {
+            return Err(StateError::NoStream(subject.to_string()).into());
+        }
+        Err(err) => return Err(err).context("finding the subject's stream"),
+    };
     let stream = js.get_stream(&name).await.context("opening the stream")?;
     let mut events = Vec::new();
     let mut after = 0;
@@ -204,7 +225,10 @@ pub async fn events(js: &jetstream::Context, subject: &str) -> Result<SubjectEve
             }
             Ok(message) => {
                 after = message.sequence;
-                events.push(stored_event(message));
+                // As eventhost's own readers: an append of a commit under
+                // way may still be undone.
+                let settled = is_settled(store, &message.headers).await;
+                events.push(stored_event(message, !settled.unwrap_or(false)));
             }
             Err(err) if err.kind() == stream::DirectGetErrorKind::NotFound => break,
             Err(err) => return Err(err).context("reading the subject's events"),
@@ -218,7 +242,7 @@ pub async fn events(js: &jetstream::Context, subject: &str) -> Result<SubjectEve
     })
 }
 
-fn stored_event(message: StreamMessage) -> StoredEvent {
+fn stored_event(message: StreamMessage, pending: bool) -> StoredEvent {
     let decoded = decode::decode(Some(&message.headers), &message.payload).ok();
     let (id, event_type, data) = match decoded {
         Some(decoded) => {
@@ -252,6 +276,7 @@ fn stored_event(message: StreamMessage) -> StoredEvent {
         id,
         event_type,
         data,
+        pending,
     }
 }
 

@@ -54,10 +54,10 @@ pub struct HandlerState {
     pub in_flight: i64,
     /// Why its last load or reload was refused.
     pub refused: Option<String>,
-    /// What the serving version has done since it loaded (absent from the
-    /// announcements of runtimes older than the console).
+    /// What the serving version has done since it loaded; `None` from
+    /// runtimes older than the console, or with no version serving.
     #[serde(default)]
-    pub stats: HandlerStats,
+    pub stats: Option<HandlerStats>,
     /// The durable consumers it pulls from, for reading their lag.
     #[serde(default)]
     pub consumers: Vec<ConsumerRef>,
@@ -249,7 +249,7 @@ mod tests {
                     version: Some(version.to_string()),
                     in_flight: 0,
                     refused: None,
-                    stats: HandlerStats::default(),
+                    stats: None,
                     consumers: vec![],
                 })
                 .collect(),

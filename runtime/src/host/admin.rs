@@ -34,7 +34,8 @@ pub struct AdminState {
     pub board: Board,
     pub client: async_nats::Client,
     pub js: jetstream::Context,
-    pub console: Arc<Console>,
+    /// The console served at `/ui`, if it is.
+    pub console: Option<Arc<Console>>,
 }
 
 /// Binds `addr` and serves until `shutdown`. Binding errors are returned at
@@ -47,16 +48,20 @@ pub async fn serve(
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("binding the admin server to {addr} (--admin-addr)"))?;
-    let console = console::router(state.console.clone());
+    let console = state.console.clone().map(console::router);
     let app = Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/handlers", get(handlers))
         .with_state(state)
-        .merge(console);
-    tracing::info!(%addr, console = %format!("http://{addr}/ui"),
-        "admin server listening (/metrics /healthz /readyz /handlers /ui)");
+        .merge(console.clone().unwrap_or_default());
+    match console {
+        Some(_) => tracing::info!(%addr, console = %format!("http://{addr}/ui"),
+            "admin server listening (/metrics /healthz /readyz /handlers /ui)"),
+        None => tracing::info!(%addr,
+            "admin server listening (/metrics /healthz /readyz /handlers; the console is off, see --console)"),
+    }
     Ok(tokio::spawn(async move {
         let served = axum::serve(listener, app)
             .with_graceful_shutdown(async move { shutdown.cancelled().await })

@@ -59,6 +59,8 @@ pub struct RuntimeOptions {
     pub admin_addr: Option<SocketAddr>,
     /// Who may act through the console the admin server serves.
     pub console_tokens: Tokens,
+    /// Whether the admin server serves the console at `/ui`.
+    pub serve_console: bool,
     pub nats: NatsEndpoint,
     pub config: RuntimeConfig,
 }
@@ -148,20 +150,19 @@ async fn serve_admin(
     let Some(addr) = options.admin_addr else {
         return Ok(None);
     };
-    let deploy_bucket =
-        (options.deploy_bucket.clone()).unwrap_or_else(|| deploy::DEFAULT_BUCKET.to_string());
-    let console = Console::new(
-        services.js.clone(),
-        services.store.clone(),
-        deploy_bucket,
-        options.console_tokens.clone(),
-    );
+    let console = options.serve_console.then(|| {
+        let deploy_bucket =
+            (options.deploy_bucket.clone()).unwrap_or_else(|| deploy::DEFAULT_BUCKET.to_string());
+        let tokens = options.console_tokens.clone();
+        let (js, store) = (services.js.clone(), services.store.clone());
+        Arc::new(Console::new(js, store, deploy_bucket, tokens, addr))
+    });
     let state = admin::AdminState {
         metrics: services.metrics.clone(),
         board,
         client: client.clone(),
         js: services.js.clone(),
-        console: Arc::new(console),
+        console,
     };
     Ok(Some(admin::serve(addr, state, stop.clone()).await?))
 }
@@ -321,7 +322,7 @@ impl Identity {
                         version: current.map(|d| d.version().to_string()),
                         in_flight: current.map_or(0, |d| d.in_flight()),
                         refused: slot.refused.clone(),
-                        stats: current.map(|d| d.stats()).unwrap_or_default(),
+                        stats: current.map(|d| d.stats()),
                         consumers: (current.map(|d| d.bindings()).unwrap_or_default().iter())
                             .map(|b| ConsumerRef {
                                 stream: b.stream.clone(),

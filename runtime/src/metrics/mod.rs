@@ -228,6 +228,8 @@ pub struct HandlerMetrics {
     failed: Counter,
     /// `duration` again, readable ([`stats`]).
     latency: Arc<LatencyCounts>,
+    /// `received` and `outcomes` when this version loaded.
+    at_load: (u64, [u64; Outcome::ALL.len()]),
     labels: HandlerLabels,
 }
 
@@ -250,11 +252,16 @@ impl HandlerMetrics {
         self.latency.observe(seconds);
     }
 
-    /// What this version has done since it loaded.
+    /// What this version has done since it loaded. The exported series
+    /// are the version's across loads (a rollback to a version that ran
+    /// before continues its series), so their values at load are taken off.
     pub fn stats(&self) -> HandlerStats {
-        let outcome = |outcome| self.outcome(outcome).get();
+        let (received, outcomes) = self.series_now();
+        let since = |now: u64, then: u64| now.saturating_sub(then);
+        let (received_then, outcomes_then) = &self.at_load;
+        let outcome = |o: Outcome| since(outcomes[o as usize], outcomes_then[o as usize]);
         HandlerStats {
-            received: self.received.get(),
+            received: since(received, *received_then),
             succeeded: outcome(Outcome::Succeeded),
             retried: outcome(Outcome::Retried),
             dead_lettered: outcome(Outcome::DeadLettered),
@@ -263,6 +270,13 @@ impl HandlerMetrics {
             failed: self.failed.get(),
             latency: self.latency.totals(),
         }
+    }
+
+    fn series_now(&self) -> (u64, [u64; Outcome::ALL.len()]) {
+        (
+            self.received.get(),
+            self.outcomes.each_ref().map(Counter::get),
+        )
     }
 
     /// A race lost on `store` (its label, see [`Capabilities::store_label`]).
@@ -286,7 +300,7 @@ impl Metrics {
         }
         let capabilities = self.capabilities.series(name, grants);
         let name = NameLabels::new(name);
-        HandlerMetrics {
+        let mut metrics = HandlerMetrics {
             received: self.received.get_or_create(&labels).clone(),
             emitted: self.emitted.get_or_create(&labels).clone(),
             duration: self.duration.get_or_create(&labels).clone(),
@@ -304,8 +318,11 @@ impl Metrics {
             conflicts: self.conflicts.clone(),
             failed: Counter::default(),
             latency: Arc::default(),
+            at_load: (0, [0; Outcome::ALL.len()]),
             labels,
-        }
+        };
+        metrics.at_load = metrics.series_now();
+        metrics
     }
 }
 
@@ -358,6 +375,29 @@ mod tests {
                 "eventhost_events_total{handler=\"payment\",version=\"abc\",outcome=\"duplicate\"} 1",
                 "eventhost_events_total{handler=\"payment\",version=\"abc\",outcome=\"succeeded\"} 0",
                 "eventhost_guest_failures_total{handler=\"payment\",version=\"abc\",kind=\"trap\"} 1",
+            ],
+        );
+    }
+
+    #[test]
+    fn a_versions_stats_start_at_its_load_even_when_it_ran_before() {
+        let m = Metrics::new();
+        let first = m.for_handler("payment", "abc", &Capabilities::default());
+        first.received.inc_by(5);
+        first.outcome(Outcome::Succeeded).inc_by(5);
+        first.record_duration(0.001);
+        assert_eq!(first.stats().succeeded, 5);
+        // Rolled back to: the exported series go on, the stats start over.
+        let again = m.for_handler("payment", "abc", &Capabilities::default());
+        again.received.inc();
+        again.outcome(Outcome::Retried).inc();
+        let stats = again.stats();
+        assert_eq!((stats.received, stats.succeeded, stats.retried), (1, 0, 1));
+        assert_eq!(stats.latency.iter().sum::<u64>(), 0);
+        assert_encodes(
+            &m,
+            &[
+                "eventhost_events_total{handler=\"payment\",version=\"abc\",outcome=\"succeeded\"} 5",
             ],
         );
     }

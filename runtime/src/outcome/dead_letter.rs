@@ -92,10 +92,12 @@ pub fn subject(handler: &str) -> String {
 /// How many dead letters wait, per handler name.
 pub async fn depths(js: &jetstream::Context) -> Result<std::collections::HashMap<String, u64>> {
     use futures::StreamExt as _;
-    let stream = js
-        .get_stream(STREAM)
-        .await
-        .context("opening the dead-letter stream")?;
+    let stream = match js.get_stream(STREAM).await {
+        Ok(stream) => stream,
+        // No runtime has declared it yet: no letter waits.
+        Err(err) if crate::jetstream::stream_not_found(&err) => return Ok(Default::default()),
+        Err(err) => return Err(err).context("opening the dead-letter stream"),
+    };
     let prefix = format!("{SUBJECT_PREFIX}.");
     let mut subjects = (stream.info_with_subjects(format!("{prefix}>")).await)
         .context("listing the dead-letter stream's subjects")?;

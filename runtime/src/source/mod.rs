@@ -40,9 +40,6 @@ pub const PULL_EXPIRES: Duration = Duration::from_secs(5);
 /// count too, and they must not stop fresh events from flowing.
 const MAX_ACK_PENDING: i64 = 10_000;
 
-/// How long JetStream waits for a settlement before redelivering. Long
-/// enough that a slow invocation, plus waiting its turn behind `concurrency`
-/// others, is not redelivered meanwhile.
 /// A durable consumer's lag as JetStream counts it; `None` when the
 /// consumer (or its stream) cannot be read.
 pub async fn lag(js: &jetstream::Context, stream: &str, durable: &str) -> Option<Lag> {
@@ -64,6 +61,9 @@ pub struct Lag {
     pub ack_pending: u64,
 }
 
+/// How long JetStream waits for a settlement before redelivering. Long
+/// enough that a slow invocation, plus waiting its turn behind `concurrency`
+/// others, is not redelivered meanwhile.
 pub fn ack_wait(limits: &Limits) -> Duration {
     (limits.timeout * 2).max(Duration::from_secs(30))
 }

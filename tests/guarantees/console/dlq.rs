@@ -60,16 +60,19 @@ async fn dead_letters_are_found_opened_replayed_and_purged() {
         send(&js, id, json!({"action": "fail-if-broken"})).await;
     }
     send(&js, "rejected", json!({"action": "fail-permanent"})).await;
-    dead_letters(&js, "chaos", 4, WAIT).await;
+    send(&js, "flaky", json!({"action": "fail-retryable"})).await;
+    dead_letters(&js, "chaos", 5, WAIT).await;
     let port = runtime.admin_port();
 
-    // Filters.
-    assert_eq!(letters(port, "")["matching"], 4);
+    // Filters, each seen to keep some letters and drop others.
+    assert_eq!(letters(port, "")["matching"], 5);
     let broken = letters(port, "&text=IS%20BROKEN");
     assert_eq!(broken["matching"], 3, "{broken:#}");
     assert_eq!(letters(port, "&kind=permanent")["matching"], 4);
+    assert_eq!(letters(port, "&kind=retryable")["matching"], 1);
     assert_eq!(letters(port, "&older_than=1h")["matching"], 0);
-    assert_eq!(letters(port, "&newer_than=1h")["matching"], 4);
+    assert_eq!(letters(port, "&newer_than=1h")["matching"], 5);
+    assert_eq!(letters(port, "&type=com.example.chaos")["matching"], 5);
     assert_eq!(letters(port, "&type=com.example.other")["matching"], 0);
 
     // One letter's story.
@@ -158,7 +161,7 @@ async fn dead_letters_are_found_opened_replayed_and_purged() {
     assert!(reply.body.contains("actions are off"), "{}", reply.body);
     assert_eq!(
         letters(port, "")["matching"],
-        4,
+        5,
         "a refused action changed the queue"
     );
 
@@ -191,13 +194,28 @@ async fn dead_letters_are_found_opened_replayed_and_purged() {
     assert_eq!(actions[0]["operator"], OPERATOR);
     assert_eq!(actions[0]["action"], "replay");
     assert_eq!(actions[0]["done"], 3);
+    let each = runtime.logs_with_message("console action on a dead letter");
+    assert_eq!(
+        each.len(),
+        3,
+        "logged letter by letter, as it goes: {each:?}"
+    );
+    assert!(
+        each.iter()
+            .all(|line| line["operator"] == OPERATOR && line["ok"] == true)
+    );
 
-    // The rest, purged by selection.
+    // The rest, purged by selection: a letter named twice is taken once,
+    // one that is gone is reported and the others still go.
     let left = letters(port, "");
-    assert_eq!(left["matching"], 1, "{left:#}");
-    let sequence = left["letters"][0]["sequence"].clone();
-    let purge = json!({"handler": "chaos", "sequences": [sequence]});
+    assert_eq!(left["matching"], 2, "{left:#}");
+    let first = left["letters"][0]["sequence"].clone();
+    let second = left["letters"][1]["sequence"].clone();
+    let purge = json!({"handler": "chaos", "sequences": [first, first, second, 999999]});
     let report = act(port, "purge", &auth, &purge).json();
-    assert_eq!(report["done"].as_array().unwrap().len(), 1, "{report:#}");
+    assert_eq!(report["done"].as_array().unwrap().len(), 2, "{report:#}");
+    let failed = report["failed"].as_array().unwrap();
+    assert_eq!(failed.len(), 1, "{report:#}");
+    assert_eq!(failed[0]["sequence"], 999999, "{report:#}");
     assert_eq!(letters(port, "")["matching"], 0);
 }

@@ -49,13 +49,21 @@ async fn the_fleet_view_counts_what_the_handlers_did() {
     let view = http_get(console.port, "/ui/api/fleet").json();
     assert_eq!(view["runtimes"].as_array().unwrap().len(), 1, "{view:#}");
 
-    // Traffic between two announcements gives a rate and a latency.
-    for i in 3..13 {
-        send(&js, &format!("ok-{i}"), json!({"action": "ok"})).await;
-    }
-    let moving = fleet_row(console.port, "chaos", |row| {
-        row["succeeded"] == 13 && row["per_second"].as_f64().is_some_and(|r| r > 0.0)
+    // Traffic between two announcements gives a rate and a latency (sent
+    // until it shows, so no window can fall between the events).
+    let sending = tokio::spawn({
+        let js = js.clone();
+        async move {
+            for i in 3.. {
+                send(&js, &format!("ok-{i}"), json!({"action": "ok"})).await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
     });
+    let moving = fleet_row(console.port, "chaos", |row| {
+        row["per_second"].as_f64().is_some_and(|r| r > 0.0) && row["p50"].is_string()
+    });
+    sending.abort();
     let p50 = moving["p50"].as_str().unwrap_or_default();
     assert!(p50.starts_with('≤'), "{moving:#}");
 }
@@ -87,7 +95,44 @@ fn the_console_keeps_the_browser_strict_and_the_page_small() {
             .sum();
         assert!(total < 200 * 1024, "{page}: {total} bytes");
     }
+    // A loopback console answers loopback names only: a page whose own
+    // name was pointed at 127.0.0.1 (DNS rebinding) cannot read it.
+    let rebound = http_get_with(console.port, "/ui/api/fleet", &[("Host", "evil.example")]);
+    assert_eq!(rebound.status, 421, "{}", rebound.body);
+    let named = http_get_with(console.port, "/ui", &[("Host", "localhost")]);
+    assert_eq!(named.status, 200, "{}", named.head);
     // No runtime yet: an empty fleet, said plainly.
     let view = http_get(console.port, "/ui/api/fleet").json();
     assert_eq!(view["handlers"], json!([]), "{view:#}");
+    assert_eq!(view["unreadable"], json!([]), "nothing is wrong: {view:#}");
+    let queue = http_get(console.port, "/ui/api/dlq?handler=payment").json();
+    assert_eq!(
+        queue["matching"], 0,
+        "no queue yet, so no letter: {queue:#}"
+    );
+}
+
+/// An admin server opened to the network (for Prometheus) does not open
+/// the console with it, unless asked.
+#[test]
+fn a_runtime_serves_the_console_on_loopback_or_when_asked() {
+    let nats = NatsServer::start();
+    let plugins = Plugins::new();
+    let open = format!("0.0.0.0:{}", free_port());
+    let runtime = Runtime::start_with(&nats.url(), &plugins, 0, &["--admin-addr", &open]);
+    wait_until("the admin server", WAIT, || {
+        std::net::TcpStream::connect(("127.0.0.1", runtime.admin_port())).is_ok()
+    });
+    assert_eq!(http_get(runtime.admin_port(), "/metrics").status, 200);
+    assert_eq!(http_get(runtime.admin_port(), "/ui").status, 404);
+    drop(runtime);
+
+    let open = format!("0.0.0.0:{}", free_port());
+    let args = ["--admin-addr", &open, "--console", "on"];
+    let runtime = Runtime::start_with(&nats.url(), &plugins, 0, &args);
+    wait_until("the admin server", WAIT, || {
+        std::net::TcpStream::connect(("127.0.0.1", runtime.admin_port())).is_ok()
+    });
+    let page = http_get_with(runtime.admin_port(), "/ui", &[("Host", "console.example")]);
+    assert_eq!(page.status, 200, "asked for, on any name: {}", page.head);
 }

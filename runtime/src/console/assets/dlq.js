@@ -130,7 +130,7 @@ function selectionOf(which) {
   const handler = state.listing.handler;
   if (which === "selected") return { handler, sequences: Array.from(state.selected) };
   if (which === "open") return { handler, sequences: [state.open.sequence] };
-  return { filter: state.filter };
+  return { filter: state.filter, up_to: state.listing.last_sequence };
 }
 
 function countOf(which) {

@@ -72,7 +72,7 @@ async function showEvents(subject) {
       ui.cell(tr, "sequence", e.sequence, true);
       ui.cell(tr, "stored", new Date(e.stored).toLocaleString());
       ui.cell(tr, "id", e.id);
-      ui.cell(tr, "type", e.type);
+      ui.cell(tr, "type", e.type + (e.pending ? " (pending: a commit under way may undo it)" : ""));
       const data = ui.cell(tr, "data", "");
       data.appendChild(ui.element("pre", JSON.stringify(e.data, null, 2)));
       return tr;
