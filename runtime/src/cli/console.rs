@@ -50,11 +50,10 @@ impl ConsoleAccess {
     /// that it never shows in a process listing.
     pub fn tokens(&self) -> Result<Tokens> {
         let variable = std::env::var("EVENTHOST_CONSOLE_TOKEN").ok();
-        let tokens = Tokens::load(self.console_tokens.as_deref(), variable.as_deref())?;
-        if !tokens.any() {
-            tracing::info!("no operator token: the console only reads (replay and purge are off)");
-        }
-        Ok(tokens)
+        Ok(Tokens::load(
+            self.console_tokens.as_deref(),
+            variable.as_deref(),
+        )?)
     }
 }
 

@@ -154,6 +154,9 @@ async fn serve_admin(
         let deploy_bucket =
             (options.deploy_bucket.clone()).unwrap_or_else(|| deploy::DEFAULT_BUCKET.to_string());
         let tokens = options.console_tokens.clone();
+        if !tokens.any() {
+            tracing::info!("no operator token: the console only reads (replay and purge are off)");
+        }
         let (js, store) = (services.js.clone(), services.store.clone());
         Arc::new(Console::new(js, store, deploy_bucket, tokens, addr))
     });

@@ -73,8 +73,7 @@ async function showEvents(subject) {
       ui.cell(tr, "stored", new Date(e.stored).toLocaleString());
       ui.cell(tr, "id", e.id);
       ui.cell(tr, "type", e.type + (e.pending ? " (pending: a commit under way may undo it)" : ""));
-      const data = ui.cell(tr, "data", "");
-      data.appendChild(ui.element("pre", JSON.stringify(e.data, null, 2)));
+      ui.cell(tr, "data", "").replaceChildren(ui.element("pre", JSON.stringify(e.data, null, 2)));
       return tr;
     }));
     ui.showError(null);
