@@ -340,8 +340,8 @@ pub async fn act(
     action: Action,
     selection: &Selection,
 ) -> Result<ActionReport> {
-    let (handler, chosen) = selected(js, selection).await?;
     let queue = DeadLetterQueue::open(js).await?;
+    let (handler, chosen) = selected(&queue, selection).await?;
     tracing::info!(operator = %operator.0, action = action.as_str(), %handler,
         letters = chosen.len(), "console action on dead letters starting");
     let mut report = ActionReport::default();
@@ -385,10 +385,9 @@ pub async fn act(
 /// The letters a selection names, read whole; one that cannot be had is
 /// its report line already.
 async fn selected(
-    js: &jetstream::Context,
+    queue: &DeadLetterQueue,
     selection: &Selection,
 ) -> Result<(String, Vec<Result<StoredDeadLetter, NotDone>>)> {
-    let queue = DeadLetterQueue::open(js).await?;
     match (&selection.sequences, &selection.filter) {
         (Some(sequences), None) => {
             let handler = selection.handler.clone().unwrap_or_default();
