@@ -168,6 +168,8 @@ pub async fn rebuild(
         // It replays events that were accepted when they came: checking
         // them against today's contracts could dead-letter history.
         contracts: Default::default(),
+        // A rebuild's runs are not events' stories: the first runs were.
+        trail: crate::outcome::trail::Trail::off(),
     };
     let store = services.store.clone();
     let dispatcher = load(&services, name, &version, &manifest, &next, &source.wasm).await?;

@@ -5,12 +5,17 @@
 //!
 //! - **claim** the event's record: a copy already handled or dead-lettered
 //!   is a duplicate (acked); a commit found half done is finished (or
-//!   undone) before anything else;
+//!   undone) before anything else ([`super::resume`]);
 //! - **run** the handler in a fresh instance;
 //! - **commit** its effects ([`crate::ledger::commit`]); a lost race runs
 //!   the handler again with fresh state, without using up an attempt;
 //! - **decide**: ack, or hand the failure to the retry policy (a delayed
 //!   NAK, or the dead-letter queue: [`super::give_up`]).
+//!
+//! Every outcome (succeeded, retried, dead-lettered, duplicate, invalid)
+//! passes through [`Attempts::settled`], which counts it and tells it to
+//! the trail ([`crate::outcome::trail`]), so the metrics and the story of
+//! an event count the same outcomes.
 //!
 //! [`Attempts`] holds what an attempt needs (the component, the manifest's
 //! retry policy, the idempotency records, the store) and nothing of
@@ -30,10 +35,11 @@ use crate::event::decode::Decoded;
 use crate::event::trace::TraceContext;
 use crate::failure::{Conflict, DeadLetterReason, Failure, FailureKind, chain};
 use crate::handler::manifest::HandlerManifest;
-use crate::ledger::{Claim, CommitError, Committer, Interrupted, Lease, ProcessedEvents};
+use crate::ledger::{Claim, CommitError, Committer, Lease, ProcessedEvents};
 use crate::metrics::{HandlerMetrics, Outcome};
 use crate::outcome;
 use crate::outcome::outputs::Completion;
+use crate::outcome::trail::{Step, Trail};
 use crate::policy::{self, HOST_RETRY_DELAY, MAX_CONFLICT_RERUNS, Verdict};
 use crate::sandbox::Written;
 use crate::sandbox::emit::EmitGrant;
@@ -59,6 +65,8 @@ pub(super) struct Attempts {
     pub(super) metrics: HandlerMetrics,
     /// The event contracts inputs are held to.
     pub(super) contracts: Arc<LiveContracts>,
+    /// Where each outcome is told, for the story of an event.
+    pub(super) trail: Trail,
     /// The last failure, for `GET /handlers`.
     pub(super) last_error: Mutex<Option<String>>,
 }
@@ -93,8 +101,20 @@ impl Attempts {
         }
     }
 
-    pub(super) fn count(&self, outcome: Outcome) {
-        self.metrics.outcome(outcome).inc();
+    /// Counts an outcome and tells the trail about it: every outcome an
+    /// event comes to passes here. `input`: the event, if the message was
+    /// one.
+    pub(super) async fn settled(
+        &self,
+        delivery: &Delivery,
+        input: Option<&Decoded>,
+        step: Step<'_>,
+    ) {
+        self.metrics.outcome(step.outcome).inc();
+        let Some(input) = input else { return };
+        let who = (self.name(), self.version());
+        let message = delivery.message();
+        self.trail.record(who, &input.event, message, step).await;
     }
 
     fn set_last_error(&self, error: String) {
@@ -122,7 +142,7 @@ impl Attempts {
                 Err(Settlement::hand_back(CONTRACT_WAIT))
             }
             Err(err) => {
-                let reason = (DeadLetterReason::SchemaInvalid, Some(input.mode));
+                let reason = (DeadLetterReason::SchemaInvalid, Some(input));
                 let attempts = delivery.count();
                 Err(self
                     .dead_letter_unread(delivery, reason, &err.to_string(), attempts)
@@ -148,7 +168,7 @@ impl Attempts {
         if let Some(settlement) = unclaimed.await {
             return settlement;
         }
-        let lease = match self.claim(input).await {
+        let lease = match self.claim(delivery, input).await {
             Ok(lease) => lease,
             Err(settlement) => return settlement,
         };
@@ -187,19 +207,27 @@ impl Attempts {
 
     /// Claims the event, finishing or undoing a commit found half done.
     /// `Err` is a settled copy or a claim to try again later.
-    pub(super) async fn claim(&self, input: &Decoded) -> Result<Lease, Settlement> {
-        let duplicate = |why: &str| {
-            self.count(Outcome::Duplicate);
+    pub(super) async fn claim(
+        &self,
+        delivery: &Delivery,
+        input: &Decoded,
+    ) -> Result<Lease, Settlement> {
+        let duplicate = async |why: &str| {
+            let step = Step::new(Outcome::Duplicate, 0);
+            self.settled(delivery, Some(input), step).await;
             tracing::info!(outcome = Outcome::Duplicate.as_str(), "{why}; skipped");
             Settlement::Ack
         };
         match self.processed.claim(&input.event).await {
             Ok(Claim::Acquired(lease)) => Ok(lease),
-            Ok(Claim::Resume(lease, interrupted)) => self.resume(lease, interrupted).await,
-            Ok(Claim::AlreadyHandled) => Err(duplicate("already handled")),
+            Ok(Claim::Resume(lease, interrupted)) => {
+                self.resume((delivery, input), lease, interrupted).await
+            }
+            Ok(Claim::AlreadyHandled) => Err(duplicate("already handled").await),
             Ok(Claim::AlreadyDeadLettered) => Err(duplicate(
                 "already dead-lettered (`eventhost dlq replay` gives it a fresh start)",
-            )),
+            )
+            .await),
             Ok(Claim::Busy(wait)) => {
                 tracing::debug!(?wait, "another run holds this event; waiting for it");
                 let delay = wait.clamp(Duration::from_millis(100), HOST_RETRY_DELAY * 5);
@@ -210,58 +238,6 @@ impl Attempts {
             }
             Err(err) => {
                 tracing::warn!(error = chain(&err), "cannot claim the event; retrying");
-                Err(Settlement::host_trouble())
-            }
-        }
-    }
-
-    /// A commit of this event was cut off (its runtime died): finish it
-    /// without running the handler, or undo it and run the handler anew.
-    async fn resume(&self, lease: Lease, interrupted: Interrupted) -> Result<Lease, Settlement> {
-        let committer = self.committer();
-        let resumed = match interrupted {
-            Interrupted::Committing(plan) => {
-                tracing::info!(commit = %plan.id, "finishing a commit its runtime did not finish");
-                match committer.finish(lease, &plan, self.version()).await {
-                    Ok(()) => {
-                        self.count_commit(&Written::of(&plan));
-                        self.count(Outcome::Succeeded);
-                        tracing::info!(
-                            outcome = Outcome::Succeeded.as_str(),
-                            emitted = plan.outputs.len(),
-                            resumed = true,
-                            "handled"
-                        );
-                        return Err(Settlement::Ack);
-                    }
-                    Err(err) => err,
-                }
-            }
-            Interrupted::Aborting(plan) => {
-                tracing::info!(commit = %plan.id, "undoing a commit its runtime did not finish undoing");
-                match committer.undo_and_renew(lease, &plan).await {
-                    Ok(lease) => return Ok(lease),
-                    Err(err) => err,
-                }
-            }
-        };
-        match resumed {
-            CommitError::Conflict { lease, lost } => {
-                self.metrics.conflict(&self.store_label(&lost.store)).inc();
-                tracing::info!(conflict = %lost.what, "the interrupted commit lost a race; running the handler again");
-                Ok(lease)
-            }
-            CommitError::Refused { lease, failure } => {
-                // Only a fresh commit is refused; a recorded plan never is.
-                tracing::warn!(error = %failure, "cannot resume the interrupted commit");
-                self.release(lease).await;
-                Err(Settlement::host_trouble())
-            }
-            CommitError::Unavailable(err) => {
-                tracing::warn!(
-                    error = chain(&err),
-                    "cannot resume the interrupted commit; retrying"
-                );
                 Err(Settlement::host_trouble())
             }
         }
@@ -290,19 +266,22 @@ impl Attempts {
                 Ok(effects) => match self.commit(lease, input, trace, effects).await {
                     Committed::Done { emitted } => {
                         let used = (invocation.elapsed, invocation.peak_memory);
-                        return self.handled(attempt, emitted, used, conflicts);
+                        let ran = (attempt, emitted, used, conflicts);
+                        return self.handled(delivery, input, ran).await;
                     }
                     Committed::Lost(again, lost) => {
                         lease = again;
                         lost
                     }
                     Committed::Failed(lease, failure) => {
-                        return self.failed(delivery, input, lease, failure, attempt).await;
+                        let run = (attempt, Some(invocation.elapsed));
+                        return self.failed(delivery, input, lease, failure, run).await;
                     }
                     Committed::Unavailable => return Settlement::host_trouble(),
                 },
                 Err(Stop::Failed(failure)) => {
-                    return self.failed(delivery, input, lease, failure, attempt).await;
+                    let run = (attempt, Some(invocation.elapsed));
+                    return self.failed(delivery, input, lease, failure, run).await;
                 }
                 Err(Stop::Interrupted(Interruption::Conflict(under_way))) => {
                     // It read a value of a commit still under way, which is
@@ -336,7 +315,8 @@ impl Attempts {
             if conflicts > MAX_CONFLICT_RERUNS {
                 let why = format!("lost {conflicts} races in a row; last: {}", lost.what);
                 let failure = Failure::new(FailureKind::Conflict, why);
-                return self.failed(delivery, input, lease, failure, attempt).await;
+                let run = (attempt, None);
+                return self.failed(delivery, input, lease, failure, run).await;
             }
             tracing::debug!(conflict = %lost.what, conflicts, "lost a race; running again with fresh state");
             tokio::time::sleep(policy::conflict_delay(conflicts)).await;
@@ -344,15 +324,18 @@ impl Attempts {
         }
     }
 
-    /// Counts and logs a handled event; its message is acked.
-    pub(super) fn handled(
+    /// Counts and logs a handled event; its message is acked. `ran`: the
+    /// attempt, the events emitted, the run's time and peak memory, the
+    /// races lost on the way.
+    pub(super) async fn handled(
         &self,
-        attempt: u32,
-        emitted: usize,
-        (elapsed, peak_memory): (Duration, usize),
-        conflicts: u32,
+        delivery: &Delivery,
+        input: &Decoded,
+        ran: (u32, usize, (Duration, usize), u32),
     ) -> Settlement {
-        self.count(Outcome::Succeeded);
+        let (attempt, emitted, (elapsed, peak_memory), conflicts) = ran;
+        let step = Step::new(Outcome::Succeeded, attempt).ran(elapsed, emitted);
+        self.settled(delivery, Some(input), step).await;
         let duration_us = elapsed.as_micros() as u64;
         tracing::info!(
             outcome = Outcome::Succeeded.as_str(),
@@ -416,7 +399,7 @@ impl Attempts {
     }
 
     /// The metric label of a store named by its physical name.
-    fn store_label(&self, physical: &str) -> String {
+    pub(super) fn store_label(&self, physical: &str) -> String {
         self.component.spec().capabilities.store_label(physical)
     }
 
@@ -426,14 +409,15 @@ impl Attempts {
         self.metrics.emitted.inc_by(written.emitted as u64);
     }
 
-    /// The attempt failed: retry after the backoff, or dead-letter.
+    /// The attempt failed: retry after the backoff, or dead-letter. `run`:
+    /// the attempt's number, and how long the handler ran if it did.
     pub(super) async fn failed(
         &self,
         delivery: &Delivery,
         input: &Decoded,
         lease: Lease,
         failure: Failure,
-        attempt: u32,
+        (attempt, ran_for): (u32, Option<Duration>),
     ) -> Settlement {
         self.metrics.record_failure(failure.kind);
         self.set_last_error(failure.to_string());
@@ -443,7 +427,10 @@ impl Attempts {
                 if let Err(err) = self.processed.failed(lease, kind, &failure.message).await {
                     tracing::warn!(error = chain(&err), "could not record the failure");
                 }
-                self.count(Outcome::Retried);
+                let mut step = Step::new(Outcome::Retried, attempt);
+                step.ran_for = ran_for;
+                let step = step.failed(kind.as_str(), &failure.message);
+                self.settled(delivery, Some(input), step).await;
                 tracing::warn!(outcome = Outcome::Retried.as_str(), kind = kind.as_str(), error = %failure.message,
                     attempt, retry_in_ms = delay.as_millis() as u64, "attempt failed; will retry");
                 Settlement::Retry {

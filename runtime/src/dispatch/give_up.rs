@@ -20,6 +20,7 @@ use crate::failure::{DeadLetterReason, chain};
 use crate::ledger::processed::Lease;
 use crate::metrics::Outcome;
 use crate::outcome::DeadLetter;
+use crate::outcome::trail::Step;
 
 impl Attempts {
     /// Dead-letters a claimed event, then records its one outcome; then it
@@ -55,7 +56,8 @@ impl Attempts {
                 if let Err(err) = self.processed.dead_lettered(lease, version, reason).await {
                     tracing::warn!(error = chain(&err), "could not record the dead letter");
                 }
-                self.dead_lettered(reason, error, attempts)
+                self.dead_lettered(delivery, Some(input), (reason, error, attempts))
+                    .await
             }
             again => {
                 // The decision stays on record, the run counted: the next
@@ -71,17 +73,19 @@ impl Attempts {
 
     /// Parks a message that never reached the handler (not a CloudEvent, too
     /// large, data that breaks its contract) in the dead-letter queue; then
-    /// it is acked. `mode`: the content mode, if it was a CloudEvent.
+    /// it is acked. `input`: the event, if it was a CloudEvent.
     pub(super) async fn dead_letter_unread(
         &self,
         delivery: &Delivery,
-        (reason, mode): (DeadLetterReason, Option<ContentMode>),
+        (reason, input): (DeadLetterReason, Option<&Decoded>),
         error: &str,
         attempts: u32,
     ) -> Settlement {
-        let letter = self.letter(mode, reason, error, attempts);
+        let letter = self.letter(input.map(|i| i.mode), reason, error, attempts);
         match self.store_dead_letter(delivery, letter).await {
-            Settlement::Ack => self.dead_lettered(reason, error, attempts),
+            Settlement::Ack => {
+                (self.dead_lettered(delivery, input, (reason, error, attempts))).await
+            }
             again => again,
         }
     }
@@ -127,12 +131,18 @@ impl Attempts {
     }
 
     /// Counts and logs a stored dead letter; its message is acked.
-    fn dead_lettered(&self, reason: DeadLetterReason, error: &str, attempts: u32) -> Settlement {
+    async fn dead_lettered(
+        &self,
+        delivery: &Delivery,
+        input: Option<&Decoded>,
+        (reason, error, attempts): (DeadLetterReason, &str, u32),
+    ) -> Settlement {
         let outcome = match reason.is_invalid_input() {
             true => Outcome::Invalid,
             false => Outcome::DeadLettered,
         };
-        self.count(outcome);
+        let step = Step::new(outcome, attempts).failed(reason.as_str(), error);
+        self.settled(delivery, input, step).await;
         tracing::warn!(
             outcome = outcome.as_str(),
             kind = reason.as_str(),

@@ -28,6 +28,7 @@ mod give_up;
 mod keyed;
 mod owned;
 mod receive;
+mod resume;
 mod settle;
 mod unclaimed;
 
@@ -49,6 +50,7 @@ use crate::fleet::lease::Leases;
 use crate::handler::manifest::{HandlerManifest, Ordering};
 use crate::ledger::processed::{self, ProcessedEvents};
 use crate::metrics::{HandlerStats, Metrics};
+use crate::outcome::trail::Trail;
 use crate::policy::ordering::KeyedQueue;
 use crate::sandbox::HandlerComponent;
 use crate::source::{self, ConsumerBinding, PULL_EXPIRES, Pull};
@@ -84,6 +86,8 @@ pub struct Services {
     pub leases: Option<Arc<Leases>>,
     /// The event contracts inputs are checked against before they run.
     pub contracts: Arc<LiveContracts>,
+    /// Where each attempt's outcome is told, for the story of an event.
+    pub trail: Trail,
 }
 
 /// A loaded handler and what it consumes.
@@ -122,6 +126,7 @@ impl Dispatcher {
             unclaimed_runs,
             leases,
             contracts,
+            trail,
         } = services.clone();
         let spec = component.spec();
         let consumer = manifest.consumer_name(&spec.name);
@@ -144,6 +149,7 @@ impl Dispatcher {
             max_record,
             metrics,
             contracts,
+            trail,
             last_error: Mutex::new(None),
         };
         Ok(Arc::new(Dispatcher {

@@ -21,6 +21,7 @@ use crate::ledger::UnclaimedRun;
 use crate::ledger::processed::ProcessedEvents;
 use crate::metrics::Outcome;
 use crate::outcome::plan;
+use crate::outcome::trail::Step;
 use crate::sandbox::{Effects, Stop, Written};
 
 impl Attempts {
@@ -56,10 +57,11 @@ impl Attempts {
         let failure = match invocation.result {
             Ok(effects) => match self.commit_unclaimed(&key, input, trace, effects).await {
                 Ok((UnclaimedRun::Counted, emitted)) => {
-                    return Some(self.handled(1, emitted, used, 0));
+                    return Some(self.handled(delivery, input, (1, emitted, used, 0)).await);
                 }
                 Ok((UnclaimedRun::Discarded, _)) => {
-                    self.count(Outcome::Duplicate);
+                    let step = Step::new(Outcome::Duplicate, 1);
+                    self.settled(delivery, Some(input), step).await;
                     tracing::info!(
                         outcome = Outcome::Duplicate.as_str(),
                         "a copy of this event in flight at the same moment recorded its run \
@@ -77,10 +79,11 @@ impl Attempts {
             }
         };
         // A failed run is recorded under a claim, as every attempt is.
-        Some(match self.claim(input).await {
+        Some(match self.claim(delivery, input).await {
             Ok(lease) => {
                 let attempt = lease.history.attempts.max(1);
-                self.failed(delivery, input, lease, failure, attempt).await
+                let run = (attempt, Some(used.0));
+                self.failed(delivery, input, lease, failure, run).await
             }
             Err(settlement) => settlement,
         })

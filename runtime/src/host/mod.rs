@@ -34,6 +34,7 @@ use crate::jetstream::config_file::RuntimeConfig;
 use crate::jetstream::declare::Replication;
 use crate::jetstream::endpoint::NatsEndpoint;
 use crate::metrics::Metrics;
+use crate::outcome::trail::Trail;
 use crate::sandbox::{CompiledCache, Sandbox};
 use crate::store::{NatsStore, Store};
 use handlers::{Board, HandlerSet};
@@ -92,6 +93,7 @@ pub async fn run(options: RuntimeOptions, shutdown: CancellationToken) -> Result
         unclaimed_runs: replication.oldest.commits_atomic_batches(),
         leases: Some(leases.clone()),
         contracts: Arc::new(contracts),
+        trail: Trail::new(client.clone(), &options.config.story, &id),
     };
     let mut handlers = HandlerSet::new(sandbox, services.clone(), shutdown.clone());
     // Up before the handlers load, so probes see "not ready" rather than
@@ -286,6 +288,7 @@ async fn declare(
     let Replication { copies, .. } = replication;
     crate::jetstream::declare::ensure_streams(js, &config.streams, copies).await?;
     crate::outcome::dead_letter::ensure_stream(js, copies).await?;
+    crate::outcome::trail::ensure_stream(js, &config.story, copies).await?;
     crate::jetstream::declare::ensure_buckets(js, &config.buckets, copies).await?;
     crate::projection::declare(js, copies).await?;
     fleet::lease::declare(js, copies).await?;

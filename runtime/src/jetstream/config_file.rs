@@ -3,7 +3,9 @@
 //! It says where NATS is and which streams and key-value buckets the runtime
 //! declares at start. Declaring them here makes a deployment
 //! self-contained: the demo and the tests need no separate set-up, and
-//! re-running is harmless because declaration is create-or-update.
+//! re-running is harmless because declaration is create-or-update. Its
+//! `[story]` section shapes the trail of outcomes
+//! ([`crate::outcome::trail`]).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -28,6 +30,9 @@ pub struct RuntimeConfig {
     pub streams: Vec<StreamDeclaration>,
     #[serde(default)]
     pub buckets: Vec<BucketDeclaration>,
+    /// The trail behind the story of an event (`[story]`).
+    #[serde(default)]
+    pub story: StoryConfig,
 }
 
 /// A JetStream key-value bucket the runtime creates, or updates to this
@@ -65,6 +70,7 @@ impl Default for RuntimeConfig {
             replicas: 1,
             streams: Vec::new(),
             buckets: Vec::new(),
+            story: StoryConfig::default(),
         }
     }
 }
@@ -92,6 +98,65 @@ pub enum Storage {
     #[default]
     File,
     Memory,
+}
+
+/// What the runtime config's `[story]` section says.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoryConfig {
+    /// Whether outcomes are written to the trail at all.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Data fields an event can be found by, as dotted paths into its JSON
+    /// data (`order_id`, `customer.id`); the first the event has is its key.
+    #[serde(default)]
+    pub keys: Vec<String>,
+    /// How long an entry is kept: the default idempotency window.
+    #[serde(default = "a_day", with = "humantime_serde")]
+    pub max_age: Duration,
+    /// The most the trail may hold; the oldest entries go first.
+    #[serde(default = "a_gibibyte")]
+    pub max_bytes: bytesize::ByteSize,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn a_day() -> Duration {
+    Duration::from_secs(24 * 60 * 60)
+}
+
+fn a_gibibyte() -> bytesize::ByteSize {
+    bytesize::ByteSize::gib(1)
+}
+
+impl Default for StoryConfig {
+    fn default() -> Self {
+        StoryConfig {
+            enabled: true,
+            keys: Vec::new(),
+            max_age: a_day(),
+            max_bytes: a_gibibyte(),
+        }
+    }
+}
+
+impl StoryConfig {
+    /// Refuses keys that are not dotted paths of plain names.
+    pub fn validate(&self) -> Result<()> {
+        for key in &self.keys {
+            let plain = |part: &str| {
+                !part.is_empty()
+                    && (part.chars()).all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            };
+            anyhow::ensure!(
+                key.split('.').all(plain),
+                "[story] key {key:?} must be a dotted path of field names, like \"order_id\" or \"customer.id\""
+            );
+        }
+        Ok(())
+    }
 }
 
 impl RuntimeConfig {
@@ -136,6 +201,8 @@ impl RuntimeConfig {
             fits_jetstream(bucket.max_age)
                 .with_context(|| format!("bucket {:?} max_age", bucket.name))?;
         }
+        config.story.validate()?;
+        fits_jetstream(Some(config.story.max_age)).context("[story] max_age")?;
         Ok(config)
     }
 }
@@ -157,6 +224,24 @@ fn fits_jetstream(duration: Option<Duration>) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn story_keys_are_dotted_field_names() {
+        let config = |key: &str| StoryConfig {
+            keys: vec![key.into()],
+            ..Default::default()
+        };
+        assert!(config("order_id").validate().is_ok());
+        assert!(config("customer.id").validate().is_ok());
+        for bad in ["", "a..b", "a b", "a/b", ".a"] {
+            assert!(config(bad).validate().is_err(), "{bad:?}");
+        }
+        let parsed = RuntimeConfig::parse("[story]\nkeys = [\"order id\"]\n");
+        assert!(format!("{:#}", parsed.unwrap_err()).contains("dotted path"));
+        let off = RuntimeConfig::parse("[story]\nenabled = false\nmax_age = \"1h\"\n").unwrap();
+        assert!(!off.story.enabled);
+        assert_eq!(off.story.max_age, Duration::from_secs(3600));
+    }
 
     #[test]
     fn parses_streams() {

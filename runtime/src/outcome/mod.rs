@@ -7,7 +7,9 @@
 //! - [`commit`]: an invocation's effects committed whole, in one call (the
 //!   commit protocol itself is the [`crate::ledger`]'s);
 //! - [`dead_letter`]: an event that cannot be handled, parked byte for byte
-//!   with its story.
+//!   with its story;
+//! - [`trail`]: each attempt's outcome, told after the fact, for the story
+//!   of an event.
 //!
 //! The input message itself is settled afterwards, in one place:
 //! [`crate::dispatch`]'s `settle` module.
@@ -15,6 +17,7 @@
 pub mod dead_letter;
 pub mod outputs;
 pub mod plan;
+pub mod trail;
 
 use crate::failure::{Failure, FailureKind, chain};
 use crate::ledger::{CommitError, Committer, Lease};
