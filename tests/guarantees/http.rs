@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(60);
 
-async fn provider(api_key: Option<&str>) -> RunningProvider {
+pub(crate) async fn provider(api_key: Option<&str>) -> RunningProvider {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     eventhost_provider::start(listener, api_key.map(String::from))
 }
@@ -320,7 +320,7 @@ fn notification_manifest(http: &str, config: &str) -> String {
     )
 }
 
-fn order(id: &str, total: f64) -> TestEvent {
+pub(crate) fn order(id: &str, total: f64) -> TestEvent {
     let data = json!({
         "order_id": id, "user_id": "u-1",
         "items": [{ "product_id": "sku-1", "quantity": 1, "price": total }],
@@ -330,7 +330,7 @@ fn order(id: &str, total: f64) -> TestEvent {
 }
 
 /// Payment and notification wired to the provider at `port`.
-fn provider_plugins(port: u16) -> Plugins {
+pub(crate) fn provider_plugins(port: u16) -> Plugins {
     let plugins = Plugins::new();
     let grants = format!("allowed_outbound_hosts = [\"http://127.0.0.1:{port}\"]");
     let url = format!("http://127.0.0.1:{port}");

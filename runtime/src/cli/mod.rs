@@ -1,8 +1,8 @@
 //! The `eventhost` command line: `run` the host, the `publish` / `tail`
 //! helpers that drive a walkthrough by hand, `dlq` for dead letters, `kv`
 //! for handler state, `invoke` to run a handler locally, `schema` for event
-//! contracts, `catalog` for the event flow, `console` for the operator
-//! console, and `deploy`, `ls`, `undeploy`, `rollback` and `status` for a
+//! contracts, `catalog` for the event flow, `story` for what became of an
+//! event, `console` for the operator console, and `deploy`, `ls`, `undeploy`, `rollback` and `status` for a
 //! fleet.
 
 mod catalog;
@@ -18,6 +18,7 @@ mod projection;
 mod run;
 mod schema;
 mod schema_fleet;
+mod story;
 
 use std::path::PathBuf;
 
@@ -105,6 +106,10 @@ pub enum Command {
     Rollback { name: String },
     /// Print the runtimes on this NATS and what each runs.
     Status,
+    /// Tell what became of an event: every handler's attempts at it and at
+    /// what it caused, found by its id, an order id (a `[story]` key), its
+    /// subject or its correlation id.
+    Story(story::StoryArgs),
     /// Serve the operator console (the fleet, live) from a NATS connection
     /// alone; every runtime's admin server also serves it at `/ui`.
     Console(console::ConsoleArgs),
@@ -157,6 +162,7 @@ impl Cli {
             Command::Undeploy { name } => fleet::undeploy(&name, &nats, bucket).await,
             Command::Rollback { name } => fleet::rollback(&name, &nats, bucket).await,
             Command::Status => fleet::status(&nats, bucket).await,
+            Command::Story(args) => story::execute(args, &nats).await,
             Command::Console(args) => console::execute(args, &nats, bucket, shutdown).await,
             Command::New(args) => new::execute(args),
             Command::Schema { command } => schema::execute(command, &nats, bucket).await,

@@ -18,8 +18,10 @@ use serde::{Deserialize, Serialize};
 use super::auth::Refusal;
 use super::dlq::{self, Action, Filter, FilterError, Selection};
 use super::state::{self, StateError};
+use super::story::{self, SearchError};
 use super::{Console, fleet, security_headers};
 use crate::dead_letter_queue::LetterError;
+use crate::outcome::trail::SearchBy;
 
 /// An answer that is not the one asked for.
 pub struct ApiError {
@@ -39,7 +41,7 @@ impl IntoResponse for ApiError {
 /// Whether an error is the caller's (a bad filter, an unknown letter or
 /// key), and which status says so; `None` is the console's or NATS's.
 fn callers_fault(err: &anyhow::Error) -> Option<StatusCode> {
-    if err.downcast_ref::<FilterError>().is_some() {
+    if err.downcast_ref::<FilterError>().is_some() || err.downcast_ref::<SearchError>().is_some() {
         return Some(StatusCode::BAD_REQUEST);
     }
     if let Some(err) = err.downcast_ref::<StateError>() {
@@ -183,6 +185,22 @@ pub async fn record(
     let Query(query) = query?;
     let fate = dlq::outcome_of(&console.js, &query.record);
     Ok(fresh(within(READ_DEADLINE, fate).await?))
+}
+
+#[derive(Deserialize)]
+pub struct StoryQuery {
+    q: String,
+    /// `id`, `key`, `subject` or `correlation`; each in turn when absent.
+    by: Option<SearchBy>,
+}
+
+pub async fn story(
+    State(console): State<Arc<Console>>,
+    query: Result<Query<StoryQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(query) = query?;
+    let story = story::search(&console.js, &query.q, query.by);
+    Ok(fresh(within(READ_DEADLINE, story).await?))
 }
 
 /// Who the token in the request belongs to: the page checks a token here

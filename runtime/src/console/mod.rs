@@ -22,14 +22,15 @@
 //!   ([`security_headers`]).
 //!
 //! Pages: `/ui` the fleet ([`fleet`]), `/ui/dlq` dead-letter triage
-//! ([`dlq`]), `/ui/state` buckets and event-store subjects ([`state`]);
-//! their JSON is in [`api`].
+//! ([`dlq`]), `/ui/story` the story of an event ([`story`]), `/ui/state`
+//! buckets and event-store subjects ([`state`]); their JSON is in [`api`].
 
 mod api;
 pub mod auth;
 pub mod dlq;
 mod fleet;
 pub mod state;
+pub mod story;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -102,6 +103,11 @@ pub fn router(console: Arc<Console>) -> Router {
             asset(include_str!("assets/fleet.js"), SCRIPT),
         )
         .route("/ui/dlq.js", asset(include_str!("assets/dlq.js"), SCRIPT))
+        .route("/ui/story", asset(include_str!("assets/story.html"), HTML))
+        .route(
+            "/ui/story.js",
+            asset(include_str!("assets/story.js"), SCRIPT),
+        )
         .route("/ui/state", asset(include_str!("assets/state.html"), HTML))
         .route(
             "/ui/state.js",
@@ -122,6 +128,7 @@ pub fn router(console: Arc<Console>) -> Router {
         .route("/ui/api/dlq/purge", post(api::purge))
         .route("/ui/api/dlq/{handler}/{sequence}", get(api::letter))
         .route("/ui/api/record", get(api::record))
+        .route("/ui/api/story", get(api::story))
         .route("/ui/api/state/buckets", get(api::buckets))
         .route("/ui/api/state/keys", get(api::keys))
         .route("/ui/api/state/value", get(api::value))

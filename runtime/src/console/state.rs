@@ -242,7 +242,7 @@ pub async fn events(
     })
 }
 
-fn stored_event(message: StreamMessage, pending: bool) -> StoredEvent {
+pub(super) fn stored_event(message: StreamMessage, pending: bool) -> StoredEvent {
     let decoded = decode::decode(Some(&message.headers), &message.payload).ok();
     let (id, event_type, data) = match decoded {
         Some(decoded) => {

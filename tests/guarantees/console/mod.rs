@@ -7,6 +7,7 @@
 mod browser;
 mod dlq;
 mod state;
+mod story;
 
 use std::time::Duration;
 

@@ -111,6 +111,9 @@ async function openLetter(sequence) {
     $("facts").querySelector("tbody").replaceChildren(...pairs(story.facts));
     $("original-headers").querySelector("tbody").replaceChildren(...pairs(story.headers));
     $("letter-record").textContent = story.record_state || "no record (the message never had one)";
+    // Every handler's part in it, and what it caused: the story page.
+    $("letter-story").hidden = !story.event_id;
+    if (story.event_id) $("letter-story").href = "/ui/story?" + new URLSearchParams({ q: story.event_id, by: "id" });
     $("payload").textContent = typeof story.payload === "string"
       ? story.payload : JSON.stringify(story.payload, null, 2);
     $("letter").scrollIntoView();
