@@ -18,6 +18,7 @@
 //! - a neighbour: the relay's throughput beside a hostile handler
 //!   ([`neighbour`]);
 //! - issue 24's candidate protocols on native consumers ([`protocols`]);
+//! - what the story of an event costs: the trail on and off ([`story`]);
 //!
 //! and folds in the sandbox micro-benchmark (`benches/sandbox.rs`) if it
 //! ran first. `scripts/bench` runs both; `--quick` makes a short smoke run.
@@ -32,6 +33,7 @@ mod neighbour;
 mod processes;
 mod protocols;
 mod report;
+mod story;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -64,9 +66,10 @@ struct Settings {
     sections: Vec<&'static str>,
 }
 
-const SECTIONS: [&str; 7] = [
+const SECTIONS: [&str; 8] = [
     "compare",
     "state",
+    "story",
     "protocols",
     "scaling",
     "neighbour",
@@ -278,6 +281,10 @@ async fn run(settings: &Settings) -> Result<Report> {
             runtime: two.throughput,
             baseline: None,
         });
+    }
+
+    if settings.sections.contains(&"story") {
+        report.story = Some(story::run(&bench, &js, &nats, settings, &work).await?);
     }
 
     if settings.sections.contains(&"protocols") {

@@ -11,6 +11,7 @@ use crate::load::Measurement;
 use crate::neighbour::NeighbourRun;
 use crate::processes::Rss;
 use crate::protocols::ProtocolRun;
+use crate::story::StoryRun;
 
 #[derive(Debug, Serialize)]
 pub struct Report {
@@ -36,6 +37,8 @@ pub struct Report {
     pub neighbour: Option<NeighbourRun>,
     /// Issue 24's candidate protocols on native consumers.
     pub protocols: Vec<ProtocolRun>,
+    /// The payment workload with the trail on and off.
+    pub story: Option<StoryRun>,
 }
 
 /// The `counter` workload at saturation, on the runtime and on a plain
@@ -120,6 +123,7 @@ impl Report {
             state: None,
             neighbour: None,
             protocols: Vec::new(),
+            story: None,
         })
     }
 
@@ -261,6 +265,9 @@ impl Report {
         }
         if let Some(state) = &self.state {
             self.state_rows(&mut t, state);
+        }
+        if let Some(story) = &self.story {
+            story_rows(&mut t, story);
         }
         let _ = writeln!(t, "\nscaling (payment, saturation events/s)");
         for s in &self.scaling {
@@ -429,6 +436,32 @@ impl Report {
             );
         }
     }
+}
+
+/// The trail's cost: the payment workload with it on and off.
+fn story_rows(t: &mut String, story: &StoryRun) {
+    let _ = writeln!(
+        t,
+        "\nstory: payment with the trail on and off (one entry per outcome), at saturation"
+    );
+    let [on_rounds, off_rounds] = story.rounds.each_ref().map(|r| joined(r));
+    let [on, off] = &story.saturation;
+    for (system, s, rounds) in [("trail on", on, on_rounds), ("trail off", off, off_rounds)] {
+        let [own, nats] = s.cpu_us_per_event.unwrap_or([f64::NAN; 2]);
+        let _ = writeln!(
+            t,
+            "  {system:<9} {:>6.0} events/s  p99 {:>8.2} ms  cpu/ev {own:>4.0} µs  nats/ev {nats:>4.0} µs   rounds {rounds}",
+            s.throughput, s.p99_ms,
+        );
+    }
+    let _ = writeln!(
+        t,
+        "  on ÷ off: events/s {}  cpu/ev {}  nats/ev {}   {:.0} bytes stored per entry",
+        ratio(on.throughput, off.throughput),
+        cpu_ratio(on, off, 0),
+        cpu_ratio(on, off, 1),
+        story.bytes_per_entry
+    );
 }
 
 /// The ratio of `a`'s to `b`'s CPU per event (0: the system, 1: the
