@@ -110,5 +110,11 @@ fn event_lines(text: &mut String, event: &StoryEvent) {
             text.push_str(line.trim_end());
             text.push('\n');
         }
+        if let Some(record) = &handler.record {
+            text.push_str(&format!(
+                "{indent}  {:<14} record now: {record}\n",
+                handler.handler
+            ));
+        }
     }
 }

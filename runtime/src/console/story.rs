@@ -7,12 +7,17 @@
 //! reads the entries whose subject token matches (the stream's subject
 //! index finds them), keeps those whose value really matches (the token is
 //! a hash), then reads the entries of each correlation found. Events are
-//! joined into a tree by `causationid`; an event a handler emitted that no
-//! handler has told of yet is still named, by the id its emitter gave it.
-//! The event itself (its data) is read from its stream while the stream
-//! still holds it.
+//! joined into a tree by `causationid`; each handler's attempts are in the
+//! order the trail received them, not by the runtimes' clocks. The event
+//! itself (its data) is read from its stream while the stream still holds
+//! it, and each handler's idempotency record for what it says now.
+//!
+//! A search costs one direct get per entry it reads (at most
+//! [`MAX_ENTRIES`]), and one stream read and one record read per handler
+//! for the first [`MAX_DATA`] events: fine for a story, not for a report
+//! over thousands of events.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use anyhow::{Context, Result};
 use async_nats::jetstream::{self, stream};
@@ -20,7 +25,6 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use super::state::{self, StoredEvent};
-use crate::outcome::outputs::emitted_id;
 use crate::outcome::trail::{self, Entry, SearchBy};
 
 /// Entries read for one search, all filters together.
@@ -65,6 +69,8 @@ pub struct StoryEvent {
     pub key: Option<(String, String)>,
     /// How many causation steps from its chain's first event.
     pub depth: usize,
+    /// How many of the story's events it caused (`causationid`).
+    pub caused: usize,
     /// Whether the search named this event itself.
     pub matched: bool,
     pub first_seen: DateTime<Utc>,
@@ -81,10 +87,15 @@ pub struct HandlerStory {
     pub handler: String,
     /// The last outcome told.
     pub outcome: String,
+    /// What the handler's idempotency record of the event says now
+    /// (`running`, `retrying`, `succeeded`, `dead_lettered`; `none` once it
+    /// expired or was cleared for a replay), when it could be read.
+    pub record: Option<String>,
+    /// How many events its successful run emitted (those a handler took
+    /// are in the story, after this one).
+    pub emitted: usize,
+    /// In the order the trail received them.
     pub attempts: Vec<Entry>,
-    /// Ids of the events its successful run emitted, each with whether the
-    /// story holds it.
-    pub emitted: Vec<(String, bool)>,
 }
 
 /// Reads the story of `query` (searched as `by`, or as each kind in turn).
@@ -121,18 +132,20 @@ pub async fn search(js: &jetstream::Context, query: &str, by: Option<SearchBy>) 
     let Some(found_by) = story.found_by else {
         return Ok(story);
     };
-    let named: HashSet<String> = (reader.entries.iter())
-        .filter(|e| found_by.matches(e, query))
-        .map(|e| e.id.clone())
+    let named: HashSet<EventKey> = (reader.entries.iter())
+        .filter(|(_, e)| found_by.matches(e, query))
+        .map(|(_, e)| (e.source.clone(), e.id.clone()))
         .collect();
     let mut chains: Vec<String> = Vec::new();
-    for entry in &reader.entries {
-        let chain = entry
-            .correlation
-            .clone()
-            .unwrap_or_else(|| entry.id.clone());
-        if !chains.contains(&chain) && chains.len() < MAX_CHAINS {
-            chains.push(chain);
+    for (_, entry) in &reader.entries {
+        let chain = (entry.correlation.clone()).unwrap_or_else(|| entry.id.clone());
+        if chains.contains(&chain) {
+            continue;
+        }
+        match chains.len() < MAX_CHAINS {
+            true => chains.push(chain),
+            // More chains than are told: the page says the story is cut.
+            false => reader.more = true,
         }
     }
     for chain in &chains {
@@ -145,6 +158,9 @@ pub async fn search(js: &jetstream::Context, query: &str, by: Option<SearchBy>) 
     story.events = told(reader.entries, &named);
     for event in story.events.iter_mut().take(MAX_DATA) {
         event.stored = stored(js, event.at.as_ref()).await;
+        for handler in &mut event.handlers {
+            handler.record = record_now(js, handler).await;
+        }
     }
     Ok(story)
 }
@@ -153,7 +169,8 @@ pub async fn search(js: &jetstream::Context, query: &str, by: Option<SearchBy>) 
 struct Reader<'a> {
     stream: &'a stream::Stream,
     seen: HashSet<u64>,
-    entries: Vec<Entry>,
+    /// With their trail sequence.
+    entries: Vec<(u64, Entry)>,
     more: bool,
 }
 
@@ -184,104 +201,105 @@ impl Reader<'_> {
             if by.matches(&entry, value) {
                 matched += 1;
                 if self.seen.insert(message.sequence) {
-                    self.entries.push(entry);
+                    self.entries.push((message.sequence, entry));
                 }
             }
         }
     }
 }
 
-/// Joins `entries` into events, each after the one that caused it.
-fn told(entries: Vec<Entry>, named: &HashSet<String>) -> Vec<StoryEvent> {
-    let mut events: BTreeMap<String, StoryEvent> = BTreeMap::new();
-    for entry in entries {
-        let event = events
-            .entry(entry.id.clone())
-            .or_insert_with(|| StoryEvent {
-                id: entry.id.clone(),
-                source: entry.source.clone(),
-                event_type: entry.event_type.clone(),
-                subject: entry.subject.clone(),
-                nats_subject: entry.nats_subject.clone(),
-                correlation: entry.correlation.clone(),
-                causation: entry.causation.clone(),
-                key: entry.key.clone(),
-                depth: 0,
-                matched: named.contains(&entry.id),
-                first_seen: entry.at,
-                handlers: Vec::new(),
-                stored: None,
-                at: entry.stream.clone().zip(entry.sequence),
-            });
+/// An event's identity: its source and id, as CloudEvents defines it.
+type EventKey = (String, String);
+
+/// Joins `entries` (with their trail sequence) into events, each after the
+/// one that caused it. The trail's order, not the runtimes' clocks, orders
+/// the attempts.
+fn told(mut entries: Vec<(u64, Entry)>, named: &HashSet<EventKey>) -> Vec<StoryEvent> {
+    entries.sort_by_key(|(sequence, _)| *sequence);
+    let mut events: BTreeMap<EventKey, StoryEvent> = BTreeMap::new();
+    for (_, entry) in entries {
+        let key = (entry.source.clone(), entry.id.clone());
+        let event = events.entry(key.clone()).or_insert_with(|| StoryEvent {
+            id: entry.id.clone(),
+            source: entry.source.clone(),
+            event_type: entry.event_type.clone(),
+            subject: entry.subject.clone(),
+            nats_subject: entry.nats_subject.clone(),
+            correlation: entry.correlation.clone(),
+            causation: entry.causation.clone(),
+            key: entry.key.clone(),
+            depth: 0,
+            caused: 0,
+            matched: named.contains(&key),
+            first_seen: entry.at,
+            handlers: Vec::new(),
+            stored: None,
+            at: entry.stream.clone().zip(entry.sequence),
+        });
         event.first_seen = event.first_seen.min(entry.at);
-        match event
-            .handlers
-            .iter_mut()
-            .find(|h| h.handler == entry.handler)
-        {
+        match (event.handlers.iter_mut()).find(|h| h.handler == entry.handler) {
             Some(handler) => handler.attempts.push(entry),
             None => event.handlers.push(HandlerStory {
                 handler: entry.handler.clone(),
                 outcome: String::new(),
+                record: None,
+                emitted: 0,
                 attempts: vec![entry],
-                emitted: Vec::new(),
             }),
         }
     }
-    let known: HashSet<String> = events.keys().cloned().collect();
-    for event in events.values_mut() {
-        for handler in &mut event.handlers {
-            handler.attempts.sort_by_key(|a| a.at);
-            let last = handler
-                .attempts
-                .last()
-                .expect("a handler is told by an entry");
-            handler.outcome = last.outcome.clone();
-            let emitted = (handler.attempts.iter())
-                .filter(|a| a.outcome == "succeeded")
-                .map(|a| a.emitted)
-                .max()
-                .unwrap_or(0);
-            handler.emitted = (0..emitted)
-                .map(|index| emitted_id(&handler.handler, &event.source, &event.id, index))
-                .map(|id| {
-                    let told = known.contains(&id);
-                    (id, told)
-                })
-                .collect();
-        }
-        event.handlers.sort_by_key(|h| h.attempts[0].at);
+    for handler in events.values_mut().flat_map(|e| &mut e.handlers) {
+        // A copy redelivered after the event was handled ends in a
+        // `duplicate`: the outcome that decided the event is the one told.
+        let decisive = ["succeeded", "dead_lettered", "invalid"];
+        let attempts = &handler.attempts;
+        let outcome = (attempts.iter().rev())
+            .find(|a| decisive.contains(&a.outcome.as_str()))
+            .or(attempts.last());
+        handler.outcome = outcome.map(|a| a.outcome.clone()).unwrap_or_default();
+        handler.emitted = (attempts.iter())
+            .filter(|a| a.outcome == "succeeded")
+            .map(|a| a.emitted)
+            .max()
+            .unwrap_or(0);
     }
     in_causal_order(events)
 }
 
 /// Roots first (by when they were first seen), each followed by what it
 /// caused, depth first.
-fn in_causal_order(mut events: BTreeMap<String, StoryEvent>) -> Vec<StoryEvent> {
-    let parent_of = |event: &StoryEvent, events: &BTreeMap<String, StoryEvent>| {
-        (event.causation.clone()).filter(|c| c != &event.id && events.contains_key(c))
-    };
-    let mut children: BTreeMap<Option<String>, Vec<(DateTime<Utc>, String)>> = BTreeMap::new();
-    for event in events.values() {
-        let parent = parent_of(event, &events);
+fn in_causal_order(mut events: BTreeMap<EventKey, StoryEvent>) -> Vec<StoryEvent> {
+    // `causationid` names an id only: the first event with it is the cause.
+    let mut by_id: HashMap<String, EventKey> = HashMap::new();
+    for key in events.keys() {
+        by_id.entry(key.1.clone()).or_insert_with(|| key.clone());
+    }
+    let mut children: BTreeMap<Option<EventKey>, Vec<(DateTime<Utc>, EventKey)>> = BTreeMap::new();
+    for (key, event) in &events {
+        let cause = event.causation.as_ref().and_then(|c| by_id.get(c));
+        let parent = cause.filter(|parent| *parent != key).cloned();
         children
             .entry(parent)
             .or_default()
-            .push((event.first_seen, event.id.clone()));
+            .push((event.first_seen, key.clone()));
     }
     for list in children.values_mut() {
         list.sort();
     }
     let mut ordered = Vec::with_capacity(events.len());
-    let mut stack: Vec<(String, usize)> = (children.get(&None).into_iter().flatten().rev())
-        .map(|(_, id)| (id.clone(), 0))
-        .collect();
-    while let Some((id, depth)) = stack.pop() {
-        let Some(mut event) = events.remove(&id) else {
+    let roots = children.get(&None).into_iter().flatten().rev();
+    let mut stack: Vec<(EventKey, usize)> = roots.map(|(_, key)| (key.clone(), 0)).collect();
+    while let Some((key, depth)) = stack.pop() {
+        let Some(mut event) = events.remove(&key) else {
             continue;
         };
+        let caused = children
+            .get(&Some(key))
+            .map(Vec::as_slice)
+            .unwrap_or_default();
         event.depth = depth;
-        for (_, child) in children.get(&Some(id)).into_iter().flatten().rev() {
+        event.caused = caused.len();
+        for (_, child) in caused.iter().rev() {
             stack.push((child.clone(), depth + 1));
         }
         ordered.push(event);
@@ -290,6 +308,17 @@ fn in_causal_order(mut events: BTreeMap<String, StoryEvent>) -> Vec<StoryEvent> 
     // leaves events no root reaches: told last, rather than lost.
     ordered.extend(events.into_values());
     ordered
+}
+
+/// What `handler`'s record of the event says now.
+async fn record_now(js: &jetstream::Context, handler: &HandlerStory) -> Option<String> {
+    let record = handler.attempts.last()?.record.as_deref()?;
+    let fate = super::dlq::outcome_of(js, record).await.ok()?;
+    // No record is "waiting" to a replay just made; here it is gone.
+    Some(match fate.state.as_str() {
+        "waiting" => "none".to_string(),
+        _ => fate.state,
+    })
 }
 
 /// The event as its stream stores it, if it still does.
@@ -338,50 +367,61 @@ mod tests {
             stream: None,
             sequence: None,
             nats_subject: "s".into(),
+            record: None,
         }
+    }
+
+    /// `entry` with the trail sequence `at`.
+    fn at(entry: Entry) -> (u64, Entry) {
+        (entry.at.timestamp() as u64, entry)
     }
 
     #[test]
     fn events_follow_their_causes_and_attempts_their_order() {
-        let paid = emitted_id("payment", "/shop", "root", 0);
         let mut succeeded = entry("root", None, "payment", "succeeded", 3);
         succeeded.emitted = 2;
         let entries = vec![
-            entry(&paid, Some("root"), "notification", "succeeded", 5),
-            entry("other-root", None, "payment", "succeeded", 1),
-            succeeded,
-            entry("root", None, "payment", "retried", 2),
-            entry("root", None, "inventory", "succeeded", 4),
+            at(entry("paid", Some("root"), "notification", "succeeded", 5)),
+            at(entry("other-root", None, "payment", "succeeded", 1)),
+            at(succeeded),
+            at(entry("root", None, "payment", "retried", 2)),
+            at(entry("root", None, "inventory", "succeeded", 4)),
+            // A copy redelivered after the event was handled.
+            at(entry("root", None, "payment", "duplicate", 6)),
         ];
-        let named = HashSet::from(["root".to_string()]);
+        let named = HashSet::from([("/shop".to_string(), "root".to_string())]);
         let events = told(entries, &named);
         let order: Vec<(&str, usize)> = events.iter().map(|e| (e.id.as_str(), e.depth)).collect();
-        assert_eq!(order, [("other-root", 0), ("root", 0), (paid.as_str(), 1)]);
+        assert_eq!(order, [("other-root", 0), ("root", 0), ("paid", 1)]);
         let root = &events[1];
         assert!(root.matched && !events[0].matched);
+        assert_eq!(root.caused, 1);
         let handlers: Vec<&str> = root.handlers.iter().map(|h| h.handler.as_str()).collect();
         assert_eq!(handlers, ["payment", "inventory"], "by first attempt");
         let payment = &root.handlers[0];
-        assert_eq!(payment.outcome, "succeeded");
-        let outcomes: Vec<&str> = payment
-            .attempts
-            .iter()
+        assert_eq!(payment.outcome, "succeeded", "the decisive outcome");
+        let outcomes: Vec<&str> = (payment.attempts.iter())
             .map(|a| a.outcome.as_str())
             .collect();
-        assert_eq!(outcomes, ["retried", "succeeded"]);
-        assert_eq!(payment.emitted.len(), 2);
-        assert_eq!(payment.emitted[0], (paid.clone(), true));
-        assert!(
-            !payment.emitted[1].1,
-            "the second output was told by no handler"
-        );
+        assert_eq!(outcomes, ["retried", "succeeded", "duplicate"]);
+        assert_eq!(payment.emitted, 2);
+    }
+
+    #[test]
+    fn one_id_from_two_sources_is_two_events() {
+        let mut elsewhere = entry("1", None, "h", "succeeded", 2);
+        elsewhere.source = "/billing".into();
+        let entries = vec![at(entry("1", None, "h", "succeeded", 1)), at(elsewhere)];
+        let events = told(entries, &HashSet::new());
+        let sources: Vec<&str> = events.iter().map(|e| e.source.as_str()).collect();
+        assert_eq!(sources, ["/shop", "/billing"]);
     }
 
     #[test]
     fn a_causation_cycle_is_still_told() {
         let entries = vec![
-            entry("a", Some("b"), "h", "succeeded", 1),
-            entry("b", Some("a"), "h", "succeeded", 2),
+            at(entry("a", Some("b"), "h", "succeeded", 1)),
+            at(entry("b", Some("a"), "h", "succeeded", 2)),
         ];
         assert_eq!(told(entries, &HashSet::new()).len(), 2);
     }

@@ -39,7 +39,7 @@ use crate::ledger::{Claim, CommitError, Committer, Lease, ProcessedEvents};
 use crate::metrics::{HandlerMetrics, Outcome};
 use crate::outcome;
 use crate::outcome::outputs::Completion;
-use crate::outcome::trail::{Step, Trail};
+use crate::outcome::trail::{Step, Teller, Trail};
 use crate::policy::{self, HOST_RETRY_DELAY, MAX_CONFLICT_RERUNS, Verdict};
 use crate::sandbox::Written;
 use crate::sandbox::emit::EmitGrant;
@@ -112,7 +112,11 @@ impl Attempts {
     ) {
         self.metrics.outcome(step.outcome).inc();
         let Some(input) = input else { return };
-        let who = (self.name(), self.version());
+        let who = Teller {
+            handler: self.name(),
+            version: self.version(),
+            records: self.processed.bucket(),
+        };
         let message = delivery.message();
         self.trail.record(who, &input.event, message, step).await;
     }
@@ -198,7 +202,7 @@ impl Attempts {
             };
             let attempts = attempt - 1;
             return self
-                .dead_letter_claimed(delivery, input, lease, reason, &error, attempts)
+                .dead_letter_claimed(delivery, input, lease, (reason, &error), (attempts, None))
                 .await;
         }
         self.run_and_commit(delivery, input, trace, lease, attempt)
@@ -442,7 +446,8 @@ impl Attempts {
                 let reason = DeadLetterReason::Failed(failure.kind);
                 let mut lease = lease;
                 lease.history.record_failure(failure.kind, &failure.message);
-                self.dead_letter_claimed(delivery, input, lease, reason, &failure.message, attempt)
+                let why = (reason, failure.message.as_str());
+                self.dead_letter_claimed(delivery, input, lease, why, (attempt, ran_for))
                     .await
             }
         }

@@ -11,6 +11,8 @@
 //! be stored leaves the event in its stream, the decision on record, for
 //! another try.
 
+use std::time::Duration;
+
 use chrono::Utc;
 
 use super::attempt::Attempts;
@@ -24,16 +26,17 @@ use crate::outcome::trail::Step;
 
 impl Attempts {
     /// Dead-letters a claimed event, then records its one outcome; then it
-    /// is acked.
+    /// is acked. `run`: the attempts made, and how long the last one ran if
+    /// it ran now.
     pub(super) async fn dead_letter_claimed(
         &self,
         delivery: &Delivery,
         input: &Decoded,
         lease: Lease,
-        reason: DeadLetterReason,
-        error: &str,
-        attempts: u32,
+        (reason, error): (DeadLetterReason, &str),
+        run: (u32, Option<Duration>),
     ) -> Settlement {
+        let attempts = run.0;
         let lease = match self.processed.give_up(lease).await {
             Ok(lease) => lease,
             Err(err) => {
@@ -56,7 +59,7 @@ impl Attempts {
                 if let Err(err) = self.processed.dead_lettered(lease, version, reason).await {
                     tracing::warn!(error = chain(&err), "could not record the dead letter");
                 }
-                self.dead_lettered(delivery, Some(input), (reason, error, attempts))
+                self.dead_lettered(delivery, Some(input), (reason, error, run))
                     .await
             }
             again => {
@@ -84,7 +87,7 @@ impl Attempts {
         let letter = self.letter(input.map(|i| i.mode), reason, error, attempts);
         match self.store_dead_letter(delivery, letter).await {
             Settlement::Ack => {
-                (self.dead_lettered(delivery, input, (reason, error, attempts))).await
+                (self.dead_lettered(delivery, input, (reason, error, (attempts, None)))).await
             }
             again => again,
         }
@@ -135,13 +138,15 @@ impl Attempts {
         &self,
         delivery: &Delivery,
         input: Option<&Decoded>,
-        (reason, error, attempts): (DeadLetterReason, &str, u32),
+        (reason, error, (attempts, ran_for)): (DeadLetterReason, &str, (u32, Option<Duration>)),
     ) -> Settlement {
-        let outcome = match reason.is_invalid_input() {
-            true => Outcome::Invalid,
-            false => Outcome::DeadLettered,
+        // Invalid input never reached the handler: the trail says "not run".
+        let (outcome, attempt) = match reason.is_invalid_input() {
+            true => (Outcome::Invalid, 0),
+            false => (Outcome::DeadLettered, attempts),
         };
-        let step = Step::new(outcome, attempts).failed(reason.as_str(), error);
+        let mut step = Step::new(outcome, attempt).failed(reason.as_str(), error);
+        step.ran_for = ran_for;
         self.settled(delivery, input, step).await;
         tracing::warn!(
             outcome = outcome.as_str(),

@@ -60,7 +60,8 @@ impl Attempts {
                     return Some(self.handled(delivery, input, (1, emitted, used, 0)).await);
                 }
                 Ok((UnclaimedRun::Discarded, _)) => {
-                    let step = Step::new(Outcome::Duplicate, 1);
+                    // It ran, and its effects were discarded.
+                    let step = Step::new(Outcome::Duplicate, 1).ran(used.0, 0);
                     self.settled(delivery, Some(input), step).await;
                     tracing::info!(
                         outcome = Outcome::Duplicate.as_str(),

@@ -33,12 +33,7 @@ const EMITTED_ID_NAMESPACE: Uuid = Uuid::from_u128(0x6576_656e_7468_6f73_742d_69
 /// same handler, input and position always give the same id, so a re-run
 /// (after a crash or a redelivery) emits identical events.
 pub fn emitted_event_id(handler: &str, input: &Event, index: usize) -> String {
-    emitted_id(handler, input.source().as_str(), input.id(), index)
-}
-
-/// [`emitted_event_id`] for an input known by its `source` and `id`.
-pub fn emitted_id(handler: &str, source: &str, id: &str, index: usize) -> String {
-    let name = format!("{handler}\n{source}\n{id}\n{index}");
+    let name = format!("{handler}\n{}\n{}\n{index}", input.source(), input.id());
     Uuid::new_v5(&EMITTED_ID_NAMESPACE, name.as_bytes()).to_string()
 }
 

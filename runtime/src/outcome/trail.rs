@@ -35,6 +35,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::jetstream::config_file::StoryConfig;
+use crate::ledger::ProcessedEvents;
 use crate::metrics::Outcome;
 
 /// The stream holding the trail.
@@ -108,6 +109,19 @@ pub struct Entry {
     pub stream: Option<String>,
     pub sequence: Option<u64>,
     pub nats_subject: String,
+    /// The handler's idempotency record of the event (`<bucket>/<key>`):
+    /// what it says now, read when the story is told.
+    #[serde(default)]
+    pub record: Option<String>,
+}
+
+/// Who tells an outcome: the handler, its version, and the bucket of its
+/// idempotency records.
+#[derive(Debug, Clone, Copy)]
+pub struct Teller<'a> {
+    pub handler: &'a str,
+    pub version: &'a str,
+    pub records: &'a str,
 }
 
 /// What an attempt came to, as its caller knows it.
@@ -170,18 +184,12 @@ impl Trail {
         }
     }
 
-    /// Writes `step` of `handler`@`version` at `input`, delivered as
+    /// Writes `step` of `who` at `input`, delivered as
     /// `message`. Never waits for JetStream, never fails the event: a lost
     /// entry is logged at debug level and leaves a gap in a story.
-    pub async fn record(
-        &self,
-        (handler, version): (&str, &str),
-        input: &Event,
-        message: &Message,
-        step: Step<'_>,
-    ) {
+    pub async fn record(&self, who: Teller<'_>, input: &Event, message: &Message, step: Step<'_>) {
         let Some(client) = &self.client else { return };
-        let entry = self.entry((handler, version), input, message, step);
+        let entry = self.entry(who, input, message, step);
         let subject = subject_of(&entry);
         let payload = match serde_json::to_vec(&entry) {
             Ok(payload) => payload,
@@ -192,13 +200,7 @@ impl Trail {
         }
     }
 
-    fn entry(
-        &self,
-        (handler, version): (&str, &str),
-        input: &Event,
-        message: &Message,
-        step: Step<'_>,
-    ) -> Entry {
+    fn entry(&self, who: Teller<'_>, input: &Event, message: &Message, step: Step<'_>) -> Entry {
         let info = message.info().ok();
         let extension = |name: &str| input.extension(name).map(|v| v.to_string());
         let (kind, error) = match step.failure {
@@ -213,8 +215,8 @@ impl Trail {
             correlation: extension("correlationid"),
             causation: extension("causationid"),
             key: key_of(input, &self.keys),
-            handler: handler.to_string(),
-            version: version.to_string(),
+            handler: who.handler.to_string(),
+            version: who.version.to_string(),
             runtime: self.runtime.clone(),
             attempt: step.attempt,
             outcome: step.outcome.as_str().to_string(),
@@ -228,6 +230,7 @@ impl Trail {
             stream: info.as_ref().map(|i| i.stream.to_string()),
             sequence: info.as_ref().map(|i| i.stream_sequence),
             nats_subject: message.subject.to_string(),
+            record: Some(format!("{}/{}", who.records, ProcessedEvents::key(input))),
         }
     }
 }
@@ -393,6 +396,7 @@ mod tests {
             stream: None,
             sequence: None,
             nats_subject: "orders.created".into(),
+            record: None,
         };
         let subject = subject_of(&entry);
         let tokens: Vec<&str> = subject.split('.').collect();

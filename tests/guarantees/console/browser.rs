@@ -215,6 +215,10 @@ async fn an_orders_story_is_told_in_the_browser() {
     let inventory = format!("{order} inventory succeeded");
     assert_eq!(of_order.len(), payment.len() + 1, "{steps:?}");
     assert!(of_order.contains(&inventory), "{steps:?}");
+    let record = r#"li[data-type="com.example.order.created"] [data-record-of="payment"]"#;
+    browser
+        .text_once(record, WAIT, |t| t == "payment succeeded")
+        .await;
     // The address keeps the search: the story can be shared as a link.
     let shared = browser.client.current_url().await.unwrap();
     assert!(shared.as_str().ends_with("/ui/story?q=ok"), "{shared}");

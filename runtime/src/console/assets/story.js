@@ -25,7 +25,7 @@ function attemptRow(handler, a) {
   return tr;
 }
 
-function eventItem(event, types) {
+function eventItem(event) {
   const li = ui.element("li", null, event.matched ? "matched" : "");
   li.dataset.id = event.id;
   li.dataset.type = event.type;
@@ -51,11 +51,21 @@ function eventItem(event, types) {
     for (const a of h.attempts) body.appendChild(attemptRow(h.handler, a));
   }
   li.appendChild(table);
-  const emitted = event.handlers.flatMap((h) => h.emitted.map(([id, told]) => ({ handler: h.handler, id, told })));
+  const records = event.handlers.filter((h) => h.record);
+  if (records.length) {
+    const now = ui.element("p", "Records now: ", "muted");
+    records.forEach((h, i) => {
+      const record = ui.element("span", h.handler + " " + h.record);
+      record.dataset.recordOf = h.handler;
+      now.append(i ? "; " : "", record);
+    });
+    li.appendChild(now);
+  }
+  const emitted = event.handlers.filter((h) => h.emitted).map((h) => h.emitted + " by " + h.handler);
   if (emitted.length) {
-    const list = ui.element("p", "Emitted: ", "muted");
-    list.append(emitted.map((e) => (types[e.id] || "an event no handler has told of yet") + " (" + e.id + ", by " + e.handler + ")").join("; "));
-    li.appendChild(list);
+    let line = "Emitted " + emitted.join(", ");
+    line += event.caused ? "; " + event.caused + " taken by a handler, below" : "; none taken by a handler yet";
+    li.appendChild(ui.element("p", line, "muted"));
   }
   if (event.stored) {
     const details = ui.element("details");
@@ -73,13 +83,12 @@ async function tell(q, by) {
   try {
     $("status").textContent = "searching…";
     const story = await ui.get("/ui/api/story?" + query);
-    const types = Object.fromEntries(story.events.map((e) => [e.id, e.type]));
     let summary;
     if (!story.trail) summary = "No trail yet: no runtime with [story] on has started on this NATS.";
     else if (!story.found_by) summary = "Nothing in the trail matches " + JSON.stringify(story.query) + ".";
     else summary = story.events.length + " events, found by " + story.found_by + (story.more ? "; the story is cut, more entries exist" : "");
     $("summary").textContent = summary;
-    $("timeline").replaceChildren(...story.events.map((e) => eventItem(e, types)));
+    $("timeline").replaceChildren(...story.events.map(eventItem));
     ui.showError(null);
   } catch (err) {
     ui.showError(err);
