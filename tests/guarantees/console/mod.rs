@@ -86,7 +86,13 @@ fn the_console_keeps_the_browser_strict_and_the_page_small() {
     assert_eq!(page.header("x-frame-options"), Some("DENY"));
     assert_eq!(page.header("x-content-type-options"), Some("nosniff"));
     // Each page with everything it loads: under 200 KiB.
-    for (page, script) in [("/ui", "fleet"), ("/ui/dlq", "dlq"), ("/ui/state", "state")] {
+    let pages = [
+        ("/ui", "fleet"),
+        ("/ui/dlq", "dlq"),
+        ("/ui/story", "story"),
+        ("/ui/state", "state"),
+    ];
+    for (page, script) in pages {
         let script = format!("/ui/{script}.js");
         let total: usize = [page, "/ui/common.js", &script, "/ui/console.css"]
             .iter()
