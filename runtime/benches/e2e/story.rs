@@ -43,12 +43,12 @@ pub async fn run(
             "== story: payment with the trail on and off, round {round} of {}",
             settings.rounds
         );
-        for (system, rounds) in [(bench, &mut on), (&without, &mut off)] {
+        for (system, rounds, trail) in [(bench, &mut on, true), (&without, &mut off, false)] {
             load::reset(js).await?;
             let runtime = system.runtime(&[(workload, "payment", 16)], 1)?;
             rounds.push(warm_then_saturate(js, workload, settings.events, &runtime, nats).await?);
             drop(runtime);
-            if std::ptr::eq(system, bench) {
+            if trail {
                 let mut trail = js.get_stream("EVENTHOST_TRAIL").await?;
                 let stored = &trail.info().await?.state;
                 bytes_per_entry = stored.bytes as f64 / stored.messages.max(1) as f64;

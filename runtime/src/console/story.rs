@@ -324,7 +324,8 @@ async fn record_now(js: &jetstream::Context, handler: &HandlerStory) -> Option<S
 /// The event as its stream stores it, if it still does.
 async fn stored(js: &jetstream::Context, at: Option<&(String, u64)>) -> Option<StoredEvent> {
     let (stream, sequence) = at?;
-    let stream = js.get_stream(stream).await.ok()?;
+    // A handle, not the stream's info: one request per event, not two.
+    let stream = js.get_stream_no_info(stream).await.ok()?;
     let message = stream.get_raw_message(*sequence).await.ok()?;
     Some(state::stored_event(message, false))
 }

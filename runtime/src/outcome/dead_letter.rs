@@ -257,11 +257,7 @@ fn one_line(text: &str) -> String {
         .map(|c| if c.is_control() { ' ' } else { c })
         .collect();
     if line.len() > MAX_ERROR_LEN {
-        let mut end = MAX_ERROR_LEN;
-        while !line.is_char_boundary(end) {
-            end -= 1;
-        }
-        line.truncate(end);
+        line.truncate(line.floor_char_boundary(MAX_ERROR_LEN));
         line.push('…');
     }
     line

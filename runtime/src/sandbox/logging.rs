@@ -39,10 +39,7 @@ fn cut(message: &str) -> std::borrow::Cow<'_, str> {
     if message.len() <= MAX_LINE {
         return message.into();
     }
-    let mut end = MAX_LINE;
-    while !message.is_char_boundary(end) {
-        end -= 1;
-    }
+    let end = message.floor_char_boundary(MAX_LINE);
     format!("{}… [cut: {} bytes in all]", &message[..end], message.len()).into()
 }
 
