@@ -30,29 +30,93 @@ async fn crash_at(point: &str, fill: usize) {
     // The successor gets the event after the ack wait and finishes (or
     // redoes) the same commit.
     let successor = Runtime::start(&nats, &plugins, 1);
-    consumer_settled(&js, "COUNTER", "counter", SETTLE).await;
-    let state = bucket_json(&js, "counters").await;
+    // After the plan is written the successor finishes that plan without
+    // running the handler; after `done`, it finds the event handled.
+    let resumed = !point.starts_with("commit.done");
+    assert_applied_once(point, &js, &successor, fill, resumed).await;
+}
+
+/// The counter's one event applied once (its count, its `fill` keys, its
+/// output), and settled by `successor` as a success, resumed or not, or,
+/// past `done`, as a duplicate.
+async fn assert_applied_once(
+    point: &str,
+    js: &async_nats::jetstream::Context,
+    successor: &Runtime,
+    fill: usize,
+    resumed: bool,
+) {
+    consumer_settled(js, "COUNTER", "counter", SETTLE).await;
+    let state = bucket_json(js, "counters").await;
     assert_eq!(state["k"], 1, "{point}: the count, applied once: {state:?}");
     for i in 0..fill {
         assert_eq!(state[&format!("k.{i}")], "xxx", "{point}: {state:?}");
     }
     assert_eq!(state.len(), 1 + fill, "{point}: {state:?}");
-    let outputs = stored_messages(&js, "COUNTER", "counter.updated").await;
+    let outputs = stored_messages(js, "COUNTER", "counter.updated").await;
     assert_eq!(outputs.len(), 1, "{point}: one output");
     assert_eq!(outputs[0].cloudevent()["data"]["value"], 1, "{point}");
-    // After the plan is written the successor finishes that plan without
-    // running the handler; after `done`, it finds the event handled.
     let succeeded = successor.outcomes("succeeded");
     let duplicates = successor.outcomes("duplicate");
     if point.starts_with("commit.done") {
         assert_eq!((succeeded.len(), duplicates.len()), (0, 1), "{point}");
     } else {
         assert_eq!((succeeded.len(), duplicates.len()), (1, 0), "{point}");
-        assert_eq!(
-            succeeded[0]["resumed"], true,
-            "{point}: ran the handler again"
-        );
+        let ran_again = succeeded[0]["resumed"] != true;
+        assert_eq!(ran_again, !resumed, "{point}: ran the handler again?");
     }
+}
+
+/// On a replicated bucket a commit is one atomic batch, with the event's
+/// commit record beside the state: killed before the batch or between its
+/// messages, nothing is stored and the successor runs the handler; killed
+/// after it, the successor finds the record and finishes the commit
+/// without running the handler.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crash_at_any_step_of_a_commit_in_one_batch_applies_everything_once() {
+    let probe = NatsServer::start();
+    if !support::chaos::runs_unclaimed(&probe.jetstream().await) {
+        println!("this server commits no atomic batch (nor keeps replicas): nothing to crash");
+        return;
+    }
+    drop(probe);
+    let cases = [
+        ("batch.before:1", false),
+        ("batch.staged:1", false),
+        ("batch.committed:1", true),
+        ("commit.published:1", true),
+        ("commit.done:1", false),
+    ];
+    let runs = cases
+        .iter()
+        .map(|(point, resumed)| crash_in_batch_at(point, *resumed));
+    futures::future::join_all(runs).await;
+}
+
+async fn crash_in_batch_at(point: &str, resumed: bool) {
+    let cluster = support::cluster::NatsCluster::start(3).await;
+    let plugins = Plugins::new();
+    plugins.install_example("counter");
+    let js = cluster.jetstream().await;
+    let config = format!("replicas = 3\n{TEST_STREAMS}");
+    let failpoints = [("EVENTHOST_FAILPOINTS", point)];
+    let url = cluster.url();
+    let mut doomed = Runtime::start_configured(&url, &plugins, 1, &config, &failpoints);
+    let data = json!({ "key": "k", "fill": 1, "size": 3 });
+    let event = TestEvent::new("crashing", "com.example.count", data);
+    publish(&js, "counter.in", event.structured()).await;
+    let status = doomed.wait_for_exit(Duration::from_secs(60));
+    let name = point.split(':').next().unwrap();
+    assert!(
+        status.is_some_and(|s| !s.success())
+            && doomed.raw_log().contains(&format!("failpoint {name}")),
+        "{point}: the runtime did not crash there ({status:?})"
+    );
+    let successor = Runtime::start_configured(&url, &plugins, 1, &config, &[]);
+    assert_applied_once(point, &js, &successor, 1, resumed).await;
+    // The commit went the batch's way: its record is beside the state.
+    let records = stored_messages(&js, "KV_counters", "$EHC.>").await;
+    assert_eq!(records.len(), 1, "{point}: one commit record");
 }
 
 /// Starts a runtime that crashes at `point`, sends it `event`, and checks it

@@ -30,6 +30,9 @@
 //! `EVENTHOST_SOAK_KILLS` (default 6), `EVENTHOST_SOAK_NATS_RESTARTS`
 //! (default 1) and `EVENTHOST_SOAK_SEED` (default random, printed) set the
 //! run; `scripts/soak` runs it by hand with 100 kills.
+//! `EVENTHOST_SOAK_CLUSTER=1` runs it on a three-node cluster with three
+//! copies of everything, where each commit is one atomic batch; a server
+//! restart there kills and restarts one node, in turn.
 
 mod support;
 
@@ -85,6 +88,7 @@ struct Settings {
     kills: usize,
     nats_restarts: usize,
     seed: u64,
+    cluster: bool,
 }
 
 impl Settings {
@@ -94,6 +98,7 @@ impl Settings {
             kills: var("EVENTHOST_SOAK_KILLS").unwrap_or(6) as usize,
             nats_restarts: var("EVENTHOST_SOAK_NATS_RESTARTS").unwrap_or(1) as usize,
             seed: var("EVENTHOST_SOAK_SEED").unwrap_or_else(|| fastrand::u64(..)),
+            cluster: var("EVENTHOST_SOAK_CLUSTER") == Some(1),
         }
     }
 
@@ -108,10 +113,15 @@ async fn repeated_kills_and_restarts_apply_every_event_once() {
     let settings = Settings::from_env();
     let (kills, restarts, seed) = (settings.kills, settings.nats_restarts, settings.seed);
     eprintln!(
-        "soak: {kills} kills, {restarts} nats-server restarts, seed {seed} (EVENTHOST_SOAK_SEED={seed} repeats its choices)"
+        "soak: {kills} kills, {restarts} nats-server restarts, seed {seed} (EVENTHOST_SOAK_SEED={seed} repeats its choices){}",
+        if settings.cluster {
+            ", three-node cluster"
+        } else {
+            ""
+        }
     );
     let started = Instant::now();
-    let mut fleet = Fleet::start(seed);
+    let mut fleet = Fleet::start(seed, settings.cluster).await;
     let js = fleet.nats.jetstream().await;
     let stop = Arc::new(AtomicBool::new(false));
     let count = Arc::new(AtomicUsize::new(0));
@@ -122,7 +132,7 @@ async fn repeated_kills_and_restarts_apply_every_event_once() {
     for k in 0..kills {
         std::thread::sleep(Duration::from_millis(rng.u64(200..2500)));
         if settings.restart_before(k) {
-            fleet.restart_nats();
+            fleet.restart_nats().await;
         }
         let victim = rng.usize(..2);
         fleet.kill_and_replace(victim);
@@ -173,9 +183,40 @@ async fn repeated_kills_and_restarts_apply_every_event_once() {
 
 // ---------------------------------------------------------------- the run
 
+/// Where the soak's JetStream runs.
+enum Nats {
+    One(NatsServer),
+    /// A three-node cluster, and the node to restart next.
+    Cluster(support::cluster::NatsCluster, usize),
+}
+
+impl Nats {
+    fn url(&self) -> String {
+        match self {
+            Nats::One(nats) => nats.url(),
+            Nats::Cluster(cluster, _) => cluster.url(),
+        }
+    }
+
+    async fn jetstream(&self) -> jetstream::Context {
+        match self {
+            Nats::One(nats) => nats.jetstream().await,
+            Nats::Cluster(cluster, _) => cluster.jetstream().await,
+        }
+    }
+
+    /// The runtime config: three copies of everything on the cluster.
+    fn config(&self) -> String {
+        match self {
+            Nats::One(_) => TEST_STREAMS.to_string(),
+            Nats::Cluster(..) => format!("replicas = 3\n{TEST_STREAMS}"),
+        }
+    }
+}
+
 /// The server, the two replicas, and the logs of every incarnation so far.
 struct Fleet {
-    nats: NatsServer,
+    nats: Nats,
     plugins: Plugins,
     replicas: Vec<Runtime>,
     /// Incarnations started per replica, for the saved logs' names.
@@ -187,11 +228,14 @@ struct Fleet {
 }
 
 impl Fleet {
-    fn start(seed: u64) -> Self {
+    async fn start(seed: u64, cluster: bool) -> Self {
         let log_dir = repo_root().join(format!("target/soak/seed-{seed}"));
         let _ = std::fs::remove_dir_all(&log_dir);
         std::fs::create_dir_all(&log_dir).unwrap();
-        let nats = NatsServer::start();
+        let nats = match cluster {
+            true => Nats::Cluster(support::cluster::NatsCluster::start(3).await, 0),
+            false => Nats::One(NatsServer::start()),
+        };
         let plugins = Plugins::new();
         let manifest =
             std::fs::read_to_string(repo_root().join("examples/counter/handler.toml")).unwrap();
@@ -200,7 +244,8 @@ impl Fleet {
         let retry =
             "[retry]\nmax_attempts = 10\ninitial_backoff = \"100ms\"\nmax_backoff = \"500ms\"";
         plugins.install("counter", "counter", &format!("{manifest}\n{retry}\n"));
-        let replicas = (0..2).map(|_| Runtime::start(&nats, &plugins, 1)).collect();
+        let start = |_| Runtime::start_configured(&nats.url(), &plugins, 1, &nats.config(), &[]);
+        let replicas = (0..2).map(start).collect();
         Fleet {
             nats,
             plugins,
@@ -218,19 +263,36 @@ impl Fleet {
         self.replicas[which].kill();
         let log = self.replicas[which].raw_log();
         self.save_log(which, &log);
-        self.replicas[which] = Runtime::start(&self.nats, &self.plugins, 1);
+        let (url, config) = (self.nats.url(), self.nats.config());
+        self.replicas[which] = Runtime::start_configured(&url, &self.plugins, 1, &config, &[]);
         self.started[which] += 1;
     }
 
     /// Kills nats-server (as a crash would) and starts it again a second
-    /// later on the same store.
-    fn restart_nats(&mut self) {
+    /// later on the same store; on the cluster, the next node in turn,
+    /// waiting until it has caught up (so the next loss leaves a quorum).
+    async fn restart_nats(&mut self) {
         let down = Utc::now();
-        self.nats.stop();
-        std::thread::sleep(Duration::from_secs(1));
-        self.nats.restart();
-        self.outages.push((down, Utc::now()));
-        eprintln!("nats-server restarted ({} so far)", self.outages.len());
+        match &mut self.nats {
+            Nats::One(nats) => {
+                nats.stop();
+                std::thread::sleep(Duration::from_secs(1));
+                nats.restart();
+                self.outages.push((down, Utc::now()));
+            }
+            Nats::Cluster(cluster, next) => {
+                let node = cluster.names()[*next % 3].clone();
+                *next += 1;
+                cluster.kill(&node);
+                std::thread::sleep(Duration::from_secs(1));
+                cluster.restart(&node);
+                // The others served meanwhile: no outage to leave out.
+                let js = cluster.jetstream().await;
+                let streams = ["COUNTER", "KV_counters", "KV_processed-counter"];
+                cluster.wait_current(&js, &streams).await;
+            }
+        }
+        eprintln!("nats-server restarted ({} so far)", self.outages.len() + 1);
     }
 
     fn save_log(&mut self, which: usize, log: &str) {

@@ -14,6 +14,22 @@ pub fn hit(name: &str) {
     let _ = name;
 }
 
+/// Whether `name` is armed: lets a point first make the state it is about
+/// (a message flushed to the server, say) without costing unarmed builds.
+#[inline(always)]
+pub fn armed(name: &str) -> bool {
+    #[cfg(feature = "failpoints")]
+    return armed::points()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .contains_key(name);
+    #[cfg(not(feature = "failpoints"))]
+    {
+        let _ = name;
+        false
+    }
+}
+
 #[cfg(feature = "failpoints")]
 mod armed {
     use std::collections::HashMap;
@@ -21,7 +37,7 @@ mod armed {
     use std::sync::OnceLock;
 
     /// Point name → hits left before the crash.
-    fn points() -> &'static Mutex<HashMap<String, u64>> {
+    pub(super) fn points() -> &'static Mutex<HashMap<String, u64>> {
         static POINTS: OnceLock<Mutex<HashMap<String, u64>>> = OnceLock::new();
         POINTS.get_or_init(|| {
             let spec = std::env::var("EVENTHOST_FAILPOINTS").unwrap_or_default();

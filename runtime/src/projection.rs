@@ -162,6 +162,7 @@ pub async fn rebuild(
         // A rebuild replays a read model's events once, alone: the claims
         // cost it nothing worth saving.
         unclaimed_runs: false,
+        atomic_commits: false,
         // The rebuild is the only consumer of the new generation's
         // consumers: no lease to hold.
         leases: None,

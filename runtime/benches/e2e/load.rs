@@ -79,7 +79,13 @@ pub async fn reset_with_replicas(js: &jetstream::Context, replicas: usize) -> Re
         max_age: None,
         max_value_size: None,
     };
-    eventhost::jetstream::declare::ensure_buckets(js, &[bucket], replicas).await?;
+    use eventhost::jetstream::declare::{CommitRecords, ensure_buckets};
+    // Shaped for commit records on a cluster, as the runtime declares it.
+    let records = match replicas > 1 {
+        true => CommitRecords::Beside,
+        false => CommitRecords::Elsewhere,
+    };
+    ensure_buckets(js, &[bucket], replicas, records).await?;
     Ok(())
 }
 

@@ -375,6 +375,7 @@ async fn warm_then_saturate(
 }
 
 /// Starts the systems under test.
+#[derive(Clone)]
 struct Bench {
     nats_url: String,
     work: PathBuf,

@@ -49,10 +49,11 @@ use crate::event::trace::TraceContext;
 use crate::fleet::lease::Leases;
 use crate::handler::manifest::{HandlerManifest, Ordering};
 use crate::ledger::processed::{self, ProcessedEvents};
+use crate::ledger::record::CommitRecords;
 use crate::metrics::{HandlerStats, Metrics};
 use crate::outcome::trail::Trail;
 use crate::policy::ordering::KeyedQueue;
-use crate::sandbox::HandlerComponent;
+use crate::sandbox::{Capabilities, HandlerComponent};
 use crate::source::{self, ConsumerBinding, PULL_EXPIRES, Pull};
 use crate::store::Store;
 use attempt::Attempts;
@@ -81,6 +82,10 @@ pub struct Services {
     ///
     /// [`Capabilities::need_claim`]: crate::sandbox::Capabilities::need_claim
     pub unclaimed_runs: bool,
+    /// Whether a handler whose state lives in one stream commits in one
+    /// atomic batch there, if that stream is shaped for it (see
+    /// [`crate::ledger::batch`]).
+    pub atomic_commits: bool,
     /// Leases of ordered consumers. `None` consumes them without one, for a
     /// single process such as `eventhost projection rebuild`.
     pub leases: Option<Arc<Leases>>,
@@ -88,6 +93,30 @@ pub struct Services {
     pub contracts: Arc<LiveContracts>,
     /// Where each attempt's outcome is told, for the story of an event.
     pub trail: Trail,
+}
+
+/// Where a handler's commits go in one atomic batch, if they can: its
+/// grants let it write state to exactly one stream, and that stream takes
+/// batches, TTLs and its commit records' subjects.
+async fn commit_records(
+    store: &dyn Store,
+    capabilities: &Capabilities,
+    consumer: &str,
+    manifest: &HandlerManifest,
+) -> Option<CommitRecords> {
+    let [stream] = capabilities.written_streams().try_into().ok()?;
+    let subjects = crate::store::commit_records_subjects(&stream);
+    let shape = match store.stream_capturing(&subjects).await {
+        Ok(Some(shape)) if shape.name == stream && shape.atomic_commits => shape,
+        found => {
+            tracing::info!(%stream, ?found, "state commits take the record protocol: \
+                the stream does not take atomic batches and commit records");
+            return None;
+        }
+    };
+    tracing::info!(stream = %shape.name, "state commits are made in one atomic batch");
+    let window = manifest.idempotency.window;
+    Some(CommitRecords::new(&stream, consumer, window))
 }
 
 /// A loaded handler and what it consumes.
@@ -124,6 +153,7 @@ impl Dispatcher {
             metrics,
             replicas,
             unclaimed_runs,
+            atomic_commits,
             leases,
             contracts,
             trail,
@@ -132,7 +162,12 @@ impl Dispatcher {
         let consumer = manifest.consumer_name(&spec.name);
         processed::declare(&js, &consumer, manifest.idempotency.window, replicas).await?;
         let lease = source::claim_lease(&manifest.limits);
-        let processed = ProcessedEvents::new(store.clone(), &consumer, lease);
+        let records = match atomic_commits {
+            true => commit_records(&*store, &spec.capabilities, &consumer, &manifest).await,
+            false => None,
+        };
+        let processed =
+            ProcessedEvents::new(store.clone(), &consumer, lease).with_commit_records(records);
         let metrics = metrics.for_handler(&spec.name, &spec.version, &spec.capabilities);
         // The record around the plan (lease, history) and the message's
         // headers take a little of the server's limit.

@@ -79,7 +79,13 @@ pub async fn declare(js: &jetstream::Context, replicas: usize) -> Result<()> {
         max_age: Some(TTL),
         max_value_size: None,
     };
-    crate::jetstream::declare::ensure_buckets(js, &[bucket], replicas).await
+    crate::jetstream::declare::ensure_buckets(
+        js,
+        &[bucket],
+        replicas,
+        crate::jetstream::declare::CommitRecords::Elsewhere,
+    )
+    .await
 }
 
 fn key(runtime: &str) -> String {

@@ -74,7 +74,13 @@ impl DeployBucket {
             max_age: None,
             max_value_size: None,
         };
-        crate::jetstream::declare::ensure_buckets(js, &[pointers], replication.copies).await?;
+        crate::jetstream::declare::ensure_buckets(
+            js,
+            &[pointers],
+            replication.copies,
+            crate::jetstream::declare::CommitRecords::Elsewhere,
+        )
+        .await?;
         // The object store's stream, as NATS clients lay it out.
         let files = stream::Config {
             name: format!("OBJ_{name}"),

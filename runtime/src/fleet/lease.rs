@@ -54,7 +54,13 @@ pub async fn declare(js: &jetstream::Context, replicas: usize) -> Result<()> {
         max_age: Some(Duration::from_secs(24 * 3600)),
         max_value_size: None,
     };
-    crate::jetstream::declare::ensure_buckets(js, &[bucket], replicas).await
+    crate::jetstream::declare::ensure_buckets(
+        js,
+        &[bucket],
+        replicas,
+        crate::jetstream::declare::CommitRecords::Elsewhere,
+    )
+    .await
 }
 
 /// The lease's value: who holds it, for `eventhost status` and for humans.

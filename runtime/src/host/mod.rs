@@ -91,6 +91,7 @@ pub async fn run(options: RuntimeOptions, shutdown: CancellationToken) -> Result
         metrics,
         replicas: replication.copies,
         unclaimed_runs: replication.oldest.commits_atomic_batches(),
+        atomic_commits: options.config.atomic_commits && replication.commits_in_one_batch(),
         leases: Some(leases.clone()),
         contracts: Arc::new(contracts),
         trail: Trail::new(client.clone(), &options.config.story, &id),
@@ -285,11 +286,16 @@ async fn declare(
     config: &RuntimeConfig,
     replication: Replication,
 ) -> Result<()> {
+    use crate::jetstream::declare::{CommitRecords, ensure_buckets, ensure_streams};
     let Replication { copies, .. } = replication;
-    crate::jetstream::declare::ensure_streams(js, &config.streams, copies).await?;
+    let records = match config.atomic_commits && replication.commits_in_one_batch() {
+        true => CommitRecords::Beside,
+        false => CommitRecords::Elsewhere,
+    };
+    ensure_streams(js, &config.streams, copies, records).await?;
     crate::outcome::dead_letter::ensure_stream(js, copies).await?;
     crate::outcome::trail::ensure_stream(js, &config.story, copies).await?;
-    crate::jetstream::declare::ensure_buckets(js, &config.buckets, copies).await?;
+    ensure_buckets(js, &config.buckets, copies, records).await?;
     crate::projection::declare(js, copies).await?;
     fleet::lease::declare(js, copies).await?;
     announce::declare(js, copies).await

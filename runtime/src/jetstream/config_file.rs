@@ -26,6 +26,13 @@ pub struct RuntimeConfig {
     /// creates (1..=5): 3 in a three-node cluster. Default 1.
     #[serde(default = "one_replica")]
     pub replicas: usize,
+    /// Commit a handler's state and its event's record in one atomic batch
+    /// where that is the cheaper protocol: replicated streams (`replicas`
+    /// above 1) on servers from nats-server 2.14.4 (see
+    /// [`crate::ledger::batch`]). `false` keeps the record protocol
+    /// everywhere. Default `true`.
+    #[serde(default = "yes")]
+    pub atomic_commits: bool,
     #[serde(default)]
     pub streams: Vec<StreamDeclaration>,
     #[serde(default)]
@@ -68,6 +75,7 @@ impl Default for RuntimeConfig {
             creds: None,
             tls_ca: None,
             replicas: 1,
+            atomic_commits: true,
             streams: Vec::new(),
             buckets: Vec::new(),
             story: StoryConfig::default(),

@@ -48,6 +48,15 @@ impl Replication {
         })
     }
 
+    /// Whether state streams take commits in one atomic batch (with the
+    /// commit records beside the state): replicated, on servers that
+    /// commit batches safely. A one-server file stream stages every batch
+    /// in a file store of its own, which costs more than the record
+    /// protocol's writes (see [`crate::ledger::batch`]).
+    pub fn commits_in_one_batch(&self) -> bool {
+        self.copies > 1 && self.oldest.commits_atomic_batches()
+    }
+
     /// For the servers `client` (connected through `urls`) can see: reads
     /// and logs their versions, and refuses what they cannot keep.
     pub async fn for_client(
@@ -96,6 +105,9 @@ fn differs(existing: &stream::Config, wanted: &stream::Config) -> bool {
     merged.deny_delete = wanted.deny_delete;
     merged.allow_direct = wanted.allow_direct;
     merged.discard = wanted.discard;
+    // Neither is turned off once on (a TTL cannot be), only on.
+    merged.allow_atomic_publish |= wanted.allow_atomic_publish;
+    merged.allow_message_ttl |= wanted.allow_message_ttl;
     if wanted.description.is_some() {
         merged.description = wanted.description.clone();
     }
@@ -111,11 +123,36 @@ fn differs(existing: &stream::Config, wanted: &stream::Config) -> bool {
     merged != *existing
 }
 
+/// Where state streams may hold commit records: what the runtime declares
+/// them with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommitRecords {
+    /// Commits take the record protocol; the streams are left as declared.
+    Elsewhere,
+    /// The streams also capture their commit records' subjects, and take
+    /// atomic batches and per-message TTLs.
+    Beside,
+}
+
+impl CommitRecords {
+    /// `config` made ready for commit records, if they go beside the state.
+    fn shape(self, mut config: stream::Config) -> stream::Config {
+        if self == CommitRecords::Beside {
+            let records = crate::store::commit_records_subjects(&config.name);
+            config.subjects.push(records);
+            config.allow_atomic_publish = true;
+            config.allow_message_ttl = true;
+        }
+        config
+    }
+}
+
 /// Creates each stream, or updates it to the declared shape. Idempotent.
 pub async fn ensure_streams(
     js: &jetstream::Context,
     streams: &[StreamDeclaration],
     replicas: usize,
+    records: CommitRecords,
 ) -> Result<()> {
     for declared in streams {
         let mut config = stream::Config {
@@ -134,7 +171,7 @@ pub async fn ensure_streams(
         if let Some(window) = declared.duplicate_window {
             config.duplicate_window = window;
         }
-        declare_stream(js, config)
+        declare_stream(js, records.shape(config))
             .await
             .with_context(|| format!("declaring stream {}", declared.name))?;
         tracing::info!(stream = %declared.name, subjects = ?declared.subjects, "stream ready");
@@ -177,6 +214,7 @@ pub async fn ensure_buckets(
     js: &jetstream::Context,
     buckets: &[BucketDeclaration],
     replicas: usize,
+    records: CommitRecords,
 ) -> Result<()> {
     for declared in buckets {
         let name = &declared.name;
@@ -196,7 +234,7 @@ pub async fn ensure_buckets(
         if !max_age.is_zero() {
             config.duplicate_window = max_age.min(std::time::Duration::from_secs(120));
         }
-        declare_stream(js, config)
+        declare_stream(js, records.shape(config))
             .await
             .with_context(|| format!("declaring key-value bucket {name}"))?;
         tracing::info!(bucket = %name, history = declared.history, "bucket ready");

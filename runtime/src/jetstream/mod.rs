@@ -1,10 +1,10 @@
 //! JetStream as the runtime uses it: where the servers are and how to
 //! reach them ([`endpoint`]), which versions they run and what each can
 //! keep safely ([`server`]), and the streams and buckets declared at start
-//! ([`declare`]), as the runtime's config file says ([`config_file`]); and
-//! the atomic batch publish current servers offer ([`batch`]).
+//! ([`declare`]), as the runtime's config file says ([`config_file`]).
+//! The atomic batch publish current servers offer is the store's
+//! ([`crate::store::batch`]).
 
-pub mod batch;
 pub mod config_file;
 pub mod declare;
 pub mod endpoint;

@@ -10,7 +10,9 @@
 //! ```text
 //!    │ run without a claim, outputs published (created only if none)
 //!    ├────────────────────────────────────────────────────────────┐
-//!    │       claim               plan written          all applied ▼
+//!    │                  one atomic batch, outputs published       │
+//!    │                ├──────────────────────────────────────────▶│
+//!    │       claim    │          plan written          all applied ▼
 //!  (none) ─────────▶ claimed ─────────────▶ committing ───────────▶ done
 //!                     │  ▲                      │
 //!       failed attempt│  │re-run                │conflict
@@ -25,6 +27,10 @@
 //! The top edge is a run without a claim (see [`commit`]): a handler that
 //! only emits, on its event's first delivery. Its record is written once,
 //! already `done`; a copy that finds the record made first is discarded.
+//! The second is a commit in one atomic batch (see [`batch`]): its
+//! decision is a commit record beside the state, not a record state, and
+//! a holder that takes over a `claimed` record finds it there and resumes
+//! as from `committing` with nothing left to write.
 //!
 //! Giving up is recorded (`gave_up`, still claimed) before the dead letter
 //! is stored, and the letter is named after that decision: a holder killed
@@ -37,12 +43,16 @@
 //!   crash finishes or undoes exactly the same commit);
 //! - [`processed`]: the transitions, as methods of [`ProcessedEvents`]
 //!   (claim, begin a commit, done, failed, dead-lettered, release);
-//! - [`commit`]: the protocol that drives a commit through them.
+//! - [`commit`]: the protocol that drives a commit through them;
+//! - [`batch`]: the commit in one atomic batch, where a handler's state
+//!   lives in one replicated stream: its writes and a commit record beside
+//!   them, decided by one request, with none of the plan's states.
 //!
 //! The retry policy and per-key ordering, which decide *when* an event is
 //! tried, are [`crate::policy`]'s; what is committed (the plan made from an
 //! invocation's effects) is [`crate::outcome`]'s.
 
+pub mod batch;
 pub mod commit;
 pub mod processed;
 pub mod record;

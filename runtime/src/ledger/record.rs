@@ -3,17 +3,19 @@
 //!
 //! `committing` and `aborting` carry the whole [`CommitPlan`], so whoever
 //! takes the event over after a crash finishes (or undoes) exactly the same
-//! commit instead of running the handler again.
+//! commit instead of running the handler again. A commit made in one atomic
+//! batch leaves a [`CommitRecords`] entry beside its state instead.
 
 use async_nats::HeaderMap;
 use base64::Engine as _;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use std::time::Duration;
 
 use crate::failure::{DeadLetterReason, FailureKind};
 
-use crate::store::{Store, StoreError, StoreResult, kv};
+use crate::store::{COMMIT_RECORD_PREFIX, Store, StoreError, StoreResult, kv};
 
 /// On every message a commit writes: the commit's id.
 pub const COMMIT_HEADER: &str = "Eventhost-Commit";
@@ -184,6 +186,52 @@ pub struct PlannedMessage {
     pub msg_id: Option<String>,
     #[serde(with = "base64_bytes")]
     pub payload: Bytes,
+}
+
+/// Where one consumer's commit records live: beside its state, in the one
+/// stream it writes.
+#[derive(Debug, Clone)]
+pub struct CommitRecords {
+    pub stream: String,
+    consumer: String,
+    /// How long a record is kept: the idempotency window.
+    pub window: Duration,
+}
+
+impl CommitRecords {
+    pub fn new(stream: &str, consumer: &str, window: Duration) -> Self {
+        CommitRecords {
+            stream: stream.to_string(),
+            consumer: consumer.to_string(),
+            window,
+        }
+    }
+
+    pub fn subject(&self, record_key: &str) -> String {
+        format!(
+            "{COMMIT_RECORD_PREFIX}.{}.{}.{record_key}",
+            self.stream, self.consumer
+        )
+    }
+
+    /// The commit recorded for the event of `record_key`, if one was: its
+    /// outputs, still to publish (no writes: those are in).
+    pub async fn find(
+        &self,
+        store: &dyn Store,
+        record_key: &str,
+    ) -> StoreResult<Option<CommitPlan>> {
+        let found = store.last(&self.stream, &self.subject(record_key)).await?;
+        Ok(found.and_then(|m| serde_json::from_slice(&m.payload).ok()))
+    }
+
+    /// Whether every write of `plan` lands in this stream.
+    pub fn holds(&self, plan: &CommitPlan) -> bool {
+        plan.writes.iter().all(|write| match write {
+            PlannedWrite::Key { bucket, .. } => kv::stream(bucket) == self.stream,
+            PlannedWrite::Event { stream, .. } => *stream == self.stream,
+        })
+    }
 }
 
 /// Reads the record named by `record_ref` (`<bucket>/<key>`), in any

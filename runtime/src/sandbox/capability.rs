@@ -44,7 +44,7 @@ pub trait Capability: Sized + 'static {
     /// is harmless only while every effect can be discarded at the commit
     /// (emitted events: deduplicated by id). Effects that leave NATS (HTTP
     /// calls) cannot be; state changes could be, but their commit takes
-    /// the claim's lease today.
+    /// the claim's lease (also when it is one atomic batch).
     const NEEDS_CLAIM: bool = false;
 
     /// A fresh state for one invocation (`grant`: `None` if not granted).
@@ -110,6 +110,12 @@ pub trait Capability: Sized + 'static {
 
     /// Every store its grant names, by label.
     fn stores(_grant: &Self::Grant) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// The streams its grant lets a commit write state to, by physical
+    /// name: where a commit in one atomic batch would go.
+    fn written_streams(_grant: &Self::Grant) -> Vec<String> {
         Vec::new()
     }
 }

@@ -150,6 +150,16 @@ macro_rules! capabilities {
                 $(stores.extend(self.$field.as_deref().map(<$capability>::stores).unwrap_or_default());)*
                 stores
             }
+
+            /// The streams the grants let a commit write state to, by
+            /// physical name, each once.
+            pub fn written_streams(&self) -> Vec<String> {
+                let mut streams = Vec::new();
+                $(streams.extend(self.$field.as_deref().map(<$capability>::written_streams).unwrap_or_default());)*
+                streams.sort();
+                streams.dedup();
+                streams
+            }
         }
 
         /// Links every capability `grants` grants, and those every handler has.

@@ -71,10 +71,13 @@ impl MemoryStore {
         self.add(name, subjects, None);
     }
 
-    /// A key-value bucket keeping one value per key.
+    /// A key-value bucket keeping one value per key, shaped to hold commit
+    /// records beside its keys as on a cluster.
     pub fn add_bucket(&self, bucket: &str) {
-        let subjects = format!("$KV.{bucket}.>");
-        self.add(&kv::stream(bucket), &[&subjects], Some(1));
+        let stream = kv::stream(bucket);
+        let keys = format!("$KV.{bucket}.>");
+        let records = super::commit_records_subjects(&stream);
+        self.add(&stream, &[&keys, &records], Some(1));
     }
 
     fn add(&self, name: &str, subjects: &[&str], per_subject: Option<usize>) {
@@ -152,6 +155,11 @@ impl Inner {
 
     fn publish(&mut self, message: Publish) -> StoreResult<PubAck> {
         self.count_write()?;
+        self.store(message)
+    }
+
+    /// Stores `message` as JetStream would, without counting a write.
+    fn store(&mut self, message: Publish) -> StoreResult<PubAck> {
         let stream = self
             .streams
             .iter_mut()
@@ -204,6 +212,33 @@ impl Inner {
     }
 }
 
+impl Inner {
+    /// As JetStream commits a batch: every expectation checked against the
+    /// stream before it, then all stored, as one write.
+    fn publish_atomic(&mut self, messages: Vec<Publish>) -> StoreResult<()> {
+        self.count_write()?;
+        for message in &messages {
+            let Some(expected) = message.expected_last_subject_sequence else {
+                continue;
+            };
+            let stream = self
+                .streams
+                .iter()
+                .find(|s| (s.subjects.iter()).any(|p| subject::matches(p, &message.subject)));
+            if stream.is_some_and(|s| s.last_on(&message.subject) != expected) {
+                return Err(StoreError::WrongLastSequence);
+            }
+        }
+        messages.into_iter().try_for_each(|message| {
+            let message = Publish {
+                expected_last_subject_sequence: None,
+                ..message
+            };
+            self.store(message).map(|_| ())
+        })
+    }
+}
+
 impl MemoryStream {
     fn last_on(&self, subject: &str) -> u64 {
         let on_subject = self.messages.values().rev().find(|m| m.subject == subject);
@@ -227,6 +262,15 @@ impl MemoryStream {
 impl Store for MemoryStore {
     fn publish(&self, message: Publish) -> BoxFuture<'_, StoreResult<PubAck>> {
         let result = self.lock().publish(message);
+        async move { result }.boxed()
+    }
+
+    fn publish_atomic(
+        &self,
+        _batch_id: String,
+        messages: Vec<Publish>,
+    ) -> BoxFuture<'_, StoreResult<()>> {
+        let result = self.lock().publish_atomic(messages);
         async move { result }.boxed()
     }
 
@@ -310,6 +354,7 @@ impl Store for MemoryStore {
                 name: s.name.clone(),
                 subjects: s.subjects.clone(),
                 deny_delete: false,
+                atomic_commits: true,
             });
         async move { Ok(found) }.boxed()
     }

@@ -20,6 +20,7 @@
 //! nothing may rest on the order: a commit recognises its own writes by
 //! reading them back, never by the answer to a repeated publish.
 
+pub mod batch;
 pub mod kv;
 mod memory;
 mod nats;
@@ -164,6 +165,16 @@ pub trait Store: Send + Sync + 'static {
     /// Stores a message on the stream that captures its subject.
     fn publish(&self, message: Publish) -> BoxFuture<'_, StoreResult<PubAck>>;
 
+    /// Stores `messages`, all on one stream, as one atomic batch named
+    /// `batch_id`: every message or none (see [`batch`]).
+    /// Each expectation is checked against the stream as it was before the
+    /// batch; one failing refuses all with [`StoreError::WrongLastSequence`].
+    fn publish_atomic(
+        &self,
+        batch_id: String,
+        messages: Vec<Publish>,
+    ) -> BoxFuture<'_, StoreResult<()>>;
+
     /// The last message on `subject` in `stream`.
     fn last<'a>(
         &'a self,
@@ -201,6 +212,20 @@ pub struct StreamShape {
     pub subjects: Vec<String>,
     /// Whether it refuses deletes (an appended event could not be undone).
     pub deny_delete: bool,
+    /// Whether it takes atomic batches and per-message TTLs: what a commit
+    /// in one batch, with its record beside the state, needs.
+    pub atomic_commits: bool,
+}
+
+/// The prefix of every commit record's subject (see
+/// [`crate::ledger::batch`]). Key-value clients read `$KV.<bucket>.>` and
+/// event-store readers their own subjects: neither sees these.
+pub const COMMIT_RECORD_PREFIX: &str = "$EHC";
+
+/// The subjects stream `stream` must also capture to hold its commit
+/// records.
+pub fn commit_records_subjects(stream: &str) -> String {
+    format!("{COMMIT_RECORD_PREFIX}.{stream}.>")
 }
 
 /// Publishes `messages` and waits until JetStream has stored every one.

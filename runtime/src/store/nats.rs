@@ -17,6 +17,9 @@ use async_nats::jetstream::{self, context};
 use futures::StreamExt;
 use futures::future::{BoxFuture, FutureExt};
 
+use super::batch::{self, AtomicBatchErrorKind, BatchMessage};
+use async_nats::header;
+
 use super::{PubAck, Publish, Store, StoreError, StoreResult, StoredMessage, StreamShape};
 
 /// JetStream, as handler state uses it.
@@ -156,6 +159,26 @@ pub(super) fn classify_publish_error(err: context::PublishError, subject: &str) 
     }
 }
 
+/// A message of a batch, with its conditions as headers.
+fn batch_message(message: Publish) -> BatchMessage {
+    let mut headers = message.headers;
+    if let Some(id) = &message.msg_id {
+        headers.insert(header::NATS_MESSAGE_ID, id.as_str());
+    }
+    if let Some(sequence) = message.expected_last_subject_sequence {
+        let sequence = sequence.to_string();
+        headers.insert(
+            header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
+            sequence.as_str(),
+        );
+    }
+    BatchMessage {
+        subject: message.subject,
+        headers,
+        payload: message.payload,
+    }
+}
+
 fn not_found(err: &RawMessageError) -> bool {
     match err.kind() {
         LastRawMessageErrorKind::NoMessageFound => true,
@@ -177,6 +200,31 @@ fn stored(message: StreamMessage) -> StoredMessage {
 impl Store for NatsStore {
     fn publish(&self, message: Publish) -> BoxFuture<'_, StoreResult<PubAck>> {
         self.publish_message(message).boxed()
+    }
+
+    fn publish_atomic(
+        &self,
+        batch_id: String,
+        messages: Vec<Publish>,
+    ) -> BoxFuture<'_, StoreResult<()>> {
+        async move {
+            let messages = messages.into_iter().map(batch_message).collect();
+            let client = self.js.client();
+            match batch::publish_atomic(&client, &batch_id, messages).await {
+                Ok(_) => Ok(()),
+                Err(err) => match err.kind() {
+                    // A duplicate id is a race too: a write of this batch
+                    // was made by another holder.
+                    AtomicBatchErrorKind::Conflict | AtomicBatchErrorKind::Duplicate => {
+                        Err(StoreError::WrongLastSequence)
+                    }
+                    _ => Err(unavailable(format!("committing atomic batch {batch_id}"))(
+                        err,
+                    )),
+                },
+            }
+        }
+        .boxed()
     }
 
     fn last<'a>(
@@ -249,6 +297,7 @@ impl Store for NatsStore {
                 name,
                 subjects: config.subjects.clone(),
                 deny_delete: config.deny_delete,
+                atomic_commits: config.allow_atomic_publish && config.allow_message_ttl,
             }))
         }
         .boxed()

@@ -7,7 +7,7 @@ use std::time::Duration;
 use crate::support::*;
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, stream};
-use eventhost::jetstream::batch::{AtomicBatchErrorKind, BatchMessage, publish_atomic};
+use eventhost::store::batch::{AtomicBatchErrorKind, BatchMessage, publish_atomic};
 use futures::StreamExt;
 
 async fn batch_stream(js: &jetstream::Context, name: &str, atomic: bool) -> stream::Stream {

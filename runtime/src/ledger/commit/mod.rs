@@ -110,6 +110,11 @@ impl Committer<'_> {
             failpoint::hit("commit.published");
             return self.done(lease, version, false).await;
         }
+        if let Some(records) = self.records.commit_records()
+            && records.holds(&plan)
+        {
+            return self.commit_batch(records, lease, plan, version).await;
+        }
         let size = serde_json::to_vec(&plan).map_or(usize::MAX, |v| v.len());
         if size > self.max_record {
             let why = format!(

@@ -29,7 +29,7 @@ use sha2::{Digest, Sha256};
 
 use super::{LedgerError, Result, store_error};
 use crate::failure::{DeadLetterReason, FailureKind};
-pub use crate::ledger::record::{CommitPlan, FailureHistory, Record};
+pub use crate::ledger::record::{CommitPlan, CommitRecords, FailureHistory, Record};
 use crate::store::{Store, StoreError, kv};
 
 /// A consumer's record of processed events.
@@ -40,6 +40,10 @@ pub struct ProcessedEvents {
     lease: Duration,
     /// This process, as named in its claims.
     owner: String,
+    /// Where commits made in one atomic batch are recorded, beside the
+    /// state (see [`crate::ledger::batch`]); `None`: every commit takes the
+    /// record protocol.
+    commits: Option<CommitRecords>,
 }
 
 /// The result of trying to claim an event.
@@ -173,7 +177,19 @@ impl ProcessedEvents {
             bucket: bucket_name(consumer),
             lease,
             owner: format!("{}/{}", hostname(), std::process::id()),
+            commits: None,
         }
+    }
+
+    /// Commits whose writes all land in `records`' stream are made in one
+    /// atomic batch there, with the event's commit record.
+    pub fn with_commit_records(mut self, records: Option<CommitRecords>) -> Self {
+        self.commits = records;
+        self
+    }
+
+    pub fn commit_records(&self) -> Option<&CommitRecords> {
+        self.commits.as_ref()
     }
 
     /// The record key for an event: a hash, because `source` and `id` may
@@ -214,6 +230,14 @@ impl ProcessedEvents {
             let (history, interrupted) = match take_over(decoded) {
                 Found::TakeOver(history, interrupted) => (history, interrupted),
                 Found::Answer(claim) => return Ok(claim),
+            };
+            // A holder that committed in one batch and died before `done`
+            // left its commit record beside the state: finish that commit.
+            let interrupted = match (interrupted, &self.commits) {
+                (None, Some(commits)) => (commits.find(&*self.store, &key).await)
+                    .map_err(store_error("reading the event's commit record"))?
+                    .map(Interrupted::Committing),
+                (interrupted, _) => interrupted,
             };
             // A run starts (or started, and ended without an outcome): an
             // attempt. Resuming a commit is not one.

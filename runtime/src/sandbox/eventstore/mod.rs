@@ -480,6 +480,11 @@ impl Capability for EventStore {
     fn stores(grant: &EventStoreGrants) -> Vec<String> {
         grant.subjects.iter().map(|s| s.stream.clone()).collect()
     }
+
+    fn written_streams(grant: &EventStoreGrants) -> Vec<String> {
+        let appended = grant.subjects.iter().filter(|s| s.append);
+        appended.map(|s| s.stream.clone()).collect()
+    }
 }
 
 #[cfg(test)]

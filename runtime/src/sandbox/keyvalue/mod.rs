@@ -109,6 +109,13 @@ impl Capability for KeyValue {
     fn stores(grant: &KeyValueGrants) -> Vec<String> {
         grant.buckets.iter().map(|b| b.name.clone()).collect()
     }
+
+    fn written_streams(grant: &KeyValueGrants) -> Vec<String> {
+        let writable = grant.buckets.iter().filter(|b| b.writable);
+        writable
+            .map(|b| crate::store::kv::stream(&b.physical))
+            .collect()
+    }
 }
 
 /// Why a key-value call did not answer normally.

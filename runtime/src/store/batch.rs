@@ -109,6 +109,12 @@ pub async fn publish_atomic(
             .publish_with_headers(message.subject, headers, message.payload)
             .await)
             .map_err(|e| AtomicBatchError::with_source(Kind::Unanswered, e))?;
+        if crate::failpoint::armed("batch.staged") {
+            // The crash tests' "between the messages of a batch": the
+            // server has staged this one when the runtime dies.
+            let _ = client.flush().await;
+            crate::failpoint::hit("batch.staged");
+        }
     }
     let mut headers = with_batch_headers(last.headers, count);
     headers.insert(header::NATS_BATCH_COMMIT, header::NATS_BATCH_COMMIT_FINAL);
