@@ -17,7 +17,9 @@
 //!   per event), against a plain native consumer doing the same writes;
 //! - a neighbour: the relay's throughput beside a hostile handler
 //!   ([`neighbour`]);
-//! - issue 24's candidate protocols on native consumers ([`protocols`]);
+//! - issue 24's candidate protocols on native consumers ([`protocols`]),
+//!   and the state commit on a three-node cluster, natively and in the
+//!   runtime, in one batch and with records (`cluster`);
 //! - what the story of an event costs: the trail on and off ([`story`]);
 //!
 //! and folds in the sandbox micro-benchmark (`benches/sandbox.rs`) if it
@@ -66,11 +68,12 @@ struct Settings {
     sections: Vec<&'static str>,
 }
 
-const SECTIONS: [&str; 8] = [
+const SECTIONS: [&str; 9] = [
     "compare",
     "state",
     "story",
     "protocols",
+    "cluster",
     "scaling",
     "neighbour",
     "fleet",
@@ -289,6 +292,11 @@ async fn run(settings: &Settings) -> Result<Report> {
 
     if settings.sections.contains(&"protocols") {
         report.protocols = protocols::run(&bench, &js, &nats, settings).await?;
+    }
+
+    if settings.sections.contains(&"cluster") {
+        let on_cluster = protocols::on_cluster(settings, &work).await?;
+        report.protocols.extend(on_cluster);
     }
 
     if settings.sections.contains(&"neighbour") {

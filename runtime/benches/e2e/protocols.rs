@@ -79,7 +79,6 @@ pub async fn run(
         }
     }
     runs.extend(runtime_with_and_without_claims(bench, js, nats, settings).await?);
-    runs.extend(on_cluster(settings, &bench.work).await?);
     Ok(runs)
 }
 
@@ -137,10 +136,11 @@ fn events_for(protocol: Guarantees, events: usize) -> usize {
 
 /// The state protocols again on a three-node cluster (R3 streams), where a
 /// batch is staged in memory rather than in a file store of its own, and
-/// the runtime's counter with its commit in one batch (the default there)
-/// and with the record protocol (`atomic_commits = false`), in alternating
-/// rounds. The CPU per event is the three servers' together.
-async fn on_cluster(settings: &Settings, work: &Path) -> Result<Vec<ProtocolRun>> {
+/// the runtime's counter with its commit in one batch (the default there),
+/// with the record protocol (`atomic_commits = false`), and in one batch
+/// without the trail of outcomes (`[story] enabled = false`), in
+/// alternating rounds. The CPU per event is the three servers' together.
+pub async fn on_cluster(settings: &Settings, work: &Path) -> Result<Vec<ProtocolRun>> {
     let (cluster, js, bench) = fleet::cluster(work).await?;
     let records = work.join("records.toml");
     std::fs::write(&records, "replicas = 3\natomic_commits = false\n")?;
@@ -148,12 +148,20 @@ async fn on_cluster(settings: &Settings, work: &Path) -> Result<Vec<ProtocolRun>
         config: Some(records),
         ..bench.clone()
     };
+    // The trail of outcomes is a replicated stream too: its share.
+    let untold = work.join("untold.toml");
+    std::fs::write(&untold, "replicas = 3\n[story]\nenabled = false\n")?;
+    let without_trail = Bench {
+        config: Some(untold),
+        ..bench.clone()
+    };
     let workload = Workload::State;
-    let variants: [(&str, Option<Guarantees>, &Bench); 4] = [
-        ("plain", Some(Guarantees::AtLeastOnce), &bench),
+    let variants: [(&str, Option<Guarantees>, &Bench); 5] = [
+        ("at-least-once", Some(Guarantees::AtLeastOnce), &bench),
         ("one-batch", Some(Guarantees::OneBatch), &bench),
         ("runtime, one batch", None, &bench),
         ("runtime, records", None, &with_records),
+        ("runtime, one batch, no trail", None, &without_trail),
     ];
     let mut rounds: Vec<Vec<Measurement>> = vec![Vec::new(); variants.len()];
     for round in 1..=settings.rounds {

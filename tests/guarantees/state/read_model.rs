@@ -51,7 +51,7 @@ fn all_final(model: &BTreeMap<String, Value>, orders: &[usize]) -> bool {
 }
 
 /// Per-user totals: every order counted, paid ones summed in cents.
-fn assert_user_totals(model: &BTreeMap<String, Value>, orders: &[usize]) {
+fn expected_user_totals(orders: &[usize]) -> BTreeMap<String, (u64, u64, i64)> {
     let mut totals: BTreeMap<String, (u64, u64, i64)> = BTreeMap::new();
     for i in orders {
         let entry = totals.entry(format!("user.u-{}", i % 4)).or_default();
@@ -61,7 +61,26 @@ fn assert_user_totals(model: &BTreeMap<String, Value>, orders: &[usize]) {
             entry.2 += 2450;
         }
     }
-    for (key, (orders, paid, spent)) in &totals {
+    totals
+}
+
+/// Whether `model` holds every order final and every user's totals. A
+/// plain client reads the order's key and its user's, written by one
+/// commit, one after the other: it may see the first before the second.
+fn settled(model: &BTreeMap<String, Value>, orders: &[usize]) -> bool {
+    let totals = expected_user_totals(orders);
+    all_final(model, orders)
+        && totals.iter().all(|(key, (orders, paid, spent))| {
+            model.get(key).is_some_and(|user| {
+                user["orders"] == *orders
+                    && user["paid_orders"] == *paid
+                    && user["spent_cents"] == *spent
+            })
+        })
+}
+
+fn assert_user_totals(model: &BTreeMap<String, Value>, orders: &[usize]) {
+    for (key, (orders, paid, spent)) in &expected_user_totals(orders) {
         let user = &model[key];
         assert_eq!(user["orders"], *orders, "{key}: {user}");
         assert_eq!(user["paid_orders"], *paid, "{key}: {user}");
@@ -102,10 +121,10 @@ async fn the_read_model_follows_the_saga_and_a_rebuild_equals_it() {
         publish_order(&js, *i).await;
     }
     let live = eventually(
-        "every order's final status",
+        "every order's final status and every user's totals",
         SETTLE,
         || summaries(&js, "order-summary"),
-        |model| all_final(model, &first),
+        |model| settled(model, &first),
     )
     .await;
     assert_user_totals(&live, &first);
@@ -150,7 +169,7 @@ async fn the_read_model_follows_the_saga_and_a_rebuild_equals_it() {
         "every order in the new generation",
         SETTLE,
         || summaries(&js, "order-summary_g1"),
-        |model| all_final(model, &every),
+        |model| settled(model, &every),
     )
     .await;
     for i in &first {
