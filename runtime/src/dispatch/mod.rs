@@ -95,28 +95,36 @@ pub struct Services {
     pub trail: Trail,
 }
 
-/// Where a handler's commits go in one atomic batch, if they can: its
-/// grants let it write state to exactly one stream, and that stream takes
-/// batches, TTLs and its commit records' subjects.
+/// Where a handler's commit records live: the one stream its grants let
+/// it write state to, if that stream holds commit records (captures their
+/// subjects). Records are looked for there on every takeover, whatever
+/// this runtime does: another runtime of the fleet may have left one. This
+/// one commits there in one batch itself only with `atomic_commits` and a
+/// stream that takes batches and TTLs.
 async fn commit_records(
     store: &dyn Store,
     capabilities: &Capabilities,
     consumer: &str,
-    manifest: &HandlerManifest,
+    (manifest, atomic_commits): (&HandlerManifest, bool),
 ) -> Option<CommitRecords> {
     let [stream] = capabilities.written_streams().try_into().ok()?;
     let subjects = crate::store::commit_records_subjects(&stream);
     let shape = match store.stream_capturing(&subjects).await {
-        Ok(Some(shape)) if shape.name == stream && shape.atomic_commits => shape,
+        Ok(Some(shape)) if shape.name == stream => shape,
         found => {
             tracing::info!(%stream, ?found, "state commits take the record protocol: \
-                the stream does not take atomic batches and commit records");
+                the stream holds no commit records");
             return None;
         }
     };
-    tracing::info!(stream = %shape.name, "state commits are made in one atomic batch");
-    let window = manifest.idempotency.window;
-    Some(CommitRecords::new(&stream, consumer, window))
+    let records = CommitRecords::new(&stream, consumer, manifest.idempotency.window);
+    if atomic_commits && shape.atomic_commits {
+        tracing::info!(%stream, "state commits are made in one atomic batch");
+        return Some(records);
+    }
+    tracing::info!(%stream, "state commits take the record protocol; \
+        commit records other runtimes leave are resumed");
+    Some(records.read_only())
 }
 
 /// A loaded handler and what it consumes.
@@ -162,10 +170,8 @@ impl Dispatcher {
         let consumer = manifest.consumer_name(&spec.name);
         processed::declare(&js, &consumer, manifest.idempotency.window, replicas).await?;
         let lease = source::claim_lease(&manifest.limits);
-        let records = match atomic_commits {
-            true => commit_records(&*store, &spec.capabilities, &consumer, &manifest).await,
-            false => None,
-        };
+        let with = (&manifest, atomic_commits);
+        let records = commit_records(&*store, &spec.capabilities, &consumer, with).await;
         let processed =
             ProcessedEvents::new(store.clone(), &consumer, lease).with_commit_records(records);
         let metrics = metrics.for_handler(&spec.name, &spec.version, &spec.capabilities);

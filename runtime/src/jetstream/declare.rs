@@ -77,6 +77,7 @@ impl Replication {
 pub async fn declare_stream(js: &jetstream::Context, config: stream::Config) -> Result<()> {
     if let Ok(mut existing) = js.get_stream(&config.name).await {
         let info = existing.info().await?;
+        let config = keeping_commit_records(&info.config, config);
         if !differs(&info.config, &config) {
             return Ok(());
         }
@@ -92,6 +93,23 @@ pub async fn declare_stream(js: &jetstream::Context, config: stream::Config) -> 
     }
 }
 
+/// `wanted`, keeping what commits in one batch made of `existing`: its
+/// commit records' subjects, atomic batches and message TTLs (which the
+/// server cannot turn off). A runtime declaring without them (one server,
+/// `atomic_commits = false`, an older server in sight) must neither fail
+/// to start nor hide records another runtime may still need to resume.
+fn keeping_commit_records(existing: &stream::Config, mut wanted: stream::Config) -> stream::Config {
+    let prefix = format!("{}.", crate::store::COMMIT_RECORD_PREFIX);
+    for subject in &existing.subjects {
+        if subject.starts_with(&prefix) && !wanted.subjects.contains(subject) {
+            wanted.subjects.push(subject.clone());
+        }
+    }
+    wanted.allow_atomic_publish |= existing.allow_atomic_publish;
+    wanted.allow_message_ttl |= existing.allow_message_ttl;
+    wanted
+}
+
 /// Whether `wanted` asks for anything `existing` lacks, in the fields
 /// eventhost sets. Zero means "the server's default" for the fields whose
 /// default the server stores as something else.
@@ -105,9 +123,8 @@ fn differs(existing: &stream::Config, wanted: &stream::Config) -> bool {
     merged.deny_delete = wanted.deny_delete;
     merged.allow_direct = wanted.allow_direct;
     merged.discard = wanted.discard;
-    // Neither is turned off once on (a TTL cannot be), only on.
-    merged.allow_atomic_publish |= wanted.allow_atomic_publish;
-    merged.allow_message_ttl |= wanted.allow_message_ttl;
+    merged.allow_atomic_publish = wanted.allow_atomic_publish;
+    merged.allow_message_ttl = wanted.allow_message_ttl;
     if wanted.description.is_some() {
         merged.description = wanted.description.clone();
     }
@@ -244,7 +261,27 @@ pub async fn ensure_buckets(
 
 #[cfg(test)]
 mod tests {
-    use super::Replication;
+    use super::{CommitRecords, Replication, keeping_commit_records};
+    use async_nats::jetstream::stream;
+
+    #[test]
+    fn declaring_without_commit_records_keeps_those_a_stream_has() {
+        let plain = || stream::Config {
+            name: "S".into(),
+            subjects: vec!["s.>".into()],
+            num_replicas: 1,
+            ..Default::default()
+        };
+        let shaped = CommitRecords::Beside.shape(plain());
+        let kept = keeping_commit_records(&shaped, CommitRecords::Elsewhere.shape(plain()));
+        assert_eq!(kept.subjects, shaped.subjects);
+        assert!(kept.allow_message_ttl && kept.allow_atomic_publish);
+        assert!(!super::differs(&shaped, &kept), "nothing to update");
+        let fresh = keeping_commit_records(&plain(), plain());
+        assert_eq!(fresh.subjects, vec!["s.>".to_string()]);
+        assert!(!fresh.allow_message_ttl);
+    }
+
     use crate::jetstream::server::Servers;
 
     #[test]

@@ -140,6 +140,13 @@ impl CommitPlan {
     pub fn marks_pending(&self) -> bool {
         !self.writes.is_empty()
     }
+
+    /// Whether the plan changes state: only such a plan gets an id
+    /// ([`crate::outcome::plan`]), and keeps it when what is left of it is
+    /// its outputs (a commit made in one batch, resumed from its record).
+    pub fn changed_state(&self) -> bool {
+        !self.id.is_empty()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -196,14 +203,28 @@ pub struct CommitRecords {
     consumer: String,
     /// How long a record is kept: the idempotency window.
     pub window: Duration,
+    /// Whether this runtime commits there in one batch. Records are looked
+    /// for on every takeover either way: another runtime of the fleet may
+    /// have left one.
+    pub batch_here: bool,
 }
 
 impl CommitRecords {
+    /// Records this runtime writes (and reads).
     pub fn new(stream: &str, consumer: &str, window: Duration) -> Self {
         CommitRecords {
             stream: stream.to_string(),
             consumer: consumer.to_string(),
             window,
+            batch_here: true,
+        }
+    }
+
+    /// Records this runtime only looks for, committing with records itself.
+    pub fn read_only(self) -> Self {
+        CommitRecords {
+            batch_here: false,
+            ..self
         }
     }
 
@@ -225,12 +246,17 @@ impl CommitRecords {
         Ok(found.and_then(|m| serde_json::from_slice(&m.payload).ok()))
     }
 
-    /// Whether every write of `plan` lands in this stream.
+    /// Whether `plan` is committed here in one batch: this runtime commits
+    /// in batches, every write lands in this stream, and the writes and the
+    /// record fit in one batch.
     pub fn holds(&self, plan: &CommitPlan) -> bool {
-        plan.writes.iter().all(|write| match write {
-            PlannedWrite::Key { bucket, .. } => kv::stream(bucket) == self.stream,
-            PlannedWrite::Event { stream, .. } => *stream == self.stream,
-        })
+        let fits = plan.writes.len() < crate::store::batch::MAX_MESSAGES;
+        self.batch_here
+            && fits
+            && plan.writes.iter().all(|write| match write {
+                PlannedWrite::Key { bucket, .. } => kv::stream(bucket) == self.stream,
+                PlannedWrite::Event { stream, .. } => *stream == self.stream,
+            })
     }
 }
 

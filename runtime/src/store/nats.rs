@@ -159,6 +159,9 @@ pub(super) fn classify_publish_error(err: context::PublishError, subject: &str) 
     }
 }
 
+/// Tries of a batch the server refuses for having too many open.
+const BATCH_TRIES: u64 = 5;
+
 /// A message of a batch, with its conditions as headers.
 fn batch_message(message: Publish) -> BatchMessage {
     let mut headers = message.headers;
@@ -208,9 +211,25 @@ impl Store for NatsStore {
         messages: Vec<Publish>,
     ) -> BoxFuture<'_, StoreResult<()>> {
         async move {
-            let messages = messages.into_iter().map(batch_message).collect();
+            let messages: Vec<_> = messages.into_iter().map(batch_message).collect();
             let client = self.js.client();
-            match batch::publish_atomic(&client, &batch_id, messages).await {
+            let mut tries = 1;
+            let committed = loop {
+                let committed = batch::publish_atomic(&client, &batch_id, messages.clone()).await;
+                match committed {
+                    // The server holds 50 open batches per stream: under
+                    // load, wait a moment for one to close.
+                    Err(err)
+                        if err.kind() == AtomicBatchErrorKind::TooManyInFlight
+                            && tries < BATCH_TRIES =>
+                    {
+                        tokio::time::sleep(std::time::Duration::from_millis(20 * tries)).await;
+                        tries += 1;
+                    }
+                    committed => break committed,
+                }
+            };
+            match committed {
                 Ok(_) => Ok(()),
                 Err(err) => match err.kind() {
                     // A duplicate id is a race too: a write of this batch

@@ -192,7 +192,7 @@ impl Committer<'_> {
             .map_err(store_error("publishing the outputs"))
             .map_err(CommitError::Unavailable)?;
         failpoint::hit("commit.published");
-        self.done(lease, version, plan.marks_pending()).await
+        self.done(lease, version, plan.changed_state()).await
     }
 
     /// Undoes whatever of `plan` is applied, then holds the event again so
@@ -220,14 +220,22 @@ impl Committer<'_> {
             .map_err(CommitError::Unavailable)
     }
 
-    async fn done(&self, lease: Lease, version: &str, pending: bool) -> Result<(), CommitError> {
-        // Without state writes the effects are all in: a failure here only
+    async fn done(
+        &self,
+        lease: Lease,
+        version: &str,
+        changed_state: bool,
+    ) -> Result<(), CommitError> {
+        // Without state changes the effects are all in: a failure here only
         // means a later copy of the event runs again and its outputs are
-        // deduplicated. With state writes, the input must not be acked: its
-        // writes stay pending (unreadable to other commits) until a later
-        // copy of the event finds `committing` and finishes the plan.
+        // deduplicated. With state changes, the input must not be acked: on
+        // the record protocol its writes stay pending (unreadable to other
+        // commits) until a later copy of the event finds `committing` and
+        // finishes the plan; after a batch, its record would stay claimed,
+        // and a copy arriving past the outputs' duplicate window would
+        // publish them again when it resumes.
         if let Err(err) = self.records.done(lease, version).await {
-            if pending {
+            if changed_state {
                 return Err(CommitError::Unavailable(err));
             }
             let err = anyhow::Error::from(err);
