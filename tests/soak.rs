@@ -224,6 +224,8 @@ struct Fleet {
     /// Saved logs, one per incarnation.
     logs: Vec<PathBuf>,
     outages: Vec<Outage>,
+    /// Server (or node) restarts so far.
+    restarts: usize,
     log_dir: PathBuf,
 }
 
@@ -253,6 +255,7 @@ impl Fleet {
             started: [1, 1],
             logs: Vec::new(),
             outages: Vec::new(),
+            restarts: 0,
             log_dir,
         }
     }
@@ -292,7 +295,8 @@ impl Fleet {
                 cluster.wait_current(&js, &streams).await;
             }
         }
-        eprintln!("nats-server restarted ({} so far)", self.outages.len() + 1);
+        self.restarts += 1;
+        eprintln!("nats-server restarted ({} so far)", self.restarts);
     }
 
     fn save_log(&mut self, which: usize, log: &str) {
