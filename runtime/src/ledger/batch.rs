@@ -34,7 +34,7 @@ use super::record::{COMMIT_HEADER, CommitPlan, CommitRecords, PlannedWrite};
 use super::{LedgerError, store_error};
 use crate::failpoint;
 use crate::failure::{Conflict, Failure, FailureKind};
-use crate::store::{Publish, StoreError, kv};
+use crate::store::{Publish, StoreError};
 
 impl Committer<'_> {
     /// Commits `plan` in one atomic batch beside its state (`records`),
@@ -114,25 +114,15 @@ fn batch(
     let mut subjects: Vec<String> = Vec::new();
     let mut messages = Vec::with_capacity(plan.writes.len() + 1);
     for write in &plan.writes {
-        let (mut publish, expected) = match write {
-            PlannedWrite::Key {
-                bucket,
-                key,
-                value,
-                expected,
-                ..
-            } => (kv::write(bucket, key, value.clone()), *expected),
-            PlannedWrite::Event {
-                expected, message, ..
-            } => {
-                // Within one batch no id is needed to recognise a repeat,
-                // and one stored by an earlier commit of the event (past its
-                // window) would refuse the batch as a duplicate every time.
-                let publish = Publish {
-                    msg_id: None,
-                    ..Publish::from(message.clone())
-                };
-                (publish, expected.unwrap_or(0))
+        let mut publish = write.publish();
+        let expected = match write {
+            PlannedWrite::Key { expected, .. } => *expected,
+            // Within one batch no id is needed to recognise a repeat, and
+            // one stored by an earlier commit of the event (past its
+            // window) would refuse the batch as a duplicate every time.
+            PlannedWrite::Event { expected, .. } => {
+                publish.msg_id = None;
+                expected.unwrap_or(0)
             }
         };
         // The server checks each expectation against the stream before
@@ -178,7 +168,7 @@ mod tests {
     use super::*;
     use crate::ledger::processed::{Claim, Interrupted, ProcessedEvents, bucket_name};
     use crate::ledger::record::{PENDING_HEADER, PlannedMessage, PriorValue, Record};
-    use crate::store::{MemoryStore, Store};
+    use crate::store::{MemoryStore, Store, kv};
 
     const LEASE: Duration = Duration::from_millis(20);
 

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use crate::failure::{DeadLetterReason, FailureKind};
 
-use crate::store::{COMMIT_RECORD_PREFIX, Store, StoreError, StoreResult, kv};
+use crate::store::{COMMIT_RECORD_PREFIX, Publish, Store, StoreError, StoreResult, kv};
 
 /// On every message a commit writes: the commit's id.
 pub const COMMIT_HEADER: &str = "Eventhost-Commit";
@@ -171,6 +171,18 @@ pub enum PlannedWrite {
         expected: Option<u64>,
         message: PlannedMessage,
     },
+}
+
+impl PlannedWrite {
+    /// The write as a message, before any condition or id is added.
+    pub fn publish(&self) -> Publish {
+        match self {
+            PlannedWrite::Key {
+                bucket, key, value, ..
+            } => kv::write(bucket, key, value.clone()),
+            PlannedWrite::Event { message, .. } => Publish::from(message.clone()),
+        }
+    }
 }
 
 /// A key's value before the commit, as it was read.

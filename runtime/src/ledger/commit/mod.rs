@@ -279,20 +279,14 @@ impl Committer<'_> {
         write: &PlannedWrite,
         chain: &[(String, u64)],
     ) -> (Publish, u64) {
-        let (mut publish, expected) = match write {
-            PlannedWrite::Key {
-                bucket,
-                key,
-                value,
-                expected,
-                ..
-            } => (kv::write(bucket, key, value.clone()), *expected),
+        let mut publish = write.publish();
+        let expected = match write {
+            PlannedWrite::Key { expected, .. } => *expected,
             PlannedWrite::Event {
                 expected, message, ..
             } => {
                 let previous = chain.iter().find(|(s, _)| *s == message.subject);
-                let expected = expected.or(previous.map(|(_, seq)| *seq)).unwrap_or(0);
-                (Publish::from(message.clone()), expected)
+                expected.or(previous.map(|(_, seq)| *seq)).unwrap_or(0)
             }
         };
         publish.msg_id = Some(write_id(plan, index));
