@@ -15,8 +15,8 @@ use serde::Serialize;
 use crate::baseline::Guarantees;
 use crate::load::{self, Measurement};
 use crate::native::Workload;
-use crate::processes::NatsServer;
-use crate::{Bench, Settings, fleet, median, warm_then_saturate};
+use crate::processes::{NatsServer, Process};
+use crate::{Bench, Settings, fleet, median, warm_then_fix, warm_then_saturate};
 
 #[derive(Debug, Serialize)]
 pub struct ProtocolRun {
@@ -25,6 +25,9 @@ pub struct ProtocolRun {
     /// The median round.
     pub saturation: Measurement,
     pub rounds: Vec<f64>,
+    /// Latency under an open-loop load at half of today's saturation, if
+    /// measured.
+    pub half_load: Option<Measurement>,
 }
 
 /// Each workload's protocols; the first is the plain consumer they are
@@ -75,6 +78,7 @@ pub async fn run(
                 protocol: protocol.arg(),
                 rounds: rounds.iter().map(|m| m.throughput).collect(),
                 saturation: median(rounds),
+                half_load: None,
             });
         }
     }
@@ -101,13 +105,7 @@ async fn runtime_with_and_without_claims(
                 settings.rounds
             );
             load::reset(js).await?;
-            let plugins = bench.plugins(&[(workload, "relay", 16)])?;
-            if *claim {
-                let manifest = plugins.join("relay.toml");
-                let text = std::fs::read_to_string(&manifest)?;
-                std::fs::write(&manifest, format!("{text}\n[idempotency]\nclaim = true\n"))?;
-            }
-            let runtime = bench.start(&plugins, 1)?;
+            let runtime = runtime_claiming(bench, (workload, "relay"), *claim)?;
             let events = settings.events;
             rounds[i].push(warm_then_saturate(js, workload, events, &runtime, nats).await?);
         }
@@ -120,8 +118,25 @@ async fn runtime_with_and_without_claims(
             protocol: name,
             rounds: rounds.iter().map(|m| m.throughput).collect(),
             saturation: median(rounds),
+            half_load: None,
         })
         .collect())
+}
+
+/// Starts the runtime with handler `name`, made to claim every event
+/// (`[idempotency] claim = true`, as it ran before issue 24) if `claim`.
+fn runtime_claiming(
+    bench: &Bench,
+    (workload, name): (Workload, &str),
+    claim: bool,
+) -> Result<Vec<Process>> {
+    let plugins = bench.plugins(&[(workload, name, 16)])?;
+    if claim {
+        let manifest = plugins.join(format!("{name}.toml"));
+        let text = std::fs::read_to_string(&manifest)?;
+        std::fs::write(&manifest, format!("{text}\n[idempotency]\nclaim = true\n"))?;
+    }
+    bench.start(&plugins, 1)
 }
 
 /// Events per saturation run of `protocol`: an atomic batch on a
@@ -136,10 +151,13 @@ fn events_for(protocol: Guarantees, events: usize) -> usize {
 
 /// The state protocols again on a three-node cluster (R3 streams), where a
 /// batch is staged in memory rather than in a file store of its own, and
-/// the runtime's counter with its commit in one batch (the default there),
-/// with the record protocol (`atomic_commits = false`), and in one batch
-/// without the trail of outcomes (`[story] enabled = false`), in
+/// the runtime's counter with its commit in one batch (the default there:
+/// unclaimed), with the record protocol (`atomic_commits = false`), in one
+/// batch without the trail of outcomes (`[story] enabled = false`), and in
+/// one batch claiming every event (as before issue 24's item 2), in
 /// alternating rounds. The CPU per event is the three servers' together.
+/// Then the runtime's protocols run at half the record protocol's
+/// saturation, an open-loop load, for their latency.
 pub async fn on_cluster(settings: &Settings, work: &Path) -> Result<Vec<ProtocolRun>> {
     let (cluster, js, bench) = fleet::cluster(work).await?;
     let records = work.join("records.toml");
@@ -156,12 +174,14 @@ pub async fn on_cluster(settings: &Settings, work: &Path) -> Result<Vec<Protocol
         ..bench.clone()
     };
     let workload = Workload::State;
-    let variants: [(&str, Option<Guarantees>, &Bench); 5] = [
-        ("at-least-once", Some(Guarantees::AtLeastOnce), &bench),
-        ("one-batch", Some(Guarantees::OneBatch), &bench),
-        ("runtime, one batch", None, &bench),
-        ("runtime, records", None, &with_records),
-        ("runtime, one batch, no trail", None, &without_trail),
+    // Native consumers, then the runtime: whether it claims each event.
+    let variants: [(&str, Result<Guarantees, bool>, &Bench); 6] = [
+        ("at-least-once", Ok(Guarantees::AtLeastOnce), &bench),
+        ("one-batch", Ok(Guarantees::OneBatch), &bench),
+        ("runtime, one batch", Err(false), &bench),
+        ("runtime, records", Err(false), &with_records),
+        ("runtime, one batch, no trail", Err(false), &without_trail),
+        ("runtime, one batch, claims", Err(true), &bench),
     ];
     let mut rounds: Vec<Vec<Measurement>> = vec![Vec::new(); variants.len()];
     for round in 1..=settings.rounds {
@@ -169,8 +189,8 @@ pub async fn on_cluster(settings: &Settings, work: &Path) -> Result<Vec<Protocol
             eprintln!("== protocols: counter {name} on a cluster, round {round}");
             fleet::reset_when_ready(&js).await?;
             let running = match native {
-                Some(protocol) => vec![system.baseline(workload, 16, *protocol)?],
-                None => system.runtime(&[(workload, "counter", 16)], 1)?,
+                Ok(protocol) => vec![system.baseline(workload, 16, *protocol)?],
+                Err(claim) => runtime_claiming(system, (workload, "counter"), *claim)?,
             };
             load::saturation(&js, workload, 200).await?;
             let before = cluster.cpu_time()?;
@@ -183,14 +203,27 @@ pub async fn on_cluster(settings: &Settings, work: &Path) -> Result<Vec<Protocol
             rounds[i].push(measured);
         }
     }
-    Ok(variants
-        .iter()
-        .zip(rounds)
+    let mut runs: Vec<ProtocolRun> = (variants.iter().zip(rounds))
         .map(|((name, _, _), rounds)| ProtocolRun {
             workload: "counter, R3",
             protocol: name,
             rounds: rounds.iter().map(|m| m.throughput).collect(),
             saturation: median(rounds),
+            half_load: None,
         })
-        .collect())
+        .collect();
+    // Latency at the same offered rate for the runtime's protocols: half
+    // of what the record protocol (today's) saturates at.
+    let rate = runs[3].saturation.throughput / 2.0;
+    for i in [2, 3, 5] {
+        let (name, Err(claim), system) = variants[i] else {
+            continue;
+        };
+        eprintln!("== protocols: counter {name} on a cluster, {rate:.0}/s");
+        fleet::reset_when_ready(&js).await?;
+        let running = runtime_claiming(system, (workload, "counter"), claim)?;
+        runs[i].half_load = Some(warm_then_fix(&js, workload, rate, settings.fixed).await?);
+        drop(running);
+    }
+    Ok(runs)
 }

@@ -397,6 +397,12 @@ impl Report {
                 cpu_ratio(s, plain, 1),
                 joined(&run.rounds)
             );
+            if let Some(half) = &run.half_load {
+                let offered = half.offered.unwrap_or_default();
+                let (p50, p99) = (half.p50_ms, half.p99_ms);
+                let line = format!("at {offered:.0}/s offered: p50 {p50:.1} ms, p99 {p99:.1} ms");
+                let _ = writeln!(t, "  {:<29} {line}", "");
+            }
         }
     }
 
