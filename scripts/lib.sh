@@ -3,7 +3,14 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
-step() { printf '\n\033[1m==> %s\033[0m\n' "$*" >&2; }
+# Each step says when it began, counted from the first script of this run
+# (exported, so that scripts run by scripts share the clock): a CI log then
+# shows where its minutes go.
+export EVENTHOST_CLOCK_START="${EVENTHOST_CLOCK_START:-$(date +%s)}"
+step() {
+  local t=$(($(date +%s) - EVENTHOST_CLOCK_START))
+  printf '\n\033[1m==> [%d:%02d] %s\033[0m\n' $((t / 60)) $((t % 60)) "$*" >&2
+}
 
 # Installs what the project needs and the machine may lack: the wasm32-wasip2
 # Rust target, the pinned nats-server and the AsyncAPI validator. Idempotent
