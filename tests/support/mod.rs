@@ -237,11 +237,6 @@ impl Plugins {
 
 // ---------------------------------------------------------------- runtime
 
-/// What the runtime logs for an unclaimed run that lost to a copy of its
-/// event in flight at the same moment.
-pub const DISCARDED_RUN: &str = "a copy of this event in flight at the same moment recorded its \
-                                 run first; this run is discarded";
-
 /// Streams and buckets every test declares: the checkout flow's, the chaos
 /// handler's, and the state examples'.
 pub const TEST_STREAMS: &str = r#"

@@ -172,7 +172,6 @@ impl Dispatcher {
         let lease = source::claim_lease(&manifest.limits);
         let with = (&manifest, atomic_commits);
         let records = commit_records(&*store, &spec.capabilities, &consumer, with).await;
-        let batched = records.as_ref().is_some_and(|records| records.batch_here);
         let processed =
             ProcessedEvents::new(store.clone(), &consumer, lease).with_commit_records(records);
         let metrics = metrics.for_handler(&spec.name, &spec.version, &spec.capabilities);
@@ -180,7 +179,7 @@ impl Dispatcher {
         // headers take a little of the server's limit.
         let max_record = js.client().server_info().max_payload.saturating_sub(4096);
         let claims =
-            !unclaimed_runs || manifest.idempotency.claim || spec.capabilities.need_claim(batched);
+            !unclaimed_runs || manifest.idempotency.claim || spec.capabilities.need_claim();
         let attempts = Attempts {
             claims,
             component,

@@ -1,15 +1,14 @@
 //! A run without a claim, for handlers whose every effect can be discarded
-//! (emitted events; state committed in one atomic batch): the protocol and
-//! its promise are the ledger's ([`crate::ledger::commit`],
-//! [`crate::ledger::batch`]).
+//! (emitted events only): the protocol and its promise are the ledger's
+//! ([`crate::ledger::commit`]).
 //!
 //! Only an event's first delivery with no record yet runs unclaimed. Every
 //! other case takes the claim as before: a redelivery (its first run may
 //! have been cut off half way), a failed run (so that the failure is
 //! recorded, attempts are counted and dead letters are written as always),
-//! a record of any kind, a race lost at the commit. The common case costs
-//! one read and one record write, against a claim and a `done` write; the
-//! rare ones keep the protocol they had.
+//! a record of any kind. The common case costs one read and one record
+//! write, against a claim and a `done` write; the rare ones keep the
+//! protocol they had.
 
 use std::time::Instant;
 
@@ -71,27 +70,14 @@ impl Attempts {
                     );
                     return Some(Settlement::Ack);
                 }
-                Ok((UnclaimedRun::Lost(lost), _)) => {
-                    // Nothing of it is stored: the claim runs it again,
-                    // with fresh state and the conflict policy.
-                    self.metrics.conflict(&self.store_label(&lost.store)).inc();
-                    tracing::debug!(conflict = %lost.what, "lost a race; running again under a claim");
-                    return None;
-                }
-                Ok((UnclaimedRun::Unfinished(err), _)) => {
-                    tracing::warn!(
-                        error = chain(&err),
-                        "the commit is unfinished; its next copy finishes it"
-                    );
-                    return Some(Settlement::host_trouble());
-                }
                 Err(failure) => failure,
             },
             Err(Stop::Failed(failure)) => failure,
-            // It read state a commit still under way wrote, or the store
-            // did not answer: it has no effects, and the claim runs it again
-            // with the policy for either.
-            Err(Stop::Interrupted(_)) => return None,
+            Err(Stop::Interrupted(_)) => {
+                // Only capabilities that need a claim interrupt a run.
+                let why = "a run without a claim was interrupted for state it cannot have";
+                Failure::new(FailureKind::Output, why)
+            }
         };
         // A failed run is recorded under a claim, as every attempt is.
         Some(match self.claim(delivery, input).await {
@@ -123,7 +109,7 @@ impl Attempts {
         self.metrics
             .commit_duration
             .observe(started.elapsed().as_secs_f64());
-        if matches!(run, Ok(UnclaimedRun::Counted)) {
+        if run == Ok(UnclaimedRun::Counted) {
             self.count_commit(&written);
         }
         Ok((run?, written.emitted))

@@ -28,33 +28,13 @@
 //! BENCHMARKS.md, "One decisive write per event?"); there the record
 //! protocol of [`super::commit`] is many times cheaper.
 
-use super::commit::{CommitError, Committer, UnclaimedRun};
+use super::commit::{CommitError, Committer};
 use super::processed::Lease;
 use super::record::{COMMIT_HEADER, CommitPlan, CommitRecords, PlannedWrite};
 use super::{LedgerError, store_error};
 use crate::failpoint;
 use crate::failure::{Conflict, Failure, FailureKind};
-use crate::store::{Publish, StoreError, publish_all};
-
-/// What the one request of a batch decided.
-pub(super) enum Decision {
-    /// The batch is stored: the commit happened.
-    Committed,
-    /// A state write's expectation failed: nothing is stored; run again.
-    Lost(Conflict),
-    /// The event's commit record already exists: another run of the event
-    /// committed, and this one is discarded whole.
-    CommittedByAnother,
-}
-
-/// Why a batch decided nothing.
-pub(super) enum Undecided {
-    /// The plan cannot be committed (too large, say): the attempt failed.
-    Refused(Failure),
-    /// JetStream failed: whether the batch is stored is unknown until the
-    /// commit record is looked for again.
-    Unavailable(LedgerError),
-}
+use crate::store::{Publish, StoreError};
 
 impl Committer<'_> {
     /// Commits `plan` in one atomic batch beside its state (`records`),
@@ -66,63 +46,10 @@ impl Committer<'_> {
         plan: CommitPlan,
         version: &str,
     ) -> Result<(), CommitError> {
-        match self.decide(records, lease.key(), &plan).await {
-            Ok(Decision::Committed) => self.finish(lease, &plan.without_writes(), version).await,
-            Ok(Decision::Lost(lost)) => Err(CommitError::Conflict { lease, lost }),
-            // This holder's lease is gone: the other holder finishes.
-            Ok(Decision::CommittedByAnother) => {
-                Err(CommitError::Unavailable(LedgerError::LeaseLost))
-            }
-            Err(Undecided::Refused(failure)) => Err(CommitError::Refused { lease, failure }),
-            Err(Undecided::Unavailable(err)) => Err(CommitError::Unavailable(err)),
-        }
-    }
-
-    /// Commits a run made without a claim in one atomic batch: the batch
-    /// decides whether it counts (a copy of the event that committed first
-    /// left its commit record, which refuses this batch whole), then its
-    /// outputs are published and its record created `done`.
-    pub(super) async fn commit_unclaimed_batch(
-        &self,
-        records: &CommitRecords,
-        record_key: &str,
-        plan: CommitPlan,
-        version: &str,
-    ) -> Result<UnclaimedRun, Failure> {
-        match self.decide(records, record_key, &plan).await {
-            Ok(Decision::Committed) => {}
-            Ok(Decision::Lost(lost)) => return Ok(UnclaimedRun::Lost(lost)),
-            Ok(Decision::CommittedByAnother) => return Ok(UnclaimedRun::Discarded),
-            Err(Undecided::Refused(failure)) => return Err(failure),
-            Err(Undecided::Unavailable(err)) => return Ok(UnclaimedRun::Unfinished(err)),
-        }
-        let outputs = plan.outputs.into_iter().map(Publish::from);
-        if let Err(err) = publish_all(self.store, outputs).await {
-            let err = store_error("publishing the outputs")(err);
-            return Ok(UnclaimedRun::Unfinished(err));
-        }
-        failpoint::hit("commit.published");
-        // Recorded before the input's ack: a copy of the event arriving
-        // later would otherwise finish the commit again from its record,
-        // maybe past the outputs' duplicate window. A record made first
-        // belongs to a copy that claimed the event after this batch: it
-        // finds the commit record and finishes this same commit.
-        if let Err(err) = self.records.record_unclaimed_run(record_key, version).await {
-            return Ok(UnclaimedRun::Unfinished(err));
-        }
-        failpoint::hit("commit.done");
-        Ok(UnclaimedRun::Counted)
-    }
-
-    /// Sends the batch committing `plan` for the event of `record_key`: the
-    /// one request that decides whether this run counts.
-    pub(super) async fn decide(
-        &self,
-        records: &CommitRecords,
-        record_key: &str,
-        plan: &CommitPlan,
-    ) -> Result<Decision, Undecided> {
-        let batch = batch(records, record_key, plan).map_err(Undecided::Refused)?;
+        let batch = match batch(records, lease.key(), &plan) {
+            Ok(batch) => batch,
+            Err(failure) => return Err(CommitError::Refused { lease, failure }),
+        };
         if let Some(size) = batch.iter().map(|m| m.payload.len()).max()
             && size > self.max_record
         {
@@ -132,47 +59,48 @@ impl Committer<'_> {
                 self.max_record
             );
             let failure = Failure::new(FailureKind::LimitExceeded, why);
-            return Err(Undecided::Refused(failure));
+            return Err(CommitError::Refused { lease, failure });
         }
         failpoint::hit("batch.before");
         match self.store.publish_atomic(plan.id.clone(), batch).await {
             Ok(()) => {}
             Err(StoreError::WrongLastSequence) => {
-                return self.refused(records, record_key, plan).await;
+                return Err(self.refused(records, lease, &plan).await);
             }
             Err(err) => {
                 let err = store_error("committing the atomic batch")(err);
-                return Err(Undecided::Unavailable(err));
+                return Err(CommitError::Unavailable(err));
             }
         }
         failpoint::hit("batch.committed");
-        Ok(Decision::Committed)
+        self.finish(lease, &plan.without_writes(), version).await
     }
 
     /// The batch was refused: a race lost (nothing of it is stored; run
-    /// again), or the commit record exists (another run committed this
-    /// event).
+    /// again), or the commit record exists (another holder committed this
+    /// event: this one's lease is gone).
     async fn refused(
         &self,
         records: &CommitRecords,
-        record_key: &str,
+        lease: Lease,
         plan: &CommitPlan,
-    ) -> Result<Decision, Undecided> {
+    ) -> CommitError {
         // The store as the handler's metrics name it: the bucket, or the
         // event-store stream.
         let (store, what) = match &plan.writes[..] {
             [PlannedWrite::Key { bucket, .. }, ..] => (bucket, "a key of bucket"),
             _ => (&records.stream, "a subject of stream"),
         };
-        match records.find(self.store, record_key).await {
-            Ok(Some(_)) => Ok(Decision::CommittedByAnother),
-            Ok(None) => Ok(Decision::Lost(Conflict {
-                store: store.clone(),
-                what: format!("{what} {store:?} changed since it was read"),
-            })),
-            Err(err) => Err(Undecided::Unavailable(store_error(
-                "reading the commit record",
-            )(err))),
+        match records.find(self.store, lease.key()).await {
+            Ok(Some(_)) => CommitError::Unavailable(LedgerError::LeaseLost),
+            Ok(None) => CommitError::Conflict {
+                lease,
+                lost: Conflict {
+                    store: store.clone(),
+                    what: format!("{what} {store:?} changed since it was read"),
+                },
+            },
+            Err(err) => CommitError::Unavailable(store_error("reading the commit record")(err)),
         }
     }
 }
@@ -267,7 +195,7 @@ mod tests {
         }
     }
 
-    fn plan(record_key: &str, key: &str, expected: u64) -> CommitPlan {
+    fn plan(lease: &Lease, key: &str, expected: u64) -> CommitPlan {
         let output = PlannedMessage {
             subject: "out.a".into(),
             headers: Default::default(),
@@ -275,7 +203,7 @@ mod tests {
             payload: Bytes::from_static(b"o1"),
         };
         CommitPlan {
-            id: super::super::commit::new_commit_id(record_key),
+            id: super::super::commit::new_commit_id(lease.key()),
             writes: vec![PlannedWrite::Key {
                 bucket: "state".into(),
                 key: key.into(),
@@ -306,7 +234,7 @@ mod tests {
         let (store, processed) = world();
         let lease = lease(&processed).await;
         let key = lease.key().to_string();
-        let plan = plan(lease.key(), "a", 0);
+        let plan = plan(&lease, "a", 0);
         let writes = store.writes();
         let committer = committer(&store, &processed);
         committer.commit(lease, plan, "v1").await.unwrap();
@@ -331,7 +259,7 @@ mod tests {
         let (store, processed) = world();
         let lease = lease(&processed).await;
         let key = lease.key().to_string();
-        let plan = plan(lease.key(), "a", 0);
+        let plan = plan(&lease, "a", 0);
         let other = kv::write("state", "a", Some(Bytes::from_static(b"9")));
         store.publish(other).await.unwrap();
         let result = committer(&store, &processed)
@@ -352,7 +280,7 @@ mod tests {
     async fn a_holder_dead_after_the_batch_leaves_its_successor_the_outputs_to_finish() {
         let (store, processed) = world();
         let lease = lease(&processed).await;
-        let plan = plan(lease.key(), "a", 0);
+        let plan = plan(&lease, "a", 0);
         store.cut_after(1); // the batch lands; the runtime dies
         let result = committer(&store, &processed)
             .commit(lease, plan, "v1")
@@ -373,62 +301,6 @@ mod tests {
             .finish(lease, &found, "v1")
             .await
             .unwrap();
-        assert_eq!(store.messages("OUT").len(), 1);
-        assert!(matches!(record(&store).await, Record::Done { .. }));
-        let entry = kv::entry(&*store, "state", "a").await.unwrap();
-        assert_eq!(entry.value.as_deref(), Some(&b"2"[..]));
-    }
-
-    #[tokio::test]
-    async fn an_unclaimed_run_commits_in_one_batch_and_a_copy_committing_second_is_discarded() {
-        let (store, processed) = world();
-        let key = ProcessedEvents::key(&event());
-        let committer = committer(&store, &processed);
-        let writes = store.writes();
-        let first = committer.commit_unclaimed(&key, plan(&key, "a", 0), "v1");
-        assert!(matches!(first.await, Ok(UnclaimedRun::Counted)));
-        // The batch, the output, the record created `done`: no claim.
-        assert_eq!(store.writes() - writes, 3);
-        assert!(matches!(record(&store).await, Record::Done { .. }));
-        // A copy that read the same state: its batch is refused whole.
-        let copy = committer.commit_unclaimed(&key, plan(&key, "a", 0), "v1");
-        assert!(matches!(copy.await, Ok(UnclaimedRun::Discarded)));
-        assert_eq!(store.messages("OUT").len(), 1);
-        assert_eq!(store.messages("KV_state").len(), 2, "one write, one record");
-    }
-
-    #[tokio::test]
-    async fn an_unclaimed_run_that_lost_a_race_stores_nothing() {
-        let (store, processed) = world();
-        let key = ProcessedEvents::key(&event());
-        let other = kv::write("state", "a", Some(Bytes::from_static(b"9")));
-        store.publish(other).await.unwrap();
-        let committer = committer(&store, &processed);
-        let run = committer.commit_unclaimed(&key, plan(&key, "a", 0), "v1");
-        assert!(matches!(run.await, Ok(UnclaimedRun::Lost(_))));
-        let entry = kv::entry(&*store, "state", "a").await.unwrap();
-        assert_eq!(entry.value.as_deref(), Some(&b"9"[..]));
-        assert!(store.messages("OUT").is_empty());
-        assert!(!processed.has_record(&key).await.unwrap());
-    }
-
-    #[tokio::test]
-    async fn an_unclaimed_run_cut_off_after_its_batch_is_finished_by_the_next_claim() {
-        let (store, processed) = world();
-        let key = ProcessedEvents::key(&event());
-        store.cut_after(1); // the batch lands; the runtime dies
-        let committer = committer(&store, &processed);
-        let run = committer.commit_unclaimed(&key, plan(&key, "a", 0), "v1");
-        assert!(matches!(run.await, Ok(UnclaimedRun::Unfinished(_))));
-        store.reconnect();
-        assert!(!processed.has_record(&key).await.unwrap(), "no record yet");
-        let Claim::Resume(lease, Interrupted::Committing(found)) =
-            processed.claim(&event()).await.unwrap()
-        else {
-            panic!("the next claim did not find the commit")
-        };
-        assert!(found.writes.is_empty(), "only outputs are left");
-        committer.finish(lease, &found, "v1").await.unwrap();
         assert_eq!(store.messages("OUT").len(), 1);
         assert!(matches!(record(&store).await, Record::Done { .. }));
         let entry = kv::entry(&*store, "state", "a").await.unwrap();

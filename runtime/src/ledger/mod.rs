@@ -25,14 +25,12 @@
 //! ```
 //!
 //! The top edge is a run without a claim (see [`commit`]): a handler that
-//! only emits, or whose state commits in one atomic batch, on its event's
-//! first delivery. Its record is written once, already `done`; a copy that
-//! finds the record (or the commit record) made first is discarded. The
-//! second edge is a claimed commit in one atomic batch (see [`batch`]):
-//! its decision is a commit record beside the state, not a record state.
-//! A claim that finds a commit record, creating the record or taking over
-//! a `claimed` one, resumes as from `committing` with nothing left to
-//! write.
+//! only emits, on its event's first delivery. Its record is written once,
+//! already `done`; a copy that finds the record made first is discarded.
+//! The second is a commit in one atomic batch (see [`batch`]): its
+//! decision is a commit record beside the state, not a record state, and
+//! a holder that takes over a `claimed` record finds it there and resumes
+//! as from `committing` with nothing left to write.
 //!
 //! Giving up is recorded (`gave_up`, still claimed) before the dead letter
 //! is stored, and the letter is named after that decision: a holder killed

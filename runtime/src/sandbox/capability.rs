@@ -27,35 +27,6 @@ use super::{Effects, Interruption, Written};
 use crate::event::trace::TraceContext;
 use crate::failure::Failure;
 
-/// Whether a capability's effects need the event claimed before it runs.
-///
-/// A run without a claim may run beside a copy of its event (two copies in
-/// flight at the same moment). That is harmless only while every effect of
-/// the run that loses can be discarded at its commit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ClaimNeed {
-    /// Its effects are emitted events, deduplicated by their ids.
-    Never,
-    /// Its effects are state. A commit in one atomic batch discards the
-    /// loser's whole (its commit record already exists); the record
-    /// protocol applies writes one by one, under the claim's lease.
-    UnlessCommittedInOneBatch,
-    /// Its effects leave NATS (HTTP calls): nothing can take them back.
-    Always,
-}
-
-impl ClaimNeed {
-    /// Whether a handler with this need claims, its commits being made in
-    /// one atomic batch (`batched`) or not.
-    pub fn claims(self, batched: bool) -> bool {
-        match self {
-            ClaimNeed::Never => false,
-            ClaimNeed::UnlessCommittedInOneBatch => !batched,
-            ClaimNeed::Always => true,
-        }
-    }
-}
-
 /// A host capability.
 pub trait Capability: Sized + 'static {
     /// What a handler was granted, resolved at load.
@@ -69,8 +40,12 @@ pub trait Capability: Sized + 'static {
     /// The start of every import name it serves (`wasi:keyvalue/`).
     const IMPORTS: &'static [&'static str];
     /// Whether a handler granted it must claim each event before running
-    /// it ([`ClaimNeed`]).
-    const CLAIM: ClaimNeed = ClaimNeed::Never;
+    /// it. A run without a claim may run beside a copy of its event, which
+    /// is harmless only while every effect can be discarded at the commit
+    /// (emitted events: deduplicated by id). Effects that leave NATS (HTTP
+    /// calls) cannot be; state changes could be, but their commit takes
+    /// the claim's lease (also when it is one atomic batch).
+    const NEEDS_CLAIM: bool = false;
 
     /// A fresh state for one invocation (`grant`: `None` if not granted).
     fn state(grant: Option<&Arc<Self::Grant>>, invocation: &InvocationContext<'_>) -> Self::State;

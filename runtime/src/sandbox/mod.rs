@@ -60,7 +60,7 @@ use wasmtime::component::Component;
 use crate::failure::{Conflict, Failure};
 use crate::ledger::record::PlannedWrite;
 pub use cache::{CacheUse, CompiledCache};
-pub use capability::{Capability, ClaimNeed};
+pub use capability::Capability;
 use engine::EngineSet;
 pub use instance::{HandlerComponent, ReusedInstance};
 pub use state::{Capabilities, CapabilityMetrics, CapabilitySeries, Usage};

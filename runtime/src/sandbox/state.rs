@@ -139,10 +139,9 @@ macro_rules! capabilities {
             }
 
             /// Whether a granted capability needs each event claimed
-            /// before it runs ([`Capability::CLAIM`]), where the handler's
-            /// commits are made in one atomic batch (`batched`) or not.
-            pub fn need_claim(&self, batched: bool) -> bool {
-                false $(|| (<$capability>::CLAIM.claims(batched) && self.$field.is_some()))*
+            /// before it runs ([`Capability::NEEDS_CLAIM`]).
+            pub fn need_claim(&self) -> bool {
+                false $(|| (<$capability>::NEEDS_CLAIM && self.$field.is_some()))*
             }
 
             /// Every store the grants name, by label.

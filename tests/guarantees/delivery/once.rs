@@ -104,7 +104,7 @@ async fn copies_in_flight_at_once_run_unclaimed_and_only_one_run_counts() {
             "claim = {claim}: one run counts"
         );
         assert_eq!(runtime.outcomes("duplicate").len(), 5, "claim = {claim}");
-        let discarded = runtime.logs_with_message(DISCARDED_RUN).len();
+        let discarded = runtime.logs_with_message(DISCARDED).len();
         if claim || !runs_unclaimed(&js) {
             assert_eq!(
                 discarded, 0,
@@ -167,6 +167,10 @@ async fn an_unclaimed_run_cut_off_costs_at_most_one_more_run() {
     let runs = successful_runs(&[&third], "chaos");
     assert!(runs.is_empty(), "poison ran a third time: {runs:?}");
 }
+
+/// What the runtime logs for an unclaimed run that lost to a copy.
+const DISCARDED: &str = "a copy of this event in flight at the same moment recorded its run \
+                         first; this run is discarded";
 
 const STREAM_EVENTS: usize = 3000;
 

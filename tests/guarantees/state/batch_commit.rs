@@ -6,27 +6,19 @@ use std::time::Duration;
 
 use crate::support::cluster::NatsCluster;
 use crate::support::*;
-use async_nats::jetstream;
 use serde_json::json;
 
 const EVENTS: usize = 40;
 const KEYS: usize = 4;
 
-/// The counter on a runtime keeping three replicas of a three-node
-/// cluster: every commit of it is one batch.
-async fn counter_on_a_cluster() -> (NatsCluster, jetstream::Context, Plugins, Runtime) {
+#[tokio::test(flavor = "multi_thread")]
+async fn on_a_replicated_bucket_each_event_commits_in_one_batch_with_its_record_beside_the_state() {
     let cluster = NatsCluster::start(3).await;
     let js = cluster.jetstream().await;
     let plugins = Plugins::new();
     plugins.install_example("counter");
     let config = format!("replicas = 3\n{TEST_STREAMS}");
     let runtime = Runtime::start_configured(&cluster.url(), &plugins, 1, &config, &[]);
-    (cluster, js, plugins, runtime)
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn on_a_replicated_bucket_each_event_commits_in_one_batch_with_its_record_beside_the_state() {
-    let (_cluster, js, _plugins, runtime) = counter_on_a_cluster().await;
     // Ten events per key, each holding its read for 30 ms before writing:
     // commits race on each key.
     for i in 0..EVENTS {
@@ -93,42 +85,4 @@ async fn with_atomic_commits_off_a_replicated_bucket_keeps_the_record_protocol()
     let write = stored_messages(&js, "KV_counters", "$KV.counters.k").await;
     let pending = write[0].headers.get("Eventhost-Pending");
     assert!(pending.is_some(), "the record protocol marks its write");
-}
-
-/// The one case in which a state handler runs an event twice: copies of
-/// it in flight at the same moment, both run without a claim. The first
-/// batch stores the state and the commit record; the second batch finds
-/// that record and is refused whole, so the state counts the event once.
-#[tokio::test(flavor = "multi_thread")]
-async fn copies_of_one_event_in_flight_at_once_change_state_once_and_the_later_run_is_discarded() {
-    let (_cluster, js, _plugins, runtime) = counter_on_a_cluster().await;
-    // Six copies, each holding its read 300 ms: they overlap.
-    let data = json!({ "key": "k", "sleep_ms": 300 });
-    let event = TestEvent::new("twin", "com.example.count", data);
-    for _ in 0..6 {
-        publish(&js, "counter.in", event.structured()).await;
-    }
-    consumer_settled(&js, "COUNTER", "counter", Duration::from_secs(60)).await;
-
-    assert_eq!(bucket_json(&js, "counters").await["k"], 1, "counted once");
-    let outputs = stored_messages(&js, "COUNTER", "counter.updated").await;
-    assert_eq!(outputs.len(), 1, "one output");
-    // The bucket keeps one message per subject; its stream's sequence
-    // counts every message ever stored there: one write, one record.
-    let mut bucket = js.get_stream("KV_counters").await.unwrap();
-    let stored = bucket.info().await.unwrap().state.last_sequence;
-    assert_eq!(
-        stored, 2,
-        "one batch stored: the write and the commit record"
-    );
-    wait_until("every copy to be settled", Duration::from_secs(30), || {
-        runtime.outcomes("succeeded").len() + runtime.outcomes("duplicate").len() >= 6
-    });
-    assert_eq!(runtime.outcomes("succeeded").len(), 1, "one run counts");
-    assert_eq!(runtime.outcomes("duplicate").len(), 5);
-    // The copies overlapped, so some ran beside the counted run; their
-    // batches were refused (the state above is the proof).
-    let discarded = runtime.logs_with_message(DISCARDED_RUN).len();
-    assert!(discarded >= 1, "no copy ran beside another: not provoked");
-    println!("{discarded} runs discarded");
 }

@@ -32,12 +32,10 @@
 //! published and the record marked `done`, as before state existed.
 //!
 //! **A run without a claim** ([`Committer::commit_unclaimed`]) is for a
-//! handler whose every effect can be discarded (see
-//! [`crate::sandbox::ClaimNeed`]) on a server new enough for it. State
-//! goes in one atomic batch whose commit record decides which run counts
-//! ([`super::batch`]). With emitted events only, the outputs are
-//! published (deduplicated by their ids), then the event's record is
-//! *created* `done`, conditional on there being none.
+//! handler whose every effect can be discarded (emitted events only; see
+//! [`crate::sandbox::Capability::NEEDS_CLAIM`]) on a server new enough for
+//! it: its outputs are published (deduplicated by their ids), then the
+//! event's record is *created* `done`, conditional on there being none.
 //! That one write decides which run counts. Two copies of the event in
 //! flight at the same moment may both run; the one whose record write is
 //! refused is discarded (its outputs were deduplicated against the other's:
@@ -70,23 +68,15 @@ pub enum CommitError {
 }
 
 /// What became of a run made without a claim.
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UnclaimedRun {
     /// Its outputs are stored and its run recorded (or, if the record could
     /// not be written, its outputs are stored and a later copy will be
     /// deduplicated against them).
     Counted,
     /// A copy of the event in flight at the same moment recorded its run
-    /// (or committed its state) first: this run is discarded, its outputs
-    /// deduplicated, its state writes refused with its batch.
+    /// first: this run is discarded, its outputs deduplicated.
     Discarded,
-    /// Its state writes lost a race: nothing of it is stored. Run it again
-    /// under a claim, with fresh state.
-    Lost(Conflict),
-    /// Its batch may be stored but the rest of the commit is not: the
-    /// event goes back, and its next copy, claimed, finds the commit record
-    /// and finishes the commit (or, finding none, runs it again).
-    Unfinished(LedgerError),
 }
 
 /// Where commits write: the state and the event's record.
@@ -155,18 +145,9 @@ impl Committer<'_> {
         version: &str,
     ) -> Result<UnclaimedRun, Failure> {
         if !plan.writes.is_empty() {
-            return match self.records.commit_records() {
-                Some(records) if records.holds(&plan) => {
-                    self.commit_unclaimed_batch(records, record_key, plan, version)
-                        .await
-                }
-                _ => {
-                    let why = "state changes that take the record protocol were made by a run \
-                               without a claim; the handler's grants should have made it claim \
-                               the event";
-                    Err(Failure::new(FailureKind::Output, why))
-                }
-            };
+            let why = "state changes were made by a run without a claim; the handler's \
+                       grants should have made it claim the event";
+            return Err(Failure::new(FailureKind::Output, why));
         }
         let outputs = plan.outputs.into_iter().map(Publish::from);
         if let Err(err) = publish_all(self.store, outputs).await {

@@ -210,8 +210,19 @@ impl ProcessedEvents {
     pub async fn claim(&self, event: &Event) -> Result<Claim> {
         let key = Self::key(event);
         for _ in 0..CLAIM_TRIES {
-            if let Some(claim) = self.claim_fresh(&key).await? {
-                return Ok(claim);
+            let history = FailureHistory::first_attempt();
+            let fresh = self.encode(&self.claimed(history.clone()))?;
+            match self.write(&key, fresh, 0).await {
+                Ok(revision) => {
+                    return Ok(Claim::Acquired(Lease {
+                        key,
+                        revision,
+                        history,
+                        counted_run: true,
+                    }));
+                }
+                Err(StoreError::WrongLastSequence) => {}
+                Err(err) => return Err(store_error("claiming the event in its record")(err)),
             }
             let entry = (kv::entry(&*self.store, &self.bucket, &key).await)
                 .map_err(store_error("reading the event's record"))?;
@@ -260,38 +271,6 @@ impl ProcessedEvents {
             }
         }
         Err(LedgerError::Contended(CLAIM_TRIES))
-    }
-
-    /// Claims an event that has no record yet; `None` if it has one.
-    async fn claim_fresh(&self, key: &str) -> Result<Option<Claim>> {
-        // A run without a claim that committed in one batch and ended
-        // before recording its run left only its commit record: the claim
-        // finishes that commit rather than run the event again.
-        let committed = match &self.commits {
-            Some(commits) => (commits.find(&*self.store, key).await)
-                .map_err(store_error("reading the event's commit record"))?,
-            None => None,
-        };
-        let history = FailureHistory::first_attempt();
-        let fresh = match &committed {
-            None => self.claimed(history.clone()),
-            Some(plan) => self.committing(history.clone(), plan),
-        };
-        let revision = match self.write(key, self.encode(&fresh)?, 0).await {
-            Ok(revision) => revision,
-            Err(StoreError::WrongLastSequence) => return Ok(None),
-            Err(err) => return Err(store_error("claiming the event in its record")(err)),
-        };
-        let lease = Lease {
-            key: key.to_string(),
-            revision,
-            history,
-            counted_run: committed.is_none(),
-        };
-        Ok(Some(match committed {
-            None => Claim::Acquired(lease),
-            Some(plan) => Claim::Resume(lease, Interrupted::Committing(plan)),
-        }))
     }
 
     /// Whether the record of key `key` exists (a deleted one, after a

@@ -24,7 +24,7 @@ use serde::Deserialize;
 use wasmtime::component::{HasSelf, Linker};
 
 use super::Interruption;
-use super::capability::{Capability, ClaimNeed, InvocationContext, View};
+use super::capability::{Capability, InvocationContext, View};
 use super::emit::validate_event;
 use super::eventhost::handler::event_store::{self, StoredEvent};
 use super::types::{self, OutgoingEvent};
@@ -421,7 +421,7 @@ impl Capability for EventStore {
     const GRANTED_BY: Option<&'static str> =
         Some("[eventstore] (the subjects it may read and append to)");
     const IMPORTS: &'static [&'static str] = &["eventhost:handler/event-store@"];
-    const CLAIM: ClaimNeed = ClaimNeed::UnlessCommittedInOneBatch;
+    const NEEDS_CLAIM: bool = true;
 
     fn state(grant: Option<&Arc<EventStoreGrants>>, _: &InvocationContext) -> EventStoreState {
         EventStoreState::new(grant.cloned())

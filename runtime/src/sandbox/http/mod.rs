@@ -39,7 +39,7 @@ use tracing::Instrument;
 use wasmtime::component::Linker;
 use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpCtx, WasiHttpHooks};
 
-use super::capability::{Capability, ClaimNeed, EventContext, InvocationContext, View};
+use super::capability::{Capability, EventContext, InvocationContext, View};
 use crate::failure::{Failure, FailureKind};
 pub use metrics::{HandlerHttpMetrics, HttpMetrics};
 pub use origin::{AllowedOrigin, RequestOrigin};
@@ -402,7 +402,7 @@ impl Capability for Http {
     type Grant = OutboundGrants;
     type State = HttpState;
     const GRANTED_BY: Option<&'static str> = Some("[http] (the origins it may call)");
-    const CLAIM: ClaimNeed = ClaimNeed::Always;
+    const NEEDS_CLAIM: bool = true;
     const IMPORTS: &'static [&'static str] = &["wasi:http/"];
 
     fn state(grant: Option<&Arc<OutboundGrants>>, invocation: &InvocationContext) -> HttpState {

@@ -30,7 +30,7 @@ use std::sync::Arc;
 use anyhow::Result;
 use bytes::Bytes;
 
-use super::capability::{Capability, ClaimNeed, InvocationContext, View};
+use super::capability::{Capability, InvocationContext, View};
 use super::{Effects, Interruption, Written};
 use crate::failure::{Conflict, Failure, FailureKind};
 use crate::ledger::record::{PlannedWrite, PriorValue, headers_to_pairs, is_settled};
@@ -46,7 +46,7 @@ impl Capability for KeyValue {
     type Grant = KeyValueGrants;
     type State = KeyValueState;
     const GRANTED_BY: Option<&'static str> = Some("[keyvalue] (the buckets it may open)");
-    const CLAIM: ClaimNeed = ClaimNeed::UnlessCommittedInOneBatch;
+    const NEEDS_CLAIM: bool = true;
     const IMPORTS: &'static [&'static str] = &["wasi:keyvalue/"];
 
     fn state(grant: Option<&Arc<KeyValueGrants>>, _: &InvocationContext) -> KeyValueState {
