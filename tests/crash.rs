@@ -15,7 +15,11 @@ use support::*;
 
 const SETTLE: Duration = Duration::from_secs(120);
 
-/// Runs one event whose commit writes `1 + fill` keys and emits one event,
+/// Outputs of each crashing event: two, so that a crash can fall between
+/// them (`outputs.between`).
+const REPORTS: usize = 2;
+
+/// Runs one event whose commit writes `1 + fill` keys and emits two events,
 /// crashing at `point`, then lets a successor finish; returns the counters
 /// bucket and the handler's outputs.
 async fn crash_at(point: &str, fill: usize) {
@@ -23,7 +27,7 @@ async fn crash_at(point: &str, fill: usize) {
     let plugins = Plugins::new();
     plugins.install_example("counter");
     let js = nats.jetstream().await;
-    let data = json!({ "key": "k", "fill": fill, "size": 3 });
+    let data = json!({ "key": "k", "fill": fill, "size": 3, "reports": REPORTS });
     let event = TestEvent::new("crashing", "com.example.count", data);
     crash_on(&nats, &plugins, point, "counter.in", &event).await;
 
@@ -37,7 +41,7 @@ async fn crash_at(point: &str, fill: usize) {
 }
 
 /// The counter's one event applied once (its count, its `fill` keys, its
-/// output), and settled by `successor` as a success, resumed or not, or,
+/// outputs), and settled by `successor` as a success, resumed or not, or,
 /// past `done`, as a duplicate.
 async fn assert_applied_once(
     point: &str,
@@ -54,8 +58,13 @@ async fn assert_applied_once(
     }
     assert_eq!(state.len(), 1 + fill, "{point}: {state:?}");
     let outputs = stored_messages(js, "COUNTER", "counter.updated").await;
-    assert_eq!(outputs.len(), 1, "{point}: one output");
-    assert_eq!(outputs[0].cloudevent()["data"]["value"], 1, "{point}");
+    // Each report once, each with the count the commit made.
+    let mut reports: Vec<_> = (outputs.iter().map(|o| o.cloudevent()["data"].clone()))
+        .map(|data| (data["report"].as_u64(), data["value"].as_u64()))
+        .collect();
+    reports.sort();
+    let expected: Vec<_> = (0..REPORTS as u64).map(|r| (Some(r), Some(1))).collect();
+    assert_eq!(reports, expected, "{point}: each output once");
     let succeeded = successor.outcomes("succeeded");
     let duplicates = successor.outcomes("duplicate");
     if point.starts_with("commit.done") {
@@ -86,6 +95,7 @@ async fn a_crash_at_any_step_of_a_commit_in_one_batch_applies_everything_once() 
         ("batch.before:1", false, ""),
         ("batch.staged:1", false, ""),
         ("batch.committed:1", true, ""),
+        ("outputs.between:1", true, ""),
         ("commit.published:1", true, ""),
         ("commit.done:1", false, ""),
         ("batch.committed:1", true, "atomic_commits = false\n"),
@@ -104,7 +114,7 @@ async fn crash_in_batch_at(point: &str, resumed: bool, successor_config: &str) {
     let failpoints = [("EVENTHOST_FAILPOINTS", point)];
     let url = cluster.url();
     let mut doomed = Runtime::start_configured(&url, &plugins, 1, &config, &failpoints);
-    let data = json!({ "key": "k", "fill": 1, "size": 3 });
+    let data = json!({ "key": "k", "fill": 1, "size": 3, "reports": REPORTS });
     let event = TestEvent::new("crashing", "com.example.count", data);
     publish(&js, "counter.in", event.structured()).await;
     let status = doomed.wait_for_exit(Duration::from_secs(60));
@@ -164,6 +174,7 @@ async fn a_crash_at_any_step_of_a_commit_applies_everything_once() {
         ("commit.wrote:1", 2),
         ("commit.wrote:2", 2),
         ("commit.applied:1", 2),
+        ("outputs.between:1", 2),
         ("commit.published:1", 2),
         ("commit.done:1", 2),
         ("commit.planned:1", 0),

@@ -8,7 +8,8 @@
 //! `fail_until_attempt` fails retryably after writing on the attempts before
 //! that one (a dependency that comes back), `bucket` writes
 //! elsewhere (to test grants), `fill` writes that many keys of `size` bytes
-//! (to test limits).
+//! (to test limits), `reports` emits that many reports instead of one (to
+//! crash between two outputs).
 use eventhost_sdk::kv::Bucket;
 use eventhost_sdk::{Emit, Event, HandlerError, config};
 use serde::Deserialize;
@@ -27,6 +28,7 @@ struct Command {
     fill: Option<usize>,
     #[serde(default)]
     size: usize,
+    reports: Option<usize>,
 }
 
 #[derive(Deserialize)]
@@ -64,10 +66,14 @@ fn handle(event: Event) -> Result<(), HandlerError> {
         Some(Then::Trap) => panic!("asked to trap"),
         None => {}
     }
-    let data = json!({ "key": command.key, "value": value, "input": event.id(), "attempt": event.attempt() });
-    Emit::new("counter.updated", "com.example.counter.updated")
-        .json(&data)?
-        .send()
+    for report in 0..command.reports.unwrap_or(1) {
+        let data = json!({ "key": command.key, "value": value, "input": event.id(),
+            "attempt": event.attempt(), "report": report });
+        Emit::new("counter.updated", "com.example.counter.updated")
+            .json(&data)?
+            .send()?;
+    }
+    Ok(())
 }
 
 eventhost_sdk::export_handler!(handle);

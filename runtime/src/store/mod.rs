@@ -234,6 +234,13 @@ pub async fn publish_all(
     store: &dyn Store,
     messages: impl IntoIterator<Item = Publish>,
 ) -> StoreResult<()> {
+    let mut messages: Vec<Publish> = messages.into_iter().collect();
+    if messages.len() > 1 && crate::failpoint::armed("outputs.between") {
+        // The crash tests' "between two outputs": the first is stored, the
+        // others are not, when the runtime dies.
+        store.publish(messages.remove(0)).await?;
+        crate::failpoint::hit("outputs.between");
+    }
     let stored = messages.into_iter().map(|message| store.publish(message));
     try_join_all(stored).await?;
     Ok(())
