@@ -151,11 +151,11 @@ fn events_for(protocol: Guarantees, events: usize) -> usize {
 
 /// The state protocols again on a three-node cluster (R3 streams), where a
 /// batch is staged in memory rather than in a file store of its own, and
-/// the runtime's counter with its commit in one batch (the default there:
-/// unclaimed), with the record protocol (`atomic_commits = false`), in one
-/// batch without the trail of outcomes (`[story] enabled = false`), and in
-/// one batch claiming every event (as before issue 24's item 2), in
-/// alternating rounds. The CPU per event is the three servers' together.
+/// the runtime's counter with its commit in one batch (the default there),
+/// with the record protocol (`atomic_commits = false`), in one batch
+/// without the trail of outcomes (`[story] enabled = false`), and in one
+/// batch with `[idempotency] claim = true` (the same as the first today:
+/// the before of a change that drops the claim), in alternating rounds. The CPU per event is the three servers' together.
 /// Then the runtime's protocols run at half the record protocol's
 /// saturation, an open-loop load, for their latency.
 pub async fn on_cluster(settings: &Settings, work: &Path) -> Result<Vec<ProtocolRun>> {
