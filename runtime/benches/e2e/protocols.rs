@@ -139,6 +139,15 @@ fn runtime_claiming(
     bench.start(&plugins, 1)
 }
 
+/// What a variant of the cluster section runs.
+#[derive(Clone, Copy)]
+enum System {
+    /// A native consumer with these guarantees.
+    Native(Guarantees),
+    /// The runtime; `claim`: with `[idempotency] claim = true`.
+    Runtime { claim: bool },
+}
+
 /// Events per saturation run of `protocol`: an atomic batch on a
 /// single-node file stream costs milliseconds of server CPU (the server
 /// makes a file store for each batch), so its runs are kept short.
@@ -155,8 +164,8 @@ fn events_for(protocol: Guarantees, events: usize) -> usize {
 /// with the record protocol (`atomic_commits = false`), in one batch
 /// without the trail of outcomes (`[story] enabled = false`), and in one
 /// batch with `[idempotency] claim = true` (the same as the first today:
-/// the before of a change that drops the claim), in alternating rounds. The CPU per event is the three servers' together.
-/// Then the runtime's protocols run at half the record protocol's
+/// the before of a change that drops the claim), in alternating rounds.
+/// The CPU per event is the three servers' together. Then the runtime's protocols run at half the record protocol's
 /// saturation, an open-loop load, for their latency.
 pub async fn on_cluster(settings: &Settings, work: &Path) -> Result<Vec<ProtocolRun>> {
     let (cluster, js, bench) = fleet::cluster(work).await?;
@@ -174,23 +183,31 @@ pub async fn on_cluster(settings: &Settings, work: &Path) -> Result<Vec<Protocol
         ..bench.clone()
     };
     let workload = Workload::State;
-    // Native consumers, then the runtime: whether it claims each event.
-    let variants: [(&str, Result<Guarantees, bool>, &Bench); 6] = [
-        ("at-least-once", Ok(Guarantees::AtLeastOnce), &bench),
-        ("one-batch", Ok(Guarantees::OneBatch), &bench),
-        ("runtime, one batch", Err(false), &bench),
-        ("runtime, records", Err(false), &with_records),
-        ("runtime, one batch, no trail", Err(false), &without_trail),
-        ("runtime, one batch, claims", Err(true), &bench),
+    use System::{Native, Runtime};
+    let variants: [(&str, System, &Bench); 6] = [
+        ("at-least-once", Native(Guarantees::AtLeastOnce), &bench),
+        ("one-batch", Native(Guarantees::OneBatch), &bench),
+        ("runtime, one batch", Runtime { claim: false }, &bench),
+        ("runtime, records", Runtime { claim: false }, &with_records),
+        (
+            "runtime, one batch, no trail",
+            Runtime { claim: false },
+            &without_trail,
+        ),
+        (
+            "runtime, one batch, claims",
+            Runtime { claim: true },
+            &bench,
+        ),
     ];
     let mut rounds: Vec<Vec<Measurement>> = vec![Vec::new(); variants.len()];
     for round in 1..=settings.rounds {
-        for (i, (name, native, system)) in variants.iter().enumerate() {
+        for (i, (name, what, system)) in variants.iter().enumerate() {
             eprintln!("== protocols: counter {name} on a cluster, round {round}");
             fleet::reset_when_ready(&js).await?;
-            let running = match native {
-                Ok(protocol) => vec![system.baseline(workload, 16, *protocol)?],
-                Err(claim) => runtime_claiming(system, (workload, "counter"), *claim)?,
+            let running = match what {
+                Native(protocol) => vec![system.baseline(workload, 16, *protocol)?],
+                Runtime { claim } => runtime_claiming(system, (workload, "counter"), *claim)?,
             };
             load::saturation(&js, workload, 200).await?;
             let before = cluster.cpu_time()?;
@@ -216,7 +233,7 @@ pub async fn on_cluster(settings: &Settings, work: &Path) -> Result<Vec<Protocol
     // of what the record protocol (today's) saturates at.
     let rate = runs[3].saturation.throughput / 2.0;
     for i in [2, 3, 5] {
-        let (name, Err(claim), system) = variants[i] else {
+        let (name, Runtime { claim }, system) = variants[i] else {
             continue;
         };
         eprintln!("== protocols: counter {name} on a cluster, {rate:.0}/s");
