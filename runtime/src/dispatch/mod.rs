@@ -36,7 +36,7 @@ use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use async_nats::jetstream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -100,31 +100,37 @@ pub struct Services {
 /// subjects). Records are looked for there on every takeover, whatever
 /// this runtime does: another runtime of the fleet may have left one. This
 /// one commits there in one batch itself only with `atomic_commits` and a
-/// stream that takes batches and TTLs.
+/// stream that takes batches and TTLs. Not knowing the stream's shape (NATS
+/// did not answer) fails the load: guessing "no records" would skip those
+/// lookups.
 async fn commit_records(
     store: &dyn Store,
     capabilities: &Capabilities,
     consumer: &str,
     (manifest, atomic_commits): (&HandlerManifest, bool),
-) -> Option<CommitRecords> {
-    let [stream] = capabilities.written_streams().try_into().ok()?;
+) -> Result<Option<CommitRecords>> {
+    let Ok([stream]) = <[String; 1]>::try_from(capabilities.written_streams()) else {
+        return Ok(None);
+    };
     let subjects = crate::store::commit_records_subjects(&stream);
-    let shape = match store.stream_capturing(&subjects).await {
-        Ok(Some(shape)) if shape.name == stream => shape,
+    let found = (store.stream_capturing(&subjects).await)
+        .with_context(|| format!("reading the shape of stream {stream}"))?;
+    let shape = match found {
+        Some(shape) if shape.name == stream => shape,
         found => {
             tracing::info!(%stream, ?found, "state commits take the record protocol: \
                 the stream holds no commit records");
-            return None;
+            return Ok(None);
         }
     };
     let records = CommitRecords::new(&stream, consumer, manifest.idempotency.window);
     if atomic_commits && shape.atomic_commits {
         tracing::info!(%stream, "state commits are made in one atomic batch");
-        return Some(records);
+        return Ok(Some(records));
     }
     tracing::info!(%stream, "state commits take the record protocol; \
         commit records other runtimes leave are resumed");
-    Some(records.read_only())
+    Ok(Some(records.read_only()))
 }
 
 /// A loaded handler and what it consumes.
@@ -171,7 +177,7 @@ impl Dispatcher {
         processed::declare(&js, &consumer, manifest.idempotency.window, replicas).await?;
         let lease = source::claim_lease(&manifest.limits);
         let with = (&manifest, atomic_commits);
-        let records = commit_records(&*store, &spec.capabilities, &consumer, with).await;
+        let records = commit_records(&*store, &spec.capabilities, &consumer, with).await?;
         let processed =
             ProcessedEvents::new(store.clone(), &consumer, lease).with_commit_records(records);
         let metrics = metrics.for_handler(&spec.name, &spec.version, &spec.capabilities);

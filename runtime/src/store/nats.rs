@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use async_nats::jetstream::ErrorCode;
-use async_nats::jetstream::context::PublishErrorKind;
+use async_nats::jetstream::context::{GetStreamByNameErrorKind, PublishErrorKind};
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::message::StreamMessage;
 use async_nats::jetstream::stream::{DeleteMessageErrorKind, DirectGetErrorKind, Stream};
@@ -304,10 +304,17 @@ impl Store for NatsStore {
         pattern: &'a str,
     ) -> BoxFuture<'a, StoreResult<Option<StreamShape>>> {
         async move {
-            // The server answers "no stream" as an error; any other failure
-            // is a real one, but both mean the grant cannot be checked.
-            let Ok(name) = self.js.stream_by_subject(pattern).await else {
-                return Ok(None);
+            // "No stream" is an answer; a failed request is not. Taking it
+            // for one would leave a handler without its commit records'
+            // lookups (a takeover could then run a committed event again),
+            // so it fails the load, which is retried.
+            let name = match self.js.stream_by_subject(pattern).await {
+                Ok(name) => name,
+                Err(e) => match e.kind() {
+                    GetStreamByNameErrorKind::NotFound
+                    | GetStreamByNameErrorKind::InvalidSubject => return Ok(None),
+                    _ => return Err(unavailable(format!("finding the stream of {pattern}"))(e)),
+                },
             };
             let reading = format!("reading stream {name}");
             let mut stream = (self.js.get_stream(&name).await).map_err(unavailable(&reading))?;
