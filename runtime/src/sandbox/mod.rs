@@ -48,6 +48,7 @@ mod limiter;
 pub mod logging;
 pub mod secrets;
 mod state;
+mod store_wait;
 mod turns;
 
 use std::time::Duration;

@@ -42,6 +42,8 @@ struct Inner {
     /// Writes allowed before the store stops answering; `None`: no limit.
     writes_left: Option<usize>,
     writes: usize,
+    /// Reads never answer, as through a frozen node.
+    silent: bool,
 }
 
 struct MemoryStream {
@@ -95,6 +97,12 @@ impl MemoryStore {
     /// operation as if the connection (or the process) were gone.
     pub fn cut_after(&self, writes: usize) {
         self.lock().writes_left = Some(writes);
+    }
+
+    /// Leaves every read of a subject's last message unanswered, as a
+    /// frozen node does.
+    pub fn silence(&self) {
+        self.lock().silent = true;
     }
 
     /// Answers again after [`MemoryStore::cut_after`].
@@ -279,6 +287,9 @@ impl Store for MemoryStore {
         stream: &'a str,
         subject: &'a str,
     ) -> BoxFuture<'a, StoreResult<Option<StoredMessage>>> {
+        if self.lock().silent {
+            return futures::future::pending().boxed();
+        }
         let result = (|| {
             let mut inner = self.lock();
             inner.check_connected()?;

@@ -16,17 +16,18 @@
 //! - Effects: [`Append`]s, which the outcome stage completes (ids, lineage),
 //!   encodes and commits with the invocation's other effects.
 
+use std::future::Future;
 use std::sync::Arc;
 
-use anyhow::{Result, bail, ensure};
+use anyhow::{Result, bail};
 use prometheus_client::registry::Registry;
-use serde::Deserialize;
 use wasmtime::component::{HasSelf, Linker};
 
 use super::Interruption;
 use super::capability::{Capability, InvocationContext, View};
 use super::emit::validate_event;
 use super::eventhost::handler::event_store::{self, StoredEvent};
+use super::store_wait::StoreWait;
 use super::types::{self, OutgoingEvent};
 use super::{Effects, Written};
 use crate::event::decode;
@@ -35,65 +36,10 @@ use crate::failure::{Conflict, Failure, FailureKind};
 use crate::ledger::record::is_settled;
 use crate::store::{Store, StoreResult};
 pub use metrics::{EventStoreMetrics, EventStoreSeries};
+pub use section::EventStoreSection;
 
 mod metrics;
-
-/// The `[eventstore]` section of a handler manifest.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct EventStoreSection {
-    /// Subject patterns the handler may read.
-    pub read: Vec<String>,
-    /// Subject patterns the handler may append to (and read).
-    pub append: Vec<String>,
-    /// Most events one invocation may read.
-    pub max_events_read: usize,
-    /// Most events one invocation may append.
-    pub max_events_appended: usize,
-}
-
-impl Default for EventStoreSection {
-    fn default() -> Self {
-        EventStoreSection {
-            read: Vec::new(),
-            append: Vec::new(),
-            max_events_read: 1000,
-            max_events_appended: 100,
-        }
-    }
-}
-
-impl EventStoreSection {
-    pub fn validate(&self) -> Result<()> {
-        ensure!(
-            !self.read.is_empty() || !self.append.is_empty(),
-            "`eventstore` grants no subject: list some in `read` or `append`"
-        );
-        for pattern in self.read.iter().chain(&self.append) {
-            subject::validate(pattern)
-                .map_err(|e| anyhow::anyhow!("`eventstore` subject {pattern:?}: {e}"))?;
-        }
-        if !(1..=100_000).contains(&self.max_events_read) {
-            bail!(
-                "`eventstore.max_events_read` must be between 1 and 100000, got {}",
-                self.max_events_read
-            );
-        }
-        if !(1..=1000).contains(&self.max_events_appended) {
-            bail!(
-                "`eventstore.max_events_appended` must be between 1 and 1000, got {}",
-                self.max_events_appended
-            );
-        }
-        Ok(())
-    }
-
-    /// Every granted pattern, with whether it may be appended to.
-    pub fn patterns(&self) -> impl Iterator<Item = (&String, bool)> {
-        let appends = self.append.iter().map(|p| (p, true));
-        appends.chain(self.read.iter().map(|p| (p, false)))
-    }
-}
+mod section;
 
 /// One granted subject pattern and the stream holding it.
 #[derive(Debug, Clone, PartialEq)]
@@ -186,6 +132,8 @@ pub struct EventStoreState {
     denied: u64,
     pub(super) refused: Option<Failure>,
     pub(super) interrupted: Option<Interruption>,
+    /// The store read under way (see [`StoreWait`]).
+    waiting: StoreWait,
 }
 
 impl EventStoreState {
@@ -208,8 +156,8 @@ impl EventStoreState {
 
     pub async fn last_sequence(&mut self, subject: &str) -> Result<u64, EventStoreError> {
         let (store, stream) = self.granted(subject, false)?;
-        let last = store.last(&stream, subject).await;
-        match self.interrupt_on_error(last)? {
+        let last = store.last(&stream, subject);
+        match self.ask("reading a subject's last event", last).await? {
             None => Ok(0),
             Some(message) => {
                 self.check_settled(&*store, &message.headers, (&stream, subject))
@@ -230,8 +178,8 @@ impl EventStoreState {
         let mut events = Vec::new();
         let mut from = after.saturating_add(1);
         while events.len() < max as usize {
-            let next = store.next(&stream, subject, from).await;
-            let Some(message) = self.interrupt_on_error(next)? else {
+            let next = store.next(&stream, subject, from);
+            let Some(message) = self.ask("reading events", next).await? else {
                 break;
             };
             if self.events_read >= limit {
@@ -346,8 +294,8 @@ impl EventStoreState {
         headers: &async_nats::HeaderMap,
         (stream, subject): (&str, &str),
     ) -> Result<(), EventStoreError> {
-        let settled = is_settled(store, headers).await;
-        if self.interrupt_on_error(settled)? {
+        let settled = is_settled(store, headers);
+        if self.ask("reading a commit's record", settled).await? {
             return Ok(());
         }
         let what = format!("{subject:?} is being appended to by a commit still under way");
@@ -360,8 +308,15 @@ impl EventStoreState {
         Err(EventStoreError::Interrupted)
     }
 
-    fn interrupt_on_error<T>(&mut self, result: StoreResult<T>) -> Result<T, EventStoreError> {
-        result.map_err(|err| {
+    /// The store's answer to `call`; a failure, or no answer before the
+    /// deadline, interrupts the invocation as the store's trouble.
+    async fn ask<T>(
+        &mut self,
+        doing: &'static str,
+        call: impl Future<Output = StoreResult<T>>,
+    ) -> Result<T, EventStoreError> {
+        let answer = self.waiting.on(doing, call).await;
+        answer.map_err(|err| {
             self.interrupted = Some(Interruption::StoreUnavailable(err));
             EventStoreError::Interrupted
         })
@@ -423,8 +378,11 @@ impl Capability for EventStore {
     const IMPORTS: &'static [&'static str] = &["eventhost:handler/event-store@"];
     const NEEDS_CLAIM: bool = true;
 
-    fn state(grant: Option<&Arc<EventStoreGrants>>, _: &InvocationContext) -> EventStoreState {
-        EventStoreState::new(grant.cloned())
+    fn state(grant: Option<&Arc<EventStoreGrants>>, call: &InvocationContext) -> EventStoreState {
+        EventStoreState {
+            waiting: StoreWait::new(call.started.into(), call.deadline.into()),
+            ..EventStoreState::new(grant.cloned())
+        }
     }
 
     fn add_to_linker<T: View<Self>>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
@@ -440,7 +398,7 @@ impl Capability for EventStore {
     }
 
     fn take_interruption(state: &mut EventStoreState) -> Option<Interruption> {
-        state.interrupted.take()
+        state.interrupted.take().or_else(|| state.waiting.cut_off())
     }
 
     fn hand_over(state: &mut EventStoreState, effects: &mut Effects) {

@@ -31,6 +31,7 @@ use anyhow::Result;
 use bytes::Bytes;
 
 use super::capability::{Capability, InvocationContext, View};
+use super::store_wait::StoreWait;
 use super::{Effects, Interruption, Written};
 use crate::failure::{Conflict, Failure, FailureKind};
 use crate::ledger::record::{PlannedWrite, PriorValue, headers_to_pairs, is_settled};
@@ -49,8 +50,11 @@ impl Capability for KeyValue {
     const NEEDS_CLAIM: bool = true;
     const IMPORTS: &'static [&'static str] = &["wasi:keyvalue/"];
 
-    fn state(grant: Option<&Arc<KeyValueGrants>>, _: &InvocationContext) -> KeyValueState {
-        KeyValueState::new(grant.cloned())
+    fn state(grant: Option<&Arc<KeyValueGrants>>, call: &InvocationContext) -> KeyValueState {
+        KeyValueState {
+            waiting: StoreWait::new(call.started.into(), call.deadline.into()),
+            ..KeyValueState::new(grant.cloned())
+        }
     }
 
     fn add_to_linker<T: View<Self>>(
@@ -64,7 +68,7 @@ impl Capability for KeyValue {
     }
 
     fn take_interruption(state: &mut KeyValueState) -> Option<Interruption> {
-        state.interrupted.take()
+        state.interrupted.take().or_else(|| state.waiting.cut_off())
     }
 
     fn hand_over(state: &mut KeyValueState, effects: &mut Effects) {
@@ -152,6 +156,9 @@ pub struct KeyValueState {
     denied_opens: u64,
     pub(super) refused: Option<Failure>,
     pub(super) interrupted: Option<Interruption>,
+    /// The store read under way: one the deadline cut off is the store's
+    /// trouble, not the guest's.
+    waiting: StoreWait,
 }
 
 impl KeyValueState {
@@ -208,9 +215,8 @@ impl KeyValueState {
     ) -> Result<(Vec<String>, Option<u64>), KvError> {
         const PAGE: usize = 1000;
         let (store, physical) = self.bucket(bucket)?;
-        let stored = store.keys(&physical).await;
-        let mut keys: std::collections::BTreeSet<String> =
-            self.interrupt_on_error(stored)?.into_iter().collect();
+        let stored = self.ask("listing keys", store.keys(&physical)).await?;
+        let mut keys: std::collections::BTreeSet<String> = stored.into_iter().collect();
         for ((b, key), value) in &self.writes {
             if *b == bucket {
                 match value {
@@ -347,10 +353,10 @@ impl KeyValueState {
         let slot = (bucket, key.to_string());
         if !self.observed.contains_key(&slot) {
             let (store, physical) = self.bucket(bucket)?;
-            let entry = kv::entry(&*store, &physical, key).await;
-            let entry = self.interrupt_on_error(entry)?;
-            let settled = is_settled(&*store, &entry.headers).await;
-            if !self.interrupt_on_error(settled)? {
+            let entry = kv::entry(&*store, &physical, key);
+            let entry = self.ask("reading a key", entry).await?;
+            let settled = is_settled(&*store, &entry.headers);
+            if !self.ask("reading a commit's record", settled).await? {
                 let what = format!(
                     "key {key:?} of bucket {physical:?} is being written by a commit still under way"
                 );
@@ -375,11 +381,15 @@ impl KeyValueState {
         ))
     }
 
-    fn interrupt_on_error<T>(
+    /// The store's answer to `call`; a failure, or no answer before the
+    /// deadline, interrupts the invocation as the store's trouble.
+    async fn ask<T>(
         &mut self,
-        result: crate::store::StoreResult<T>,
+        doing: &'static str,
+        call: impl std::future::Future<Output = crate::store::StoreResult<T>>,
     ) -> Result<T, KvError> {
-        result.map_err(|err| {
+        let answer = self.waiting.on(doing, call).await;
+        answer.map_err(|err| {
             self.interrupted = Some(Interruption::StoreUnavailable(err));
             KvError::Interrupted
         })

@@ -228,6 +228,20 @@ async fn a_value_of_a_commit_under_way_interrupts_the_reader() {
 }
 
 #[tokio::test]
+async fn a_read_cut_off_by_the_deadline_is_the_stores_trouble_not_a_timeout() {
+    let (store, mut kv) = setup();
+    store.silence();
+    let rw = kv.open("rw").unwrap();
+    let deadline = std::time::Duration::from_millis(20);
+    let cut = tokio::time::timeout(deadline, kv.get(rw, "a")).await;
+    assert!(cut.is_err(), "a silent store answered");
+    assert!(matches!(
+        KeyValue::take_interruption(&mut kv),
+        Some(Interruption::StoreUnavailable(_))
+    ));
+}
+
+#[tokio::test]
 async fn an_unreachable_store_interrupts_rather_than_answers() {
     let (store, mut kv) = setup();
     store.cut_after(0);
