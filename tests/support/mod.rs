@@ -382,6 +382,7 @@ impl Runtime {
     /// Starts `eventhost run` with `args` and the runtime config `config`,
     /// without waiting for anything.
     pub fn launch(url: &str, args: &[&str], config: &str, env: &[(&str, &str)]) -> Self {
+        remember_panics();
         // One compiled-code cache for the whole test run, inside target/,
         // unless the test brings its own.
         let shared_cache = repo_root().join("target/compiled-cache");
@@ -525,8 +526,31 @@ impl Drop for Runtime {
                 self.log_path.display(),
                 self.raw_log()
             );
+            // CI shows a failure's last lines only, which the logs above
+            // fill: say again why the test failed, after them.
+            if let Some(why) = PANIC.with(|p| p.borrow().clone()) {
+                eprintln!("---- the test failed (above the runtime logs): {why}");
+            }
         }
     }
+}
+
+thread_local! {
+    /// The last panic on this thread, for [`Runtime`]'s drop to repeat.
+    static PANIC: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Keeps each thread's last panic message in [`PANIC`] (then panics as
+/// usual). Installed once, by the first runtime launched.
+fn remember_panics() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            PANIC.with(|p| *p.borrow_mut() = Some(info.to_string()));
+            default(info);
+        }));
+    });
 }
 
 /// The `eventhost` binary, pointed at `nats`, for CLI commands.
