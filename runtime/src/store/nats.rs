@@ -306,8 +306,7 @@ impl Store for NatsStore {
         async move {
             // "No stream" is an answer; a failed request is not. Taking it
             // for one would leave a handler without its commit records'
-            // lookups (a takeover could then run a committed event again),
-            // so it fails the load, which is retried.
+            // lookups (a takeover could then run a committed event again).
             let name = match self.js.stream_by_subject(pattern).await {
                 Ok(name) => name,
                 Err(e) => match e.kind() {
