@@ -215,7 +215,10 @@ impl KeyValueState {
     ) -> Result<(Vec<String>, Option<u64>), KvError> {
         const PAGE: usize = 1000;
         let (store, physical) = self.bucket(bucket)?;
-        let stored = self.ask("listing keys", store.keys(&physical)).await?;
+        // Not watched like a read: listing a large bucket may take long on a
+        // healthy server, and running out of time on it is the guest's.
+        let stored = store.keys(&physical).await;
+        let stored = self.answered(stored)?;
         let mut keys: std::collections::BTreeSet<String> = stored.into_iter().collect();
         for ((b, key), value) in &self.writes {
             if *b == bucket {
@@ -389,6 +392,11 @@ impl KeyValueState {
         call: impl std::future::Future<Output = crate::store::StoreResult<T>>,
     ) -> Result<T, KvError> {
         let answer = self.waiting.on(doing, call).await;
+        self.answered(answer)
+    }
+
+    /// The store's `answer`; a failure interrupts the invocation.
+    fn answered<T>(&mut self, answer: crate::store::StoreResult<T>) -> Result<T, KvError> {
         answer.map_err(|err| {
             self.interrupted = Some(Interruption::StoreUnavailable(err));
             KvError::Interrupted
