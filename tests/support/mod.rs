@@ -528,7 +528,7 @@ impl Drop for Runtime {
             );
             // CI shows a failure's last lines only, which the logs above
             // fill: say again why the test failed, after them.
-            if let Some(why) = PANIC.with(|p| p.borrow().clone()) {
+            if let Some(why) = PANIC.try_with(|p| p.borrow().clone()).ok().flatten() {
                 eprintln!("---- the test failed (above the runtime logs): {why}");
             }
         }
@@ -547,7 +547,8 @@ fn remember_panics() {
     ONCE.call_once(|| {
         let default = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
-            PANIC.with(|p| *p.borrow_mut() = Some(info.to_string()));
+            // try_with: a thread tearing its locals down may still panic.
+            let _ = PANIC.try_with(|p| *p.borrow_mut() = Some(info.to_string()));
             default(info);
         }));
     });
