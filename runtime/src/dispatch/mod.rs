@@ -55,7 +55,7 @@ use crate::outcome::trail::Trail;
 use crate::policy::ordering::KeyedQueue;
 use crate::sandbox::{Capabilities, HandlerComponent};
 use crate::source::{self, ConsumerBinding, PULL_EXPIRES, Pull};
-use crate::store::{Store, StreamShape};
+use crate::store::Store;
 use attempt::Attempts;
 use receive::Work;
 use settle::{Delivery, Settlement};
@@ -113,7 +113,10 @@ async fn commit_records(
         return Ok(None);
     };
     let subjects = crate::store::commit_records_subjects(&stream);
-    let found = (stream_shape(store, &subjects).await)
+    let what = "cannot tell yet which stream holds the commit records";
+    let never = CancellationToken::new();
+    let ask = || store.stream_capturing(&subjects);
+    let found = (crate::jetstream::patiently(what, SHAPE_PATIENCE, &never, ask).await)
         .with_context(|| format!("reading the shape of stream {stream}"))?;
     let shape = match found {
         Some(shape) if shape.name == stream => shape,
@@ -136,22 +139,6 @@ async fn commit_records(
 /// How long a load waits for NATS to say which stream holds its commit
 /// records before it fails (a failed load waits for the next reload).
 const SHAPE_PATIENCE: Duration = Duration::from_secs(30);
-
-/// The stream capturing `subjects`, asked again while NATS does not answer.
-async fn stream_shape(store: &dyn Store, subjects: &str) -> Result<Option<StreamShape>> {
-    let deadline = tokio::time::Instant::now() + SHAPE_PATIENCE;
-    let mut pause = Duration::from_millis(250);
-    loop {
-        match store.stream_capturing(subjects).await {
-            Ok(found) => return Ok(found),
-            Err(err) if tokio::time::Instant::now() + pause > deadline => return Err(err.into()),
-            Err(err) => tracing::warn!(error = %err, retry_in = ?pause,
-                "cannot tell yet which stream holds the commit records"),
-        }
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_secs(5));
-    }
-}
 
 /// A loaded handler and what it consumes.
 pub struct Dispatcher {

@@ -261,22 +261,9 @@ async fn declare_patiently(
     replication: Replication,
     shutdown: &CancellationToken,
 ) -> Result<()> {
-    let deadline = tokio::time::Instant::now() + DECLARE_PATIENCE;
-    let mut pause = Duration::from_millis(250);
-    loop {
-        let err = match declare(js, config, replication).await {
-            Ok(()) => return Ok(()),
-            Err(err) if tokio::time::Instant::now() + pause > deadline => return Err(err),
-            Err(err) => err,
-        };
-        tracing::warn!(error = format!("{err:#}"), retry_in = ?pause,
-            "JetStream did not take the declarations yet");
-        tokio::select! {
-            _ = shutdown.cancelled() => return Err(err),
-            _ = tokio::time::sleep(pause) => {}
-        }
-        pause = (pause * 2).min(Duration::from_secs(5));
-    }
+    let what = "JetStream did not take the declarations yet";
+    let declare = || declare(js, config, replication);
+    crate::jetstream::patiently(what, DECLARE_PATIENCE, shutdown, declare).await
 }
 
 /// Declares every stream and bucket the runtime needs, with the configured
